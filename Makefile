@@ -1,0 +1,51 @@
+# The two commands: `make run` (the whole stack, foreground) and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTHON ?= python3
+
+.PHONY: run test lint typecheck proto envoy-config bench sim clean help
+
+help:
+	@echo "make run    - start Redis/Postgres (if needed), the four services and Envoy"
+	@echo "make test   - stubs/protos/envoy checks, ruff, mypy and the test suite"
+	@echo "make bench  - the benchmark suite (writes docs/benchmarks.md)"
+	@echo "make proto  - regenerate the Python stubs after editing protos/"
+
+$(STAMP): pyproject.toml sdk/pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ./sdk -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/nearby run $(ARGS)
+
+proto: $(STAMP)
+	$(PY) scripts/gen_protos.py
+
+envoy-config: $(STAMP)
+	$(PY) envoy/generate.py
+
+lint: $(STAMP)
+	$(PY) scripts/gen_protos.py --check
+	cd protos && ../$(BIN)/buf lint && ../$(BIN)/buf format --diff --exit-code
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m bench $(ARGS)
+
+sim: $(STAMP)
+	$(BIN)/nearby sim $(ARGS)
+
+clean:
+	rm -rf .nearby .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,151 @@
+"""Typed settings of the whole mesh, read once from environment variables.
+
+Every variable has a local default, so `make run` works with no configuration.
+Each field's metadata names its variable and says what it does; the README's
+configuration table is checked against this class by the test suite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _env(name: str, doc: str) -> dict[str, str]:
+    return {"env": name, "doc": doc}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Configuration shared by every service of the mesh."""
+
+    # --- infrastructure -------------------------------------------------
+    redis_url: str = field(
+        default="redis://127.0.0.1:6379/0",
+        metadata=_env("REDIS_URL", "Redis for the location cache, presence and pub/sub"),
+    )
+    database_url: str = field(
+        default="postgresql://postgres@127.0.0.1:5432/nearby",
+        metadata=_env("DATABASE_URL", "Postgres for users, friendships and location history"),
+    )
+    bind_host: str = field(
+        default="127.0.0.1",
+        metadata=_env("BIND_HOST", "Interface the backends listen on (loopback by default)"),
+    )
+    log_level: str = field(default="INFO", metadata=_env("LOG_LEVEL", "Log level (JSON logs)"))
+    # --- ports of the backends (gRPC) and of their /metrics -------------
+    friend_port: int = field(default=50051, metadata=_env("FRIEND_PORT", "friend_svc gRPC port"))
+    location_port: int = field(
+        default=50052, metadata=_env("LOCATION_PORT", "location_svc gRPC port")
+    )
+    presence_port: int = field(
+        default=50053, metadata=_env("PRESENCE_PORT", "presence_svc gRPC port")
+    )
+    fanout_port: int = field(
+        default=50054,
+        metadata=_env("FANOUT_PORT", "gRPC port of the first fan-out replica (next ones: +1, +2…)"),
+    )
+    metrics_port: int = field(
+        default=0,
+        metadata=_env(
+            "METRICS_PORT", "Prometheus /metrics port of this process (0: gRPC port+1000)"
+        ),
+    )
+    # --- addresses of the other services (service-to-service calls) -----
+    friend_addr: str = field(
+        default="127.0.0.1:50051", metadata=_env("FRIEND_ADDR", "Where to reach friend_svc")
+    )
+    location_addr: str = field(
+        default="127.0.0.1:50052", metadata=_env("LOCATION_ADDR", "Where to reach location_svc")
+    )
+    presence_addr: str = field(
+        default="127.0.0.1:50053", metadata=_env("PRESENCE_ADDR", "Where to reach presence_svc")
+    )
+    # --- behaviour ------------------------------------------------------
+    shutdown_grace_s: float = field(
+        default=10.0,
+        metadata=_env("SHUTDOWN_GRACE_S", "Seconds in-flight calls get to finish on SIGTERM"),
+    )
+    friend_cap: int = field(
+        default=5000, metadata=_env("FRIEND_CAP", "Maximum number of friends per user")
+    )
+    inactivity_timeout_s: float = field(
+        default=600.0,
+        metadata=_env("INACTIVITY_TIMEOUT_S", "A user silent this long is offline (cache TTL)"),
+    )
+    min_report_interval_s: float = field(
+        default=1.0,
+        metadata=_env("MIN_REPORT_INTERVAL_S", "Reports closer together are coalesced"),
+    )
+    max_clock_skew_s: float = field(
+        default=10.0,
+        metadata=_env("MAX_CLOCK_SKEW_S", "How far in the future a report's timestamp may be"),
+    )
+    history_retention_days: int = field(
+        default=30, metadata=_env("HISTORY_RETENTION_DAYS", "Days of location history kept")
+    )
+    history_buffer_max: int = field(
+        default=1_000_000,
+        metadata=_env("HISTORY_BUFFER_MAX", "Bound of the durable history buffer (entries)"),
+    )
+    history_batch_size: int = field(
+        default=5000, metadata=_env("HISTORY_BATCH_SIZE", "Rows per history COPY batch")
+    )
+    nearby_radius_m: float = field(
+        default=8047.0, metadata=_env("NEARBY_RADIUS_M", "Nearby radius in metres (5 miles)")
+    )
+    nearby_hysteresis_m: float = field(
+        default=200.0,
+        metadata=_env("NEARBY_HYSTERESIS_M", "A nearby friend leaves only beyond radius + this"),
+    )
+    nearby_page_size: int = field(
+        default=20, metadata=_env("NEARBY_PAGE_SIZE", "Default page size of the nearby list")
+    )
+    fanout_flush_ms: float = field(
+        default=5.0,
+        metadata=_env("FANOUT_FLUSH_MS", "Window in which a stream's pending updates are batched"),
+    )
+    fanout_queue_max: int = field(
+        default=1000,
+        metadata=_env("FANOUT_QUEUE_MAX", "Pending friends per stream before it must reconnect"),
+    )
+    heartbeat_s: float = field(
+        default=30.0,
+        metadata=_env("HEARTBEAT_S", "Idle streams get a heartbeat message this often"),
+    )
+    drain_s: float = field(
+        default=5.0,
+        metadata=_env("DRAIN_S", "Fan-out drain: clients are told to reconnect over this many s"),
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every field from its variable (falling back to the default)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f.metadata["env"])
+            if raw is None or raw == "":
+                continue
+            kind: type[Any] = type(f.default)
+            try:
+                values[f.name] = kind(raw)
+            except ValueError as exc:
+                raise ValueError(
+                    f"{f.metadata['env']}={raw!r} is not a valid {kind.__name__}"
+                ) from exc
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def documented_variables() -> list[tuple[str, str, str]]:
+    """(variable, default, description) of every setting, for docs."""
+    return [
+        (f.metadata["env"], str(f.default), f.metadata["doc"]) for f in dataclasses.fields(Settings)
+    ]

@@ -1,0 +1,64 @@
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class PositionFix(_message.Message):
+    __slots__ = ("latitude", "longitude", "recorded_at_ms")
+    LATITUDE_FIELD_NUMBER: _ClassVar[int]
+    LONGITUDE_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    latitude: float
+    longitude: float
+    recorded_at_ms: int
+    def __init__(self, latitude: _Optional[float] = ..., longitude: _Optional[float] = ..., recorded_at_ms: _Optional[int] = ...) -> None: ...
+
+class LocationEvent(_message.Message):
+    __slots__ = ("user_id", "moved", "offline", "hidden", "published_at_ms")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    MOVED_FIELD_NUMBER: _ClassVar[int]
+    OFFLINE_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    moved: PositionFix
+    offline: UserOffline
+    hidden: UserHidden
+    published_at_ms: int
+    def __init__(self, user_id: _Optional[str] = ..., moved: _Optional[_Union[PositionFix, _Mapping]] = ..., offline: _Optional[_Union[UserOffline, _Mapping]] = ..., hidden: _Optional[_Union[UserHidden, _Mapping]] = ..., published_at_ms: _Optional[int] = ...) -> None: ...
+
+class UserOffline(_message.Message):
+    __slots__ = ("last_active_ms",)
+    LAST_ACTIVE_MS_FIELD_NUMBER: _ClassVar[int]
+    last_active_ms: int
+    def __init__(self, last_active_ms: _Optional[int] = ...) -> None: ...
+
+class UserHidden(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InboxEvent(_message.Message):
+    __slots__ = ("friend_added", "friend_removed", "published_at_ms")
+    FRIEND_ADDED_FIELD_NUMBER: _ClassVar[int]
+    FRIEND_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    friend_added: FriendAdded
+    friend_removed: FriendRemoved
+    published_at_ms: int
+    def __init__(self, friend_added: _Optional[_Union[FriendAdded, _Mapping]] = ..., friend_removed: _Optional[_Union[FriendRemoved, _Mapping]] = ..., published_at_ms: _Optional[int] = ...) -> None: ...
+
+class FriendAdded(_message.Message):
+    __slots__ = ("friend_id", "display_name")
+    FRIEND_ID_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    friend_id: str
+    display_name: str
+    def __init__(self, friend_id: _Optional[str] = ..., display_name: _Optional[str] = ...) -> None: ...
+
+class FriendRemoved(_message.Message):
+    __slots__ = ("friend_id",)
+    FRIEND_ID_FIELD_NUMBER: _ClassVar[int]
+    friend_id: str
+    def __init__(self, friend_id: _Optional[str] = ...) -> None: ...

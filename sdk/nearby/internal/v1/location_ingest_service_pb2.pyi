@@ -1,0 +1,59 @@
+from nearby.internal.v1 import events_pb2 as _events_pb2
+from nearby.v1 import location_service_pb2 as _location_service_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class LocationReport(_message.Message):
+    __slots__ = ("user_id", "fix")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    FIX_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    fix: _events_pb2.PositionFix
+    def __init__(self, user_id: _Optional[str] = ..., fix: _Optional[_Union[_events_pb2.PositionFix, _Mapping]] = ...) -> None: ...
+
+class ReportLocationsRequest(_message.Message):
+    __slots__ = ("reports",)
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    reports: _containers.RepeatedCompositeFieldContainer[LocationReport]
+    def __init__(self, reports: _Optional[_Iterable[_Union[LocationReport, _Mapping]]] = ...) -> None: ...
+
+class ReportResult(_message.Message):
+    __slots__ = ("disposition", "error", "fix")
+    DISPOSITION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    FIX_FIELD_NUMBER: _ClassVar[int]
+    disposition: _location_service_pb2.ReportDisposition
+    error: str
+    fix: _events_pb2.PositionFix
+    def __init__(self, disposition: _Optional[_Union[_location_service_pb2.ReportDisposition, str]] = ..., error: _Optional[str] = ..., fix: _Optional[_Union[_events_pb2.PositionFix, _Mapping]] = ...) -> None: ...
+
+class ReportLocationsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ReportResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ReportResult, _Mapping]]] = ...) -> None: ...
+
+class BatchGetLocationsRequest(_message.Message):
+    __slots__ = ("user_ids",)
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CachedLocation(_message.Message):
+    __slots__ = ("user_id", "fix")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    FIX_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    fix: _events_pb2.PositionFix
+    def __init__(self, user_id: _Optional[str] = ..., fix: _Optional[_Union[_events_pb2.PositionFix, _Mapping]] = ...) -> None: ...
+
+class BatchGetLocationsResponse(_message.Message):
+    __slots__ = ("locations",)
+    LOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    locations: _containers.RepeatedCompositeFieldContainer[CachedLocation]
+    def __init__(self, locations: _Optional[_Iterable[_Union[CachedLocation, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,2 @@
+"""Running the mesh locally: infrastructure processes, the stack launcher,
+dev tokens, the Envoy config and the `nearby` command line."""

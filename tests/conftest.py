@@ -1,0 +1,97 @@
+"""Test-owned infrastructure: a private Redis, a fresh Postgres database per
+test (on the local server when reachable, otherwise on a private cluster),
+and helpers that run services in-process on port 0."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis.asyncio as aioredis
+
+from mesh.server import Runner, ServiceApp
+from mesh.settings import Settings
+from stack import infra
+
+SYSTEM_PG = os.environ.get(
+    "NEARBY_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture(scope="session")
+def tmp_root() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="nearby-tests-") as tmp:
+        yield Path(tmp)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_root: Path) -> Iterator[infra.RedisServer]:
+    server = infra.RedisServer(tmp_root / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis_url(redis_server: infra.RedisServer) -> AsyncIterator[str]:
+    """A clean Redis for each test (the private server, flushed)."""
+    r = aioredis.Redis.from_url(redis_server.url)
+    await r.flushall()
+    await r.aclose()
+    yield redis_server.url
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    r = aioredis.Redis.from_url(redis_url)
+    yield r
+    await r.aclose()
+
+
+def _system_pg_reachable() -> bool:
+    try:
+        with psycopg.connect(SYSTEM_PG, connect_timeout=2):
+            return True
+    except psycopg.Error:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_root: Path) -> Iterator[str]:
+    """An admin URL of a Postgres server the tests may create databases on."""
+    if _system_pg_reachable():
+        yield SYSTEM_PG
+        return
+    server = infra.PostgresServer(tmp_root / "pg", fast=True).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def database_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh, empty database for one test; dropped afterwards."""
+    name = f"nearby_test_{uuid.uuid4().hex[:12]}"
+    infra.create_database(pg_admin_url, name)
+    yield infra.database_url(pg_admin_url, name)
+    infra.drop_database(pg_admin_url, name)
+
+
+@pytest.fixture
+def settings(redis_url: str, database_url: str) -> Settings:
+    return Settings(redis_url=redis_url, database_url=database_url)
+
+
+@contextlib.asynccontextmanager
+async def running(app: ServiceApp) -> AsyncIterator[str]:
+    """Serve `app` in-process on a free loopback port; yields its address."""
+    runner = Runner(app, "127.0.0.1", 0, grace_s=2.0)
+    port = await runner.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await runner.stop()
