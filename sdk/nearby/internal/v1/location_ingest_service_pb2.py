@@ -26,7 +26,7 @@ from nearby.internal.v1 import events_pb2 as nearby_dot_internal_dot_v1_dot_even
 from nearby.v1 import location_service_pb2 as nearby_dot_v1_dot_location__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0nearby/internal/v1/location_ingest_service.proto\x12\x12nearby.internal.v1\x1a\x1fnearby/internal/v1/events.proto\x1a nearby/v1/location_service.proto\"O\n\x0eLocationReport\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12,\n\x03\x66ix\x18\x02 \x01(\x0b\x32\x1f.nearby.internal.v1.PositionFix\"M\n\x16ReportLocationsRequest\x12\x33\n\x07reports\x18\x01 \x03(\x0b\x32\".nearby.internal.v1.LocationReport\"~\n\x0cReportResult\x12\x31\n\x0b\x64isposition\x18\x01 \x01(\x0e\x32\x1c.nearby.v1.ReportDisposition\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12,\n\x03\x66ix\x18\x03 \x01(\x0b\x32\x1f.nearby.internal.v1.PositionFix\"L\n\x17ReportLocationsResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .nearby.internal.v1.ReportResult\",\n\x18\x42\x61tchGetLocationsRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\"O\n\x0e\x43\x61\x63hedLocation\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12,\n\x03\x66ix\x18\x02 \x01(\x0b\x32\x1f.nearby.internal.v1.PositionFix\"R\n\x19\x42\x61tchGetLocationsResponse\x12\x35\n\tlocations\x18\x01 \x03(\x0b\x32\".nearby.internal.v1.CachedLocation2\xf5\x01\n\x15LocationIngestService\x12j\n\x0fReportLocations\x12*.nearby.internal.v1.ReportLocationsRequest\x1a+.nearby.internal.v1.ReportLocationsResponse\x12p\n\x11\x42\x61tchGetLocations\x12,.nearby.internal.v1.BatchGetLocationsRequest\x1a-.nearby.internal.v1.BatchGetLocationsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0nearby/internal/v1/location_ingest_service.proto\x12\x12nearby.internal.v1\x1a\x1fnearby/internal/v1/events.proto\x1a nearby/v1/location_service.proto\"O\n\x0eLocationReport\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12,\n\x03\x66ix\x18\x02 \x01(\x0b\x32\x1f.nearby.internal.v1.PositionFix\"M\n\x16ReportLocationsRequest\x12\x33\n\x07reports\x18\x01 \x03(\x0b\x32\".nearby.internal.v1.LocationReport\"~\n\x0cReportResult\x12\x31\n\x0b\x64isposition\x18\x01 \x01(\x0e\x32\x1c.nearby.v1.ReportDisposition\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12,\n\x03\x66ix\x18\x03 \x01(\x0b\x32\x1f.nearby.internal.v1.PositionFix\"L\n\x17ReportLocationsResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .nearby.internal.v1.ReportResult\"D\n\x18\x42\x61tchGetLocationsRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12\x16\n\x0einclude_hidden\x18\x02 \x01(\x08\"O\n\x0e\x43\x61\x63hedLocation\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12,\n\x03\x66ix\x18\x02 \x01(\x0b\x32\x1f.nearby.internal.v1.PositionFix\"R\n\x19\x42\x61tchGetLocationsResponse\x12\x35\n\tlocations\x18\x01 \x03(\x0b\x32\".nearby.internal.v1.CachedLocation2\xf5\x01\n\x15LocationIngestService\x12j\n\x0fReportLocations\x12*.nearby.internal.v1.ReportLocationsRequest\x1a+.nearby.internal.v1.ReportLocationsResponse\x12p\n\x11\x42\x61tchGetLocations\x12,.nearby.internal.v1.BatchGetLocationsRequest\x1a-.nearby.internal.v1.BatchGetLocationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,11 +42,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPORTLOCATIONSRESPONSE']._serialized_start=427
   _globals['_REPORTLOCATIONSRESPONSE']._serialized_end=503
   _globals['_BATCHGETLOCATIONSREQUEST']._serialized_start=505
-  _globals['_BATCHGETLOCATIONSREQUEST']._serialized_end=549
-  _globals['_CACHEDLOCATION']._serialized_start=551
-  _globals['_CACHEDLOCATION']._serialized_end=630
-  _globals['_BATCHGETLOCATIONSRESPONSE']._serialized_start=632
-  _globals['_BATCHGETLOCATIONSRESPONSE']._serialized_end=714
-  _globals['_LOCATIONINGESTSERVICE']._serialized_start=717
-  _globals['_LOCATIONINGESTSERVICE']._serialized_end=962
+  _globals['_BATCHGETLOCATIONSREQUEST']._serialized_end=573
+  _globals['_CACHEDLOCATION']._serialized_start=575
+  _globals['_CACHEDLOCATION']._serialized_end=654
+  _globals['_BATCHGETLOCATIONSRESPONSE']._serialized_start=656
+  _globals['_BATCHGETLOCATIONSRESPONSE']._serialized_end=738
+  _globals['_LOCATIONINGESTSERVICE']._serialized_start=741
+  _globals['_LOCATIONINGESTSERVICE']._serialized_end=986
 # @@protoc_insertion_point(module_scope)

@@ -39,10 +39,12 @@ class ReportLocationsResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ReportResult, _Mapping]]] = ...) -> None: ...
 
 class BatchGetLocationsRequest(_message.Message):
-    __slots__ = ("user_ids",)
+    __slots__ = ("user_ids", "include_hidden")
     USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_HIDDEN_FIELD_NUMBER: _ClassVar[int]
     user_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    include_hidden: bool
+    def __init__(self, user_ids: _Optional[_Iterable[str]] = ..., include_hidden: _Optional[bool] = ...) -> None: ...
 
 class CachedLocation(_message.Message):
     __slots__ = ("user_id", "fix")
