@@ -94,6 +94,19 @@ class Settings:
     history_batch_size: int = field(
         default=5000, metadata=_env("HISTORY_BATCH_SIZE", "Rows per history COPY batch")
     )
+    history_claim_idle_s: float = field(
+        default=30.0,
+        metadata=_env(
+            "HISTORY_CLAIM_IDLE_S",
+            "History entries unacknowledged this long are reclaimed from a dead writer",
+        ),
+    )
+    presence_sweep_interval_s: float = field(
+        default=1.0,
+        metadata=_env(
+            "PRESENCE_SWEEP_INTERVAL_S", "How often presence looks for users past the timeout"
+        ),
+    )
     nearby_radius_m: float = field(
         default=8047.0, metadata=_env("NEARBY_RADIUS_M", "Nearby radius in metres (5 miles)")
     )
