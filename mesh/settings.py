@@ -64,6 +64,37 @@ class Settings:
     presence_addr: str = field(
         default="127.0.0.1:50053", metadata=_env("PRESENCE_ADDR", "Where to reach presence_svc")
     )
+    # --- the edge (Envoy) and the local stack ---------------------------
+    envoy_port: int = field(
+        default=8080, metadata=_env("ENVOY_PORT", "Envoy's gRPC listener for clients")
+    )
+    envoy_admin_port: int = field(
+        default=9901, metadata=_env("ENVOY_ADMIN_PORT", "Envoy's admin interface (loopback only)")
+    )
+    fanout_replicas: int = field(
+        default=0,
+        metadata=_env("FANOUT_REPLICAS", "Fan-out processes `nearby run` starts (0: one per core)"),
+    )
+    jwt_issuer: str = field(
+        default="nearby-dev", metadata=_env("JWT_ISSUER", "`iss` Envoy requires in access tokens")
+    )
+    jwt_audience: str = field(
+        default="nearby", metadata=_env("JWT_AUDIENCE", "`aud` Envoy requires in access tokens")
+    )
+    jwks_path: str = field(
+        default="",
+        metadata=_env(
+            "JWKS_PATH", "JWKS file of the token issuer (empty: the dev key in NEARBY_HOME)"
+        ),
+    )
+    stream_idle_timeout_s: float = field(
+        default=300.0,
+        metadata=_env("STREAM_IDLE_TIMEOUT_S", "Envoy ends a stream silent this long"),
+    )
+    nearby_home: str = field(
+        default=".nearby",
+        metadata=_env("NEARBY_HOME", "Local state: dev signing key, private Redis/Postgres, logs"),
+    )
     # --- behaviour ------------------------------------------------------
     shutdown_grace_s: float = field(
         default=10.0,
