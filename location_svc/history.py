@@ -1,0 +1,247 @@
+"""The history pipeline: Redis Streams `history:{0..3}` → Postgres.
+
+Guarantees (see docs/location.md):
+- an entry is acknowledged (XACK) and deleted (XDEL) only after the
+  transaction holding it committed, so a crash anywhere leaves it pending;
+- entries pending on a writer that stopped reading for HISTORY_CLAIM_IDLE_S
+  are taken over with XAUTOCLAIM by any live writer (several replicas share
+  the consumer group, each entry is delivered to one of them);
+- a batch written twice (replay after a crash) creates no duplicates: the
+  table's key is (user_id, recorded_at) and the fallback write is
+  INSERT ... ON CONFLICT DO NOTHING;
+- while Postgres is down, writers retry with backoff and never drop anything;
+  the buffer grows up to HISTORY_BUFFER_MAX (see HistoryBuffer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from location_svc import metrics, store
+from mesh import keys
+
+log = logging.getLogger("location_svc.history")
+
+MAX_BACKOFF_S = 5.0
+DEAD_CONSUMER_IDLE_MS = 3_600_000  # forget consumers with nothing pending after 1 h
+
+
+class HistoryBuffer:
+    """Watches the size of the buffer (every second) and enforces its bound.
+
+    At the bound new entries are not added: they are counted as dropped and
+    logged, while reports keep succeeding. The live cache and fan-out matter
+    more than history, and an unbounded buffer would take Redis down with it.
+    The bound is checked once a second, so it can be overshot by one second
+    of traffic.
+    """
+
+    def __init__(self, redis: aioredis.Redis, bound: int, interval_s: float = 1.0) -> None:
+        self.redis = redis
+        self.bound = bound
+        self.interval_s = interval_s
+        self.length = 0
+        self.accepting = True
+        self._warned = False
+        self._dropped_since_log = 0
+        self._last_drop_log = 0.0
+
+    async def refresh(self) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in range(keys.HISTORY_SHARDS):
+            pipe.xlen(keys.history_stream(shard))
+            pipe.xrange(keys.history_stream(shard), count=1)
+        res = await pipe.execute()
+        self.length = sum(res[0::2])
+        oldest = [int(entries[0][0].split(b"-")[0]) for entries in res[1::2] if entries]
+        metrics.HISTORY_LAG.set(max(0.0, time.time() - min(oldest) / 1000) if oldest else 0.0)
+        metrics.HISTORY_BUFFER.set(self.length)
+        metrics.HISTORY_BUFFER_RATIO.set(self.length / self.bound)
+        self.accepting = self.length < self.bound
+        if self.length >= 0.8 * self.bound and not self._warned:
+            self._warned = True
+            log.warning(
+                "history buffer at %d of %d entries: is Postgres reachable?",
+                self.length,
+                self.bound,
+            )
+        elif self.length < 0.7 * self.bound and self._warned:
+            self._warned = False
+            log.info("history buffer back to %d of %d entries", self.length, self.bound)
+
+    def dropped(self, count: int) -> None:
+        metrics.HISTORY_DROPPED.inc(count)
+        self._dropped_since_log += count
+        now = time.monotonic()
+        if now - self._last_drop_log >= 10.0:
+            log.error(
+                "history buffer full (%d entries): %d history entries dropped; "
+                "reports still succeed. Restore Postgres or raise HISTORY_BUFFER_MAX",
+                self.length,
+                self._dropped_since_log,
+            )
+            self._dropped_since_log = 0
+            self._last_drop_log = now
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except RedisError as exc:
+                log.warning("cannot read the history buffer size: %s", exc)
+            await asyncio.sleep(self.interval_s)
+
+
+class HistoryWriter:
+    """One consumer of the group; a task per stream shard."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        database_url: str,
+        batch_size: int,
+        claim_idle_s: float,
+        block_ms: int = 1000,
+    ) -> None:
+        self.redis = redis
+        self.database_url = database_url
+        self.batch_size = batch_size
+        self.claim_idle_ms = max(1, int(claim_idle_s * 1000))
+        self.block_ms = block_ms
+        self.consumer = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._tasks: list[asyncio.Task[None]] = []
+        self._outage = False
+
+    async def start(self) -> None:
+        for shard in range(keys.HISTORY_SHARDS):
+            await self._ensure_group(keys.history_stream(shard))
+        self._tasks = [
+            asyncio.create_task(self._run(keys.history_stream(s)), name=f"history-writer-{s}")
+            for s in range(keys.HISTORY_SHARDS)
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def _ensure_group(self, stream: str) -> None:
+        try:
+            await self.redis.xgroup_create(stream, keys.HISTORY_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _run(self, stream: str) -> None:
+        conn: psycopg.AsyncConnection[Any] | None = None
+        backoff = 0.2
+        next_claim = 0.0
+        try:
+            while True:
+                try:
+                    if time.monotonic() >= next_claim:
+                        conn = await self._reclaim(stream, conn)
+                        next_claim = time.monotonic() + self.claim_idle_ms / 4000
+                    entries = await self._read(stream)
+                    if entries:
+                        conn = await self._commit(stream, entries, conn)
+                    backoff = 0.2
+                except (psycopg.Error, OSError, RedisError) as exc:
+                    if not self._outage:
+                        self._outage = True
+                        log.error(
+                            "history writer cannot write (%s); entries stay buffered, "
+                            "retrying with backoff",
+                            exc,
+                        )
+                    if conn is not None:
+                        await conn.close()
+                        conn = None
+                    await asyncio.sleep(backoff)
+                    backoff = min(MAX_BACKOFF_S, backoff * 2)
+        finally:
+            if conn is not None:
+                await conn.close()
+
+    async def _read(self, stream: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        res: Any = await self.redis.xreadgroup(
+            keys.HISTORY_GROUP,
+            self.consumer,
+            {stream: ">"},
+            count=self.batch_size,
+            block=self.block_ms,
+        )
+        if not res:
+            return []
+        return list(res[0][1])
+
+    async def _reclaim(
+        self, stream: str, conn: psycopg.AsyncConnection[Any] | None
+    ) -> psycopg.AsyncConnection[Any] | None:
+        """Take over entries a dead writer read but never acknowledged.
+
+        Also picks up this consumer's own pending entries left by a failed
+        commit, since their idle time grows while we retry.
+        """
+        cursor: bytes | str = "0-0"
+        while True:
+            res = await self.redis.xautoclaim(
+                stream,
+                keys.HISTORY_GROUP,
+                self.consumer,
+                self.claim_idle_ms,
+                start_id=cursor,
+                count=self.batch_size,
+            )
+            cursor, entries = res[0], res[1]
+            if entries:
+                metrics.HISTORY_RECLAIMED.inc(len(entries))
+                log.info("reclaimed %d history entries from %s", len(entries), stream)
+                conn = await self._commit(stream, entries, conn)
+            if cursor in (b"0-0", "0-0"):
+                break
+        await self._forget_dead_consumers(stream)
+        return conn
+
+    async def _forget_dead_consumers(self, stream: str) -> None:
+        for c in await self.redis.xinfo_consumers(stream, keys.HISTORY_GROUP):
+            name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+            if name != self.consumer and c["pending"] == 0 and c["idle"] > DEAD_CONSUMER_IDLE_MS:
+                await self.redis.xgroup_delconsumer(stream, keys.HISTORY_GROUP, name)
+
+    async def _commit(
+        self,
+        stream: str,
+        entries: Sequence[tuple[bytes, dict[bytes, bytes] | None]],
+        conn: psycopg.AsyncConnection[Any] | None,
+    ) -> psycopg.AsyncConnection[Any]:
+        rows = [fields[b"r"] for _, fields in entries if fields and b"r" in fields]
+        if conn is None or conn.closed:
+            conn = await psycopg.AsyncConnection.connect(self.database_url, connect_timeout=5)
+        if rows:
+            inserted = await store.write_batch(conn, rows)
+            metrics.HISTORY_ROWS.inc(inserted)
+            metrics.HISTORY_BATCHES.labels("copy" if inserted == len(rows) else "merge").inc()
+        ids = [entry_id for entry_id, _ in entries]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xack(stream, keys.HISTORY_GROUP, *ids)
+        pipe.xdel(stream, *ids)
+        await pipe.execute()
+        if self._outage:
+            self._outage = False
+            log.warning("history writer recovered: writing buffered entries")
+        return conn

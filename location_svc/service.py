@@ -1,0 +1,169 @@
+"""The servicers of location_svc: public LocationService (identity from the
+edge) and internal LocationIngestService (user ids in the request body)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from google.protobuf import timestamp_pb2
+from nearby.internal.v1 import (
+    events_pb2,
+    location_ingest_service_pb2,
+    location_ingest_service_pb2_grpc,
+)
+from nearby.v1 import geo_pb2, location_service_pb2, location_service_pb2_grpc
+from psycopg_pool import AsyncConnectionPool
+
+from location_svc import metrics, store
+from location_svc.cache import LocationCache, Report
+from location_svc.ingest import Ingestor, now_ms
+from mesh import paging
+from mesh.errors import InvalidArgument, PermissionDenied, invalid_field
+from mesh.identity import caller_id, check_user_id
+from mesh.settings import Settings
+from mesh.types import Context
+
+MAX_REPORTS_PER_CALL = 10_000
+_UTC = dt.UTC
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
+
+
+def _us(value: dt.datetime) -> int:
+    return (value - _EPOCH) // dt.timedelta(microseconds=1)
+
+
+def _from_us(us: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(microseconds=us)
+
+
+def _timestamp(ms: int) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromMilliseconds(ms)
+    return ts
+
+
+class LocationServicer(location_service_pb2_grpc.LocationServiceServicer):
+    def __init__(self, ingest: Ingestor, pool: AsyncConnectionPool) -> None:
+        self.ingest = ingest
+        self.pool = pool
+
+    async def ReportLocation(
+        self, request: location_service_pb2.ReportLocationRequest, context: Context
+    ) -> location_service_pb2.ReportLocationResponse:
+        user_id = caller_id(context)
+        if not request.HasField("position"):
+            metrics.INVALID.inc()
+            raise invalid_field("position", "is required")
+        now = now_ms()
+        recorded = request.recorded_at.ToMilliseconds() if request.HasField("recorded_at") else None
+        try:
+            report = self.ingest.validate(
+                user_id, request.position.latitude, request.position.longitude, recorded, now
+            )
+        except InvalidArgument:
+            metrics.INVALID.inc()
+            raise
+        (disposition,) = await self.ingest.record([report], now)
+        return location_service_pb2.ReportLocationResponse(
+            location=location_service_pb2.Location(
+                user_id=user_id,
+                position=geo_pb2.LatLng(latitude=report.latitude, longitude=report.longitude),
+                recorded_at=_timestamp(report.recorded_at_ms),
+            ),
+            disposition=disposition,  # type: ignore[arg-type]
+        )
+
+    async def ListLocationHistory(
+        self, request: location_service_pb2.ListLocationHistoryRequest, context: Context
+    ) -> location_service_pb2.ListLocationHistoryResponse:
+        user_id = caller_id(context)
+        if request.user_id and request.user_id != user_id:
+            raise PermissionDenied(
+                "you can only list your own location history", reason="NOT_OWNER"
+            )
+        size = paging.page_size(request.page_size, 100, 1000)
+        start = request.start_time.ToDatetime(_UTC) if request.HasField("start_time") else None
+        end = request.end_time.ToDatetime(_UTC) if request.HasField("end_time") else None
+        if start is not None and end is not None and end <= start:
+            raise invalid_field("end_time", "must be after start_time")
+        scope = [user_id, _us(start) if start else None, _us(end) if end else None]
+        position = paging.decode_token(request.page_token, "history")
+        if position is not None:
+            if not isinstance(position, list) or len(position) != 4 or position[:3] != scope:
+                raise invalid_field(
+                    "page_token", "belongs to a call with other parameters: start again"
+                )
+            end = _from_us(int(position[3]))
+        rows = await store.list_history(self.pool, user_id, start, end, size + 1)
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = paging.encode_token("history", [*scope, _us(rows[-1].recorded_at)])
+        resp = location_service_pb2.ListLocationHistoryResponse(next_page_token=token)
+        for row in rows:
+            loc = resp.locations.add(user_id=user_id)
+            loc.position.latitude = row.latitude
+            loc.position.longitude = row.longitude
+            loc.recorded_at.FromDatetime(row.recorded_at)
+        return resp
+
+
+class LocationIngestServicer(location_ingest_service_pb2_grpc.LocationIngestServiceServicer):
+    def __init__(self, ingest: Ingestor, cache: LocationCache, settings: Settings) -> None:
+        self.ingest = ingest
+        self.cache = cache
+        self.friend_cap = settings.friend_cap
+
+    async def ReportLocations(
+        self, request: location_ingest_service_pb2.ReportLocationsRequest, context: Context
+    ) -> location_ingest_service_pb2.ReportLocationsResponse:
+        if len(request.reports) > MAX_REPORTS_PER_CALL:
+            raise invalid_field("reports", f"at most {MAX_REPORTS_PER_CALL} reports per call")
+        now = now_ms()
+        resp = location_ingest_service_pb2.ReportLocationsResponse()
+        valid: list[Report] = []
+        slots: list[location_ingest_service_pb2.ReportResult] = []
+        for i, item in enumerate(request.reports):
+            result = resp.results.add()
+            fix = item.fix
+            try:
+                check_user_id(item.user_id, f"reports[{i}].user_id")
+                report = self.ingest.validate(
+                    item.user_id,
+                    fix.latitude,
+                    fix.longitude,
+                    fix.recorded_at_ms or None,
+                    now,
+                    f"reports[{i}].fix",
+                    f"reports[{i}].fix.recorded_at_ms",
+                )
+            except InvalidArgument as exc:
+                metrics.INVALID.inc()
+                result.error = exc.message
+                continue
+            valid.append(report)
+            slots.append(result)
+        dispositions = await self.ingest.record(valid, now)
+        for report, result, disposition in zip(valid, slots, dispositions, strict=True):
+            result.disposition = disposition  # type: ignore[assignment]
+            result.fix.latitude = report.latitude
+            result.fix.longitude = report.longitude
+            result.fix.recorded_at_ms = report.recorded_at_ms
+        return resp
+
+    async def BatchGetLocations(
+        self, request: location_ingest_service_pb2.BatchGetLocationsRequest, context: Context
+    ) -> location_ingest_service_pb2.BatchGetLocationsResponse:
+        ids = list(request.user_ids)
+        if len(ids) > self.friend_cap:
+            raise invalid_field(
+                "user_ids", f"{len(ids)} ids; at most {self.friend_cap} (the friend cap)"
+            )
+        for i, uid in enumerate(ids):
+            check_user_id(uid, f"user_ids[{i}]")
+        found = await self.cache.batch_get(ids, request.include_hidden)
+        resp = location_ingest_service_pb2.BatchGetLocationsResponse()
+        for uid, value in found:
+            loc = resp.locations.add(user_id=uid)
+            loc.fix.MergeFrom(events_pb2.PositionFix.FromString(value))
+        return resp
