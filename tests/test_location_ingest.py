@@ -64,7 +64,7 @@ async def channel(settings: Settings) -> AsyncIterator[grpc.aio.Channel]:
 
 
 async def cached(r: aioredis.Redis, user: str) -> events_pb2.PositionFix | None:
-    value = await r.hget(keys.location(user), "v")
+    value: Any = await r.hget(keys.location(user), "v")
     return None if value is None else events_pb2.PositionFix.FromString(value)
 
 
@@ -81,7 +81,7 @@ async def test_report_caches_publishes_and_touches_presence(
     channel: grpc.aio.Channel, redis_client: aioredis.Redis
 ) -> None:
     stub = location_service_pb2_grpc.LocationServiceStub(channel)
-    sub = redis_client.pubsub()
+    sub: Any = redis_client.pubsub()
     await sub.subscribe(keys.location_channel("alice"))
     before = now_ms()
     resp = await stub.ReportLocation(report(52.52, 13.405), metadata=who("alice"))
@@ -160,7 +160,7 @@ async def test_out_of_order_update_never_overwrites_newer(
     channel: grpc.aio.Channel, redis_client: aioredis.Redis
 ) -> None:
     stub = location_service_pb2_grpc.LocationServiceStub(channel)
-    sub = redis_client.pubsub()
+    sub: Any = redis_client.pubsub()
     await sub.subscribe(keys.location_channel("carol"))
     t = now_ms()
     first = await stub.ReportLocation(report(10.0, 10.0, t), metadata=who("carol"))
@@ -203,7 +203,7 @@ async def test_rate_cap_coalesces_extra_updates(
     app = LocationApp(settings.replace(min_report_interval_s=60.0), history_writer=False)
     async with running(app) as addr, grpc.aio.insecure_channel(addr) as ch:
         stub = location_service_pb2_grpc.LocationServiceStub(ch)
-        sub = redis_client.pubsub()
+        sub: Any = redis_client.pubsub()
         await sub.subscribe(keys.location_channel("erin"))
         t = now_ms()
         dispositions = []
@@ -226,7 +226,7 @@ async def test_hidden_user_is_cached_but_not_published(
 ) -> None:
     stub = location_service_pb2_grpc.LocationServiceStub(channel)
     await redis_client.set(keys.hidden("gina"), b"1")
-    sub = redis_client.pubsub()
+    sub: Any = redis_client.pubsub()
     await sub.subscribe(keys.location_channel("gina"))
     resp = await stub.ReportLocation(report(3.0, 4.0), metadata=who("gina"))
     assert resp.disposition == ACCEPTED
