@@ -156,6 +156,13 @@ class Settings:
         default=1000,
         metadata=_env("FANOUT_QUEUE_MAX", "Pending friends per stream before it must reconnect"),
     )
+    fanout_stall_s: float = field(
+        default=10.0,
+        metadata=_env(
+            "FANOUT_STALL_S",
+            "A stream whose client accepts no data for this long is ended (must reconnect)",
+        ),
+    )
     heartbeat_s: float = field(
         default=30.0,
         metadata=_env("HEARTBEAT_S", "Idle streams get a heartbeat message this often"),
