@@ -32,6 +32,8 @@ envoy-config: $(STAMP)
 lint: $(STAMP)
 	$(PY) scripts/gen_protos.py --check
 	cd protos && ../$(BIN)/buf lint && ../$(BIN)/buf format --diff --exit-code
+	$(PY) envoy/generate.py --check
+	$(BIN)/envoy --mode validate -c envoy/envoy.yaml --log-level warn
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 

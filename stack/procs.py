@@ -1,0 +1,175 @@
+"""The mesh's service processes: spawn `python -m <svc>`, wait until healthy, stop.
+
+Each child runs in its own session (process group), so a Ctrl-C in the
+terminal reaches only the launcher, which then stops the children in order;
+stopping a child signals its whole group, so nothing it started survives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mesh.settings import Settings
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A service of the mesh: its module and the gRPC service Envoy health-checks."""
+
+    module: str
+    health_service: str
+
+
+SERVICES: dict[str, ServiceSpec] = {
+    "friend_svc": ServiceSpec("friend_svc", "nearby.v1.FriendService"),
+    "location_svc": ServiceSpec("location_svc", "nearby.v1.LocationService"),
+    "presence_svc": ServiceSpec("presence_svc", "nearby.v1.PresenceService"),
+    "fanout_svc": ServiceSpec("fanout_svc", "nearby.v1.NearbyService"),
+}
+
+
+def settings_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment that gives a child process exactly these settings."""
+    env = dict(os.environ if base is None else base)
+    for f in dataclasses.fields(Settings):
+        env[f.metadata["env"]] = str(getattr(settings, f.name))
+    return env
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Linux: SIGTERM this child if the launcher dies (even by SIGKILL)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclass
+class Child:
+    """One running service process."""
+
+    name: str
+    spec: ServiceSpec
+    port: int
+    metrics_port: int
+    log_path: Path | None
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def exited(self) -> int | None:
+        return self.proc.poll()
+
+    def log_tail(self, lines: int = 5) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        tail = self.log_path.read_text(errors="replace").strip().splitlines()[-lines:]
+        return "\n  ".join(tail)
+
+    def signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float) -> None:
+        """SIGTERM (graceful: drain), SIGKILL the group after `timeout`; reaps."""
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.proc.wait()
+
+
+def spawn(
+    name: str,
+    spec: ServiceSpec,
+    settings: Settings,
+    port: int,
+    metrics_port: int,
+    *,
+    log_path: Path | None = None,
+    die_with_parent: bool = False,
+) -> Child:
+    env = settings_env(settings)
+    env["PORT"] = str(port)
+    env["METRICS_PORT"] = str(metrics_port)
+    env["PYTHONUNBUFFERED"] = "1"
+    log = None
+    out: int | object = subprocess.DEVNULL
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+        out = log
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", spec.module],
+            env=env,
+            stdout=out,  # type: ignore[arg-type]
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if die_with_parent else None,
+        )
+    finally:
+        if log is not None:
+            log.close()
+    return Child(name, spec, port, metrics_port, log_path, proc)
+
+
+def check_health(addr: str, service: str, timeout: float = 1.0) -> bool:
+    """One grpc.health.v1 Check: True when SERVING."""
+    with grpc.insecure_channel(addr) as channel:
+        stub: Any = health_pb2_grpc.HealthStub(channel)  # the stubs' types lack Check
+        try:
+            resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError:
+            return False
+    return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def wait_healthy(children: list[Child], timeout: float) -> None:
+    """Until every child is SERVING; raises naming the first one that died or hung."""
+    pending = list(children)
+    deadline = time.monotonic() + timeout
+    while pending:
+        for child in list(pending):
+            code = child.exited()
+            if code is not None:
+                tail = child.log_tail()
+                raise ChildFailed(
+                    child,
+                    f"{child.name} exited with code {code} while starting"
+                    + (f":\n  {tail}" if tail else ""),
+                )
+            if check_health(child.addr, child.spec.health_service, timeout=0.5):
+                pending.remove(child)
+        if pending and time.monotonic() > deadline:
+            raise ChildFailed(
+                pending[0], f"{pending[0].name} was not healthy within {timeout:.0f}s"
+            )
+        if pending:
+            time.sleep(0.1)
+
+
+class ChildFailed(RuntimeError):
+    def __init__(self, child: Child, message: str) -> None:
+        super().__init__(message)
+        self.child = child

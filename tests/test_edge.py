@@ -1,0 +1,239 @@
+"""The edge, through a real Envoy with the real grpcurl: reflection, JWT,
+identity headers, admin claim, internal services, health checks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from nearby.internal.v1 import friend_graph_service_pb2, friend_graph_service_pb2_grpc
+from nearby.v1 import friend_service_pb2, friend_service_pb2_grpc
+
+from mesh.settings import Settings
+from stack import infra
+from stack.edge import validate
+from tests.edge_stack import EdgeStack, edge_stack
+
+PUBLIC = (
+    "nearby.v1.FriendService",
+    "nearby.v1.LocationService",
+    "nearby.v1.PresenceService",
+    "nearby.v1.NearbyService",
+)
+
+
+@pytest.fixture(scope="module")
+def edge_settings(redis_server: infra.RedisServer, pg_admin_url: str) -> Iterator[Settings]:
+    """One database for the module's stack (tests use fresh user ids)."""
+    name = f"nearby_edge_{uuid.uuid4().hex[:12]}"
+    infra.create_database(pg_admin_url, name)
+    yield Settings(redis_url=redis_server.url, database_url=infra.database_url(pg_admin_url, name))
+    infra.drop_database(pg_admin_url, name)
+
+
+@pytest.fixture(scope="module")
+async def stack(edge_settings: Settings) -> AsyncIterator[EdgeStack]:
+    async with edge_stack(edge_settings, services=("friend_svc",)) as s:
+        yield s
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def create_user(stack: EdgeStack, user_id: str) -> None:
+    res = await stack.grpcurl(
+        "nearby.v1.FriendService/CreateUser",
+        token=stack.token("operator", admin=True),
+        data=json.dumps({"user_id": user_id, "display_name": user_id.title()}),
+    )
+    assert res.code == "OK", res.stderr
+
+
+async def test_grpcurl_lists_every_public_service_without_a_token(stack: EdgeStack) -> None:
+    res = await stack.grpcurl("list")
+    assert res.code == "OK", res.stderr
+    listed = set(res.stdout.split())
+    assert set(PUBLIC) <= listed
+    described = await stack.grpcurl("describe", "nearby.v1.NearbyService")
+    assert described.code == "OK", described.stderr
+    assert "rpc Connect ( stream .nearby.v1.ConnectRequest )" in described.stdout
+
+
+async def test_call_with_valid_token_acts_as_the_tokens_subject(stack: EdgeStack) -> None:
+    alice = uid("alice")
+    await create_user(stack, alice)
+    res = await stack.grpcurl(
+        "nearby.v1.FriendService/GetUser", token=stack.token(alice), data="{}"
+    )
+    assert res.code == "OK", res.stderr
+    assert json.loads(res.stdout)["user"]["user_id"] == alice
+
+
+async def test_no_token_is_unauthenticated(stack: EdgeStack) -> None:
+    res = await stack.grpcurl("nearby.v1.FriendService/GetUser", data="{}")
+    assert res.code == "Unauthenticated", res.stderr
+    # identity headers without a token do not help
+    forged = await stack.grpcurl(
+        "nearby.v1.FriendService/GetUser",
+        data="{}",
+        headers=["x-nearby-user-id: someone", "x-nearby-admin: true"],
+    )
+    assert forged.code == "Unauthenticated", forged.stderr
+
+
+def _foreign_token(stack: EdgeStack, **claims: object) -> str:
+    """Signed by a key Envoy does not know."""
+    now = int(time.time())
+    body: dict[str, object] = {
+        "iss": stack.settings.jwt_issuer,
+        "aud": stack.settings.jwt_audience,
+        "sub": "mallory",
+        "iat": now,
+        "exp": now + 600,
+        **claims,
+    }
+    key = ec.generate_private_key(ec.SECP256R1())
+    return jwt.encode(body, key, algorithm="ES256", headers={"kid": stack.key.kid})
+
+
+@pytest.mark.parametrize(
+    "make_token",
+    [
+        pytest.param(lambda s: s.token("bob", ttl_s=60, now=time.time() - 3600), id="expired"),
+        pytest.param(lambda s: "not-a-jwt", id="garbage"),
+        pytest.param(lambda s: s.token("bob")[:-4] + "AAAA", id="bad-signature"),
+        pytest.param(_foreign_token, id="unknown-key"),
+        pytest.param(
+            lambda s: s.key.sign("bob", issuer="someone-else", audience=s.settings.jwt_audience),
+            id="wrong-issuer",
+        ),
+        pytest.param(
+            lambda s: s.key.sign("bob", issuer=s.settings.jwt_issuer, audience="other-app"),
+            id="wrong-audience",
+        ),
+    ],
+)
+async def test_invalid_token_is_unauthenticated(stack: EdgeStack, make_token: object) -> None:
+    token = make_token(stack)  # type: ignore[operator]
+    async with stack.channel() as channel:
+        stub = friend_service_pb2_grpc.FriendServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetUser(
+                friend_service_pb2.GetUserRequest(),
+                metadata=[("authorization", f"Bearer {token}")],
+                timeout=10,
+            )
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_forged_identity_headers_are_ignored(stack: EdgeStack) -> None:
+    alice, bob = uid("alice"), uid("bob")
+    await create_user(stack, alice)
+    await create_user(stack, bob)
+    res = await stack.grpcurl(
+        "nearby.v1.FriendService/GetUser",
+        token=stack.token(alice),
+        data="{}",
+        headers=[f"x-nearby-user-id: {bob}"],
+    )
+    assert res.code == "OK", res.stderr
+    assert json.loads(res.stdout)["user"]["user_id"] == alice
+    # a client cannot grant itself the admin claim either
+    forged_admin = await stack.grpcurl(
+        "nearby.v1.FriendService/CreateUser",
+        token=stack.token(alice),
+        data=json.dumps({"user_id": uid("eve"), "display_name": "Eve"}),
+        headers=["x-nearby-admin: true"],
+    )
+    assert forged_admin.code == "PermissionDenied", forged_admin.stderr
+
+
+async def test_create_user_needs_the_admin_claim(stack: EdgeStack) -> None:
+    carol = uid("carol")
+    body = json.dumps({"user_id": carol, "display_name": "Carol"})
+    denied = await stack.grpcurl(
+        "nearby.v1.FriendService/CreateUser", token=stack.token(carol), data=body
+    )
+    assert denied.code == "PermissionDenied", denied.stderr
+    allowed = await stack.grpcurl(
+        "nearby.v1.FriendService/CreateUser", token=stack.token("ops", admin=True), data=body
+    )
+    assert allowed.code == "OK", allowed.stderr
+    assert json.loads(allowed.stdout)["user"]["user_id"] == carol
+
+
+async def test_internal_services_are_not_routed(stack: EdgeStack) -> None:
+    dave = uid("dave")
+    await create_user(stack, dave)
+    before = stack.envoy.stats("cluster.friend_svc.upstream_rq_total").get(
+        "cluster.friend_svc.upstream_rq_total", 0
+    )
+    async with stack.channel() as channel:
+        stub = friend_graph_service_pb2_grpc.FriendGraphServiceStub(channel)
+        for metadata in (stack.auth(dave), stack.auth(dave, admin=True)):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.ListAllFriends(
+                    friend_graph_service_pb2.ListAllFriendsRequest(user_id=dave),
+                    metadata=metadata,
+                    timeout=10,
+                )
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    after = stack.envoy.stats("cluster.friend_svc.upstream_rq_total").get(
+        "cluster.friend_svc.upstream_rq_total", 0
+    )
+    assert after == before  # never reached the backend
+    # while the backend itself serves it (operators and tests call it directly)
+    async with grpc.aio.insecure_channel(stack.backends["friend_svc"][0]) as direct:
+        stub = friend_graph_service_pb2_grpc.FriendGraphServiceStub(direct)
+        await stub.ListAllFriends(
+            friend_graph_service_pb2.ListAllFriendsRequest(user_id=dave), timeout=10
+        )
+
+
+async def test_unhealthy_backend_is_taken_out_and_back_in(stack: EdgeStack) -> None:
+    erin = uid("erin")
+    await create_user(stack, erin)
+    async with stack.channel() as channel:
+        stub = friend_service_pb2_grpc.FriendServiceStub(channel)
+
+        async def status() -> grpc.StatusCode:
+            try:
+                await stub.GetUser(
+                    friend_service_pb2.GetUserRequest(), metadata=stack.auth(erin), timeout=10
+                )
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+            return grpc.StatusCode.OK
+
+        async def eventually(code: grpc.StatusCode) -> None:
+            # Envoy's workers learn of a host change just after /clusters shows it
+            for _ in range(100):
+                if await status() == code:
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"calls never returned {code}")
+
+        assert await status() == grpc.StatusCode.OK
+        await stack.set_serving("friend_svc", False)
+        try:
+            await stack.wait_hosts("friend_svc", healthy=False)
+            # no healthy host: Envoy fails the call at once instead of routing
+            await eventually(grpc.StatusCode.UNAVAILABLE)
+        finally:
+            await stack.set_serving("friend_svc", True)
+        await stack.wait_hosts("friend_svc", healthy=True)
+        await eventually(grpc.StatusCode.OK)
+
+
+async def test_generated_config_passes_envoy_validate(stack: EdgeStack) -> None:
+    ok, output = await asyncio.to_thread(validate, Path(stack.envoy.config))
+    assert ok, output
