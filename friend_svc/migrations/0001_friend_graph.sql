@@ -2,9 +2,10 @@
 --
 -- Friendships are stored in BOTH directions (one row per user and friend), so
 -- a user's friends are one index scan of the primary key and the table can be
--- sharded by user_id. Foreign keys reference only the row's own user where a
--- sharded deployment could keep them (friendships.user_id); the service
--- checks the other side in the same transaction.
+-- distributed by user_id. friendships.friend_id has no foreign key for that
+-- reason (a sharded deployment cannot check a key held by another shard); the
+-- service locks both users' rows in the transaction that adds a friendship,
+-- so the friend always exists.
 
 CREATE TABLE users (
     user_id      text        PRIMARY KEY,
