@@ -16,7 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from location_svc import store
 from location_svc.cache import LocationCache
-from location_svc.history import HistoryBuffer, HistoryWriter
+from location_svc.history import HistoryBuffer, HistoryWriter, ensure_groups
 from location_svc.ingest import Ingestor
 from location_svc.service import LocationIngestServicer, LocationServicer
 from mesh import db
@@ -49,6 +49,7 @@ class LocationApp(ServiceApp):
         self.pool = await db.open_pool(s.database_url)
         await db.migrate(self.pool, "location_svc", "location_svc")
         await self.maintain_partitions()
+        await ensure_groups(self.redis)
         self.buffer = HistoryBuffer(self.redis, s.history_buffer_max)
         await self.buffer.refresh()
         self.cache = LocationCache(self.redis, s.inactivity_timeout_s, s.min_report_interval_s)

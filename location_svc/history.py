@@ -37,6 +37,20 @@ MAX_BACKOFF_S = 5.0
 DEAD_CONSUMER_IDLE_MS = 3_600_000  # forget consumers with nothing pending after 1 h
 
 
+async def ensure_group(redis: aioredis.Redis, stream: str) -> None:
+    """Create the consumer group (from the stream's first entry) unless it exists."""
+    try:
+        await redis.xgroup_create(stream, keys.HISTORY_GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+async def ensure_groups(redis: aioredis.Redis) -> None:
+    for shard in range(keys.HISTORY_SHARDS):
+        await ensure_group(redis, keys.history_stream(shard))
+
+
 class HistoryBuffer:
     """Watches the size of the buffer (every second) and enforces its bound.
 
@@ -124,8 +138,7 @@ class HistoryWriter:
         self._outage = False
 
     async def start(self) -> None:
-        for shard in range(keys.HISTORY_SHARDS):
-            await self._ensure_group(keys.history_stream(shard))
+        await ensure_groups(self.redis)
         self._tasks = [
             asyncio.create_task(self._run(keys.history_stream(s)), name=f"history-writer-{s}")
             for s in range(keys.HISTORY_SHARDS)
@@ -138,13 +151,6 @@ class HistoryWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-
-    async def _ensure_group(self, stream: str) -> None:
-        try:
-            await self.redis.xgroup_create(stream, keys.HISTORY_GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
 
     async def _run(self, stream: str) -> None:
         conn: psycopg.AsyncConnection[Any] | None = None
@@ -160,6 +166,12 @@ class HistoryWriter:
                     if entries:
                         conn = await self._commit(stream, entries, conn)
                     backoff = 0.2
+                except ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    # Redis lost the stream (restart without persistence): recreate.
+                    log.warning("history consumer group missing on %s: recreating it", stream)
+                    await ensure_group(self.redis, stream)
                 except (psycopg.Error, OSError, RedisError) as exc:
                     if not self._outage:
                         self._outage = True
