@@ -26,11 +26,15 @@ run: $(STAMP)
 proto: $(STAMP)
 	$(PY) scripts/gen_protos.py
 
+docs-config: $(STAMP)
+	$(PY) scripts/config_table.py
+
 envoy-config: $(STAMP)
 	$(PY) envoy/generate.py
 
 lint: $(STAMP)
 	$(PY) scripts/gen_protos.py --check
+	$(PY) scripts/config_table.py --check
 	cd protos && ../$(BIN)/buf lint && ../$(BIN)/buf format --diff --exit-code
 	$(PY) envoy/generate.py --check
 	$(BIN)/envoy --mode validate -c envoy/envoy.yaml --log-level warn
