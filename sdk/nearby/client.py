@@ -64,6 +64,9 @@ DEFAULT_OPTIONS: Sequence[tuple[str, int | str]] = (
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # gRPC's own reconnect backoff of the connection (under the session's):
+    # capped like the session's so an edge that comes back is found quickly.
+    ("grpc.max_reconnect_backoff_ms", 30_000),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ("grpc.max_send_message_length", 4 * 1024 * 1024),
     ("grpc.enable_retries", 1),
