@@ -1,0 +1,269 @@
+"""Ceilings: what the machine does with no application logic, measured in the
+same run as the scenarios, so each scenario's figure is also a ratio.
+
+(a) bare grpc.aio server pushing one-update messages to N streams
+    (messages per server CPU-second);
+(b) bare grpc.aio server holding N idle bidi streams (RSS per stream);
+(c) raw Redis pipelined writes: per update the same commands the mesh issues
+    (HSET + PEXPIRE of the cache, PUBLISH, ZADD presence, XADD history);
+(d) bare binary COPY of history rows into the same location_history table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import random
+import signal
+import sys
+import time
+from typing import Any
+
+import psycopg
+import redis.asyncio as aioredis
+from nearby.internal.v1 import events_pb2
+
+from bench.harness import Harness, LoadClient
+from bench.procstat import CpuMeter, Proc, cpu_seconds
+from mesh import keys
+from stack import infra
+
+
+async def _bare_server(h: Harness, per_stream: int) -> tuple[Any, int]:
+    port = infra.free_port()
+    child = h.spawn(
+        "bare",
+        [sys.executable, "-m", "bench.bare", "--port", str(port), "--per-stream", str(per_stream)],
+        port=port,
+    )
+    return child, port
+
+
+async def paced_rounds(
+    load: LoadClient,
+    trigger: Any,
+    rounds: int,
+    per_round: int,
+    *,
+    in_flight: float = 1.5,
+    stall_s: float = 2.0,
+) -> tuple[int, float]:
+    """Fire `rounds` rounds of `per_round` expected deliveries, keeping at most
+    `in_flight` rounds undelivered; returns (delivered, seconds). `trigger()`
+    starts one round (may be a coroutine function)."""
+    t0 = time.monotonic()
+    delivered = 0
+    for r in range(rounds):
+        res = trigger()
+        if asyncio.iscoroutine(res):
+            await res
+        # wait until the backlog is below `in_flight` rounds (or it stalls)
+        last, since = -1, time.monotonic()
+        while True:
+            delivered = (await load.call(cmd="stats"))["updates"]
+            if delivered >= (r + 1 - in_flight) * per_round or r == rounds - 1:
+                break
+            if delivered != last:
+                last, since = delivered, time.monotonic()
+            elif time.monotonic() - since > stall_s:
+                break
+            await asyncio.sleep(0.005)
+    # drain: until everything expected arrived or nothing moved for stall_s
+    last, since = -1, time.monotonic()
+    t_last = time.monotonic()
+    while delivered < rounds * per_round:
+        delivered = (await load.call(cmd="stats"))["updates"]
+        now = time.monotonic()
+        if delivered != last:
+            last, since, t_last = delivered, now, now
+        elif now - since > stall_s:
+            break
+        await asyncio.sleep(0.005)
+    else:
+        t_last = time.monotonic()
+    return delivered, t_last - t0
+
+
+async def bare_push(h: Harness, streams: int, per_stream: int, rounds: int) -> dict[str, Any]:
+    """(a): messages per server CPU-second, one friend update per message."""
+    child, port = await _bare_server(h, per_stream)
+    load = await LoadClient.start(h, f"127.0.0.1:{port}")
+    try:
+        users = [[f"u{i:06d}", 48.85, 2.35, ""] for i in range(streams)]
+        conn = await load.call(cmd="connect", users=users, batch=500)
+        await load.call(cmd="stats", reset=True)
+        meter = CpuMeter([child.measured()]).start()
+        delivered, seconds = await paced_rounds(
+            load, lambda: os.kill(child.pid, signal.SIGUSR1), rounds, streams * per_stream
+        )
+        cpu = meter.stop()["bare"]
+        return {
+            "streams": streams,
+            "connected": conn["connected"],
+            "messages": delivered,
+            "expected": rounds * streams * per_stream,
+            "seconds": round(seconds, 3),
+            "server_cpu_s": round(cpu, 3),
+            "msgs_per_s": delivered / seconds if seconds else 0.0,
+            "msgs_per_cpu_s": delivered / cpu if cpu else 0.0,
+        }
+    finally:
+        await load.close()
+        h.stop(child)
+
+
+async def bare_idle(h: Harness, streams: int) -> dict[str, Any]:
+    """(b): RSS per idle bidi stream, and a connect storm (all at once)."""
+    child, port = await _bare_server(h, 1)
+    load = await LoadClient.start(h, f"127.0.0.1:{port}")
+    try:
+        await asyncio.sleep(0.5)
+        rss0 = Proc("bare", child.pid).rss()
+        users = [[f"u{i:06d}", 48.85, 2.35, ""] for i in range(streams)]
+        conn = await load.call(cmd="connect", users=users, batch=0, wait_s=600)
+        await asyncio.sleep(1.0)
+        rss1 = Proc("bare", child.pid).rss()
+        return {
+            "streams": streams,
+            "connected": conn["connected"],
+            "failed": conn["failed"],
+            "storm_s": conn["seconds"],
+            "rss_before_mb": round(rss0 / 2**20, 1),
+            "rss_after_mb": round(rss1 / 2**20, 1),
+            "rss_per_stream_kib": round((rss1 - rss0) / max(1, conn["connected"]) / 1024, 2),
+        }
+    finally:
+        await load.close()
+        h.stop(child)
+
+
+def fix_bytes(lat: float, lng: float, ms: int) -> bytes:
+    return events_pb2.PositionFix(
+        latitude=lat, longitude=lng, recorded_at_ms=ms
+    ).SerializeToString()
+
+
+async def redis_writes(
+    h: Harness, updates: int, pipeline: int = 500, writers: int = 4, users: int = 10_000
+) -> dict[str, Any]:
+    """(c): updates per Redis CPU-second, each update being the mesh's writes."""
+    url, redis_proc = h.redis()
+    r = aioredis.Redis.from_url(url, max_connections=writers + 2)
+    try:
+        me = Proc("writer", os.getpid())
+        per_writer = updates // writers
+
+        async def writer(w: int) -> None:
+            rnd = random.Random(w)
+            done = 0
+            while done < per_writer:
+                pipe = r.pipeline(transaction=False)
+                now = int(time.time() * 1000)
+                for _ in range(min(pipeline, per_writer - done)):
+                    uid = f"u{rnd.randrange(users):06d}"
+                    v = fix_bytes(48.85 + rnd.random() / 100, 2.35 + rnd.random() / 100, now)
+                    event = events_pb2.LocationEvent(
+                        user_id=uid,
+                        moved=events_pb2.PositionFix(latitude=48.85, longitude=2.35),
+                        published_at_ms=now,
+                    ).SerializeToString()
+                    k = keys.location(uid)
+                    pipe.hset(k, mapping={"v": v, "t": now, "a": now, "p": now})
+                    pipe.pexpire(k, 600_000)
+                    pipe.publish(keys.location_channel(uid), event)
+                    pipe.zadd(keys.presence_index_of(uid), {uid: now})
+                    pipe.xadd(keys.history_stream_of(uid), {"r": v})
+                    done += 1
+                await pipe.execute()
+
+        meter = CpuMeter([redis_proc, me]).start()
+        t0 = time.monotonic()
+        await asyncio.gather(*(writer(w) for w in range(writers)))
+        seconds = time.monotonic() - t0
+        used = meter.stop()
+        total = per_writer * writers
+        return {
+            "updates": total,
+            "pipeline": pipeline,
+            "commands_per_update": 5,
+            "seconds": round(seconds, 3),
+            "redis_cpu_s": round(used["redis"], 3),
+            "writer_cpu_s": round(used["writer"], 3),
+            "updates_per_s": total / seconds,
+            "updates_per_redis_cpu_s": total / used["redis"] if used["redis"] else 0.0,
+            "updates_per_cpu_s": total / meter.total if meter.total else 0.0,
+        }
+    finally:
+        await r.aclose()
+        h.stop_redis()
+
+
+def history_rows(n: int, users: int = 10_000, seed: int = 7) -> list[tuple[str, int, float, float]]:
+    """`n` distinct (user_id, recorded_at_ms, lat, lng) rows of today."""
+    rnd = random.Random(seed)
+    base = int(time.time() * 1000) - 3_600_000
+    return [
+        (
+            f"u{i % users:06d}",
+            base + (i // users) * 1000 + rnd.randrange(1000),
+            48.85 + rnd.random() / 10,
+            2.35 + rnd.random() / 10,
+        )
+        for i in range(n)
+    ]
+
+
+async def prepare_history_db(url: str) -> None:
+    """location_svc's own schema and today's partitions, as in production."""
+    from location_svc import store
+    from mesh.db import migrate, open_pool
+
+    pool = await open_pool(url)
+    try:
+        await migrate(pool, "location_svc", "location_svc")
+        await store.maintain(pool, dt.datetime.now(dt.UTC).date(), 1, 30)
+    finally:
+        await pool.close()
+
+
+async def bare_copy(h: Harness, rows: int, batch: int = 5000) -> dict[str, Any]:
+    """(d): binary COPY of the same rows into location_history, batch by batch
+    (one transaction per batch, like the writer), rows/s."""
+    from location_svc import store
+
+    url = h.database("copy")
+    await prepare_history_db(url)
+    encoded = [store.encode_row(*row) for row in history_rows(rows)]
+    pg = h.postgres_proc()
+    conn = await psycopg.AsyncConnection.connect(url)
+    try:
+        meter = CpuMeter([pg]).start()
+        t0 = time.monotonic()
+        for i in range(0, len(encoded), batch):
+            async with (
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy(
+                    "COPY location_history (user_id, recorded_at, latitude, longitude) "
+                    "FROM STDIN (FORMAT BINARY)"
+                ) as cp,
+            ):
+                await cp.write(store.copy_payload(encoded[i : i + batch]))
+        seconds = time.monotonic() - t0
+        used = meter.stop()
+        cur2 = await conn.execute("SELECT count(*) FROM location_history")
+        row = await cur2.fetchone()
+        return {
+            "rows": row[0] if row else 0,
+            "batch": batch,
+            "seconds": round(seconds, 3),
+            "postgres_cpu_s": round(used["postgres"], 3),
+            "rows_per_s": rows / seconds,
+        }
+    finally:
+        await conn.close()
+
+
+def self_cpu() -> float:
+    return cpu_seconds(os.getpid())

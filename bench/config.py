@@ -1,0 +1,62 @@
+"""Sizes of every scenario, full and quick (the full suite stays < 15 min on 2 cores)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Config:
+    quick: bool = False
+    runs: int = 3
+    # 1. fan-out: connected streams, mover users, movers per stream, rounds per run
+    fanout_streams: int = 2000
+    fanout_movers: int = 1000
+    fanout_friends: int = 10
+    fanout_rounds: int = 30
+    # 2. latency: seconds per load level, probe senders, probe interval
+    latency_levels: tuple[int, ...] = (25, 50, 75)
+    latency_seconds: float = 8.0
+    latency_probes: int = 20
+    latency_probe_interval_s: float = 0.25
+    # 3. streams
+    idle_streams: int = 10_000
+    # 4. ingest: streams sending, seconds per run, interval between one stream's updates
+    ingest_streams: int = 1000
+    ingest_seconds: float = 8.0
+    ingest_interval_s: float = 0.05
+    # 5. history rows per run
+    history_rows: int = 200_000
+    # filled while running
+    results: dict[str, Any] = field(default_factory=dict, repr=False)
+    h_logs: str = ""
+
+    @classmethod
+    def make(cls, *, quick: bool, runs: int = 0) -> Config:
+        if quick:
+            c = cls(
+                quick=True,
+                runs=2,
+                fanout_streams=1000,
+                fanout_movers=500,
+                fanout_rounds=12,
+                latency_seconds=4.0,
+                idle_streams=2000,
+                ingest_streams=500,
+                ingest_seconds=4.0,
+                history_rows=100_000,
+            )
+        else:
+            c = cls()
+        if runs:
+            c.runs = runs
+        return c
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("results", "h_logs")
+        }

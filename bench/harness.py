@@ -1,0 +1,299 @@
+"""Starts what a scenario needs on free loopback ports and stops it all again.
+
+A `Harness` owns one private Postgres (a fresh database per scenario), a
+private Redis per scenario, the services as subprocesses (`python -m
+friend_svc` ... with the environment variables of mesh/settings.py) and,
+when asked, Envoy. Everything it starts is stopped by `close()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.procstat import Proc
+from stack import infra
+
+SERVICES = ("friend_svc", "location_svc", "presence_svc", "fanout_svc")
+
+# Benchmark defaults on top of the services' own: quiet logs, no rate cap
+# (load generators report faster than a phone would).
+BENCH_ENV: dict[str, str] = {
+    "LOG_LEVEL": "WARNING",
+    "MIN_REPORT_INTERVAL_S": "0",
+}
+
+
+@dataclass
+class Child:
+    """A process we started."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int = 0
+    metrics_port: int = 0
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def measured(self, tree: bool = False) -> Proc:
+        return Proc(self.name, self.proc.pid, tree)
+
+
+@dataclass
+class Mesh:
+    """A running mesh: service addresses and the processes to measure."""
+
+    redis_url: str
+    database_url: str
+    children: dict[str, Child] = field(default_factory=dict)
+    envoy_port: int = 0
+
+    def addr(self, name: str) -> str:
+        return f"127.0.0.1:{self.children[name].port}"
+
+    @property
+    def fanouts(self) -> list[Child]:
+        return [c for n, c in self.children.items() if n.startswith("fanout")]
+
+
+class Harness:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        # Postgres runs as the `postgres` user when we are root: it must reach its folder
+        self.root.chmod(0o755)
+        self.logs = root / "logs"
+        self.logs.mkdir(exist_ok=True)
+        self._children: list[Child] = []
+        self._redis: list[infra.RedisServer] = []
+        self._pg: infra.PostgresServer | None = None
+
+    # --- infrastructure ---------------------------------------------------
+    def redis(self, *extra: str) -> tuple[str, Proc]:
+        """A fresh private Redis: its URL and its process to measure."""
+        server = infra.RedisServer(self.root / f"redis-{len(self._redis)}").start()
+        self._redis.append(server)
+        assert server.proc is not None
+        if extra:
+            import redis
+
+            r = redis.Redis.from_url(server.url)
+            for i in range(0, len(extra), 2):
+                r.config_set(extra[i], extra[i + 1])
+            r.close()
+        return server.url, Proc("redis", server.proc.pid)
+
+    def postgres(self) -> infra.PostgresServer:
+        """The suite's private Postgres (default durability: fsync on)."""
+        if self._pg is None:
+            self._pg = infra.PostgresServer(self.root / "pg").start()
+        return self._pg
+
+    def database(self, prefix: str = "bench") -> str:
+        pg = self.postgres()
+        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        infra.create_database(pg.url, name)
+        return infra.database_url(pg.url, name)
+
+    def postgres_proc(self) -> Proc:
+        pg = self.postgres()
+        assert pg.proc is not None
+        return Proc("postgres", pg.proc.pid, tree=True)
+
+    # --- processes --------------------------------------------------------
+    def spawn(
+        self,
+        name: str,
+        argv: list[str],
+        env: Mapping[str, str] | None = None,
+        port: int = 0,
+        wait: float = 30.0,
+    ) -> Child:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        full_env = {**os.environ, **(env or {})}
+        proc = subprocess.Popen(argv, env=full_env, stdout=log, stderr=log)
+        log.close()
+        child = Child(name, proc, port)
+        self._children.append(child)
+        if port:
+            infra.wait_port("127.0.0.1", port, wait, proc, name)
+        return child
+
+    def start_mesh(
+        self,
+        redis_url: str,
+        database_url: str,
+        *,
+        fanout_replicas: int = 1,
+        env: Mapping[str, str] | None = None,
+        services: tuple[str, ...] = SERVICES,
+    ) -> Mesh:
+        """The services as subprocesses on free ports, each waited for."""
+        ports = {s: infra.free_port() for s in SERVICES if s != "fanout_svc"}
+        fan_ports = [infra.free_port() for _ in range(fanout_replicas)]
+        common = {
+            **BENCH_ENV,
+            "REDIS_URL": redis_url,
+            "DATABASE_URL": database_url,
+            "FRIEND_PORT": str(ports["friend_svc"]),
+            "LOCATION_PORT": str(ports["location_svc"]),
+            "PRESENCE_PORT": str(ports["presence_svc"]),
+            "FANOUT_PORT": str(fan_ports[0]),
+            "FRIEND_ADDR": f"127.0.0.1:{ports['friend_svc']}",
+            "LOCATION_ADDR": f"127.0.0.1:{ports['location_svc']}",
+            "PRESENCE_ADDR": f"127.0.0.1:{ports['presence_svc']}",
+            **(env or {}),
+        }
+        mesh = Mesh(redis_url, database_url)
+        for svc in services:
+            if svc == "fanout_svc":
+                for i, port in enumerate(fan_ports):
+                    mport = infra.free_port()
+                    e = {**common, "PORT": str(port), "METRICS_PORT": str(mport)}
+                    name = f"fanout-{i}"
+                    mesh.children[name] = self.spawn(
+                        name, [sys.executable, "-m", svc], e, port, wait=60
+                    )
+                    mesh.children[name].metrics_port = mport
+            else:
+                port = ports[svc]
+                mport = infra.free_port()
+                e = {**common, "PORT": str(port), "METRICS_PORT": str(mport)}
+                name = svc.removesuffix("_svc")
+                mesh.children[name] = self.spawn(name, [sys.executable, "-m", svc], e, port, 60)
+                mesh.children[name].metrics_port = mport
+        return mesh
+
+    def stop(self, child: Child, timeout: float = 15.0) -> None:
+        infra.stop_process(child.proc, timeout)
+        with contextlib.suppress(ValueError):
+            self._children.remove(child)
+
+    def stop_mesh(self, mesh: Mesh) -> None:
+        # fan-out first (it calls the others), then the rest
+        for name in sorted(mesh.children, key=lambda n: (not n.startswith("fanout"), n)):
+            self.stop(mesh.children[name])
+        mesh.children.clear()
+
+    def close(self) -> None:
+        for child in reversed(self._children):
+            infra.stop_process(child.proc, 10)
+        self._children.clear()
+        for r in self._redis:
+            r.stop()
+        self._redis.clear()
+        if self._pg is not None:
+            self._pg.stop()
+            self._pg = None
+
+    def stop_redis(self) -> None:
+        for r in self._redis:
+            r.stop()
+        self._redis.clear()
+
+
+@contextlib.contextmanager
+def harness(root: Path) -> Iterator[Harness]:
+    h = Harness(root)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+def wait_until(predicate: object, timeout: float, interval: float = 0.05) -> bool:
+    """Poll `predicate()` until true or `timeout` seconds passed."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+class LoadClient:
+    """Drives one `bench.loadgen` subprocess (JSON lines over its stdin/stdout)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, h: Harness, target: str, per_channel: int = 500) -> LoadClient:
+        log = open(h.logs / "loadgen.log", "ab")  # noqa: SIM115, ASYNC230 - owned by the child
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.loadgen",
+            "--target",
+            target,
+            "--per-channel",
+            str(per_channel),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+            limit=16 * 1024 * 1024,
+        )
+        log.close()
+        return cls(proc)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def call(self, wait_s: float = 300.0, **req: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write((json.dumps(req) + "\n").encode())
+        await self.proc.stdin.drain()
+        line = await asyncio.wait_for(self.proc.stdout.readline(), wait_s)
+        if not line:
+            raise RuntimeError(f"load generator exited (code {self.proc.returncode})")
+        out: dict[str, Any] = json.loads(line)
+        return out
+
+    async def close(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(Exception):
+                await self.call(wait_s=30, cmd="close")
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.proc.wait(), 10)
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+def metric(child: Child, name: str, **labels: str) -> float:
+    """Sum of the samples of Prometheus metric `name` (matching `labels`) that
+    `child` exposes on its /metrics port; 0 when absent."""
+    import urllib.request
+
+    url = f"http://127.0.0.1:{child.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric_name, _, label_text = head.partition("{")
+        if metric_name != name:
+            continue
+        got = dict(
+            (k, v.strip('"'))
+            for k, _, v in (p.partition("=") for p in label_text.rstrip("}").split(",") if p)
+        )
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(value)
+    return total

@@ -1,0 +1,440 @@
+"""Tables on the terminal, the JSON, the latency chart and docs/benchmarks.md.
+
+Everything here reads the results dict (bench/results/latest.json); nothing
+is measured here and no figure is ever filled in by hand: a scenario that did
+not run is shown as "not measured" with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "latest.json"
+DOC = ROOT / "docs" / "benchmarks.md"
+CHART = ROOT / "docs" / "bench-latency.png"
+
+TITLES = {
+    "fanout": "1. Fan-out throughput",
+    "latency": "2. End-to-end latency through Envoy",
+    "streams": "3. Streams per fan-out process",
+    "ingest": "4. Ingest",
+    "history": "5. History",
+}
+
+
+def fmt(v: Any, digits: int = 0) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (int, float)):
+        if isinstance(v, int):
+            return f"{v:,}"
+        if digits:
+            return f"{v:,.{digits}f}"
+        if abs(v) >= 100:
+            return f"{v:,.0f}"
+        return f"{v:,.2f}"
+    return str(v)
+
+
+def get(d: dict[str, Any] | None, *path: str) -> Any:
+    cur: Any = d
+    for p in path:
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(p)
+    return cur
+
+
+# --- the figures of each scenario, as (label, scenario value, ceiling value, ratio)
+Row = tuple[str, Any, Any, Any]
+
+
+def rows_of(name: str, s: dict[str, Any]) -> list[Row]:
+    m, c, r = s.get("median", {}), get(s, "ceiling", "median") or {}, s.get("ratios", {})
+    if name == "fanout":
+        return [
+            (
+                "streams / movers / friends per stream",
+                f"{fmt(m.get('streams'))} / {fmt(m.get('movers'))} / {fmt(m.get('friends_per_user'))}",
+                f"{fmt(c.get('streams'))} streams",
+                None,
+            ),
+            (
+                "friend updates delivered / s (wall)",
+                m.get("updates_per_s"),
+                c.get("msgs_per_s"),
+                r.get("per_s"),
+            ),
+            (
+                "friend updates per fan-out CPU-second",
+                m.get("updates_per_cpu_s"),
+                c.get("msgs_per_cpu_s"),
+                r.get("per_cpu_s"),
+            ),
+            ("updates per stream message (batching)", m.get("updates_per_message"), 1.0, None),
+            ("delivered / (published * subscribers)", m.get("delivered_share"), None, None),
+            ("Redis messages per Redis CPU-second", m.get("redis_msgs_per_cpu_s"), None, None),
+        ]
+    if name == "latency":
+        out: list[Row] = []
+        for lv in s.get("levels", []):
+            out.append(
+                (
+                    f"{lv['percent']}% load ({fmt(lv['offered_per_s'])} updates/s): p50 / p95 / p99 ms",
+                    f"{fmt(get(lv, 'e2e_ms', 'p50'), 1)} / {fmt(get(lv, 'e2e_ms', 'p95'), 1)} / "
+                    f"{fmt(get(lv, 'e2e_ms', 'p99'), 1)}",
+                    None,
+                    None,
+                )
+            )
+        if "envoy_msgs_per_cpu_s" in m:
+            out.append(
+                (
+                    "Envoy: pushes relayed per Envoy CPU-second",
+                    m.get("envoy_msgs_per_cpu_s"),
+                    None,
+                    None,
+                )
+            )
+        return out
+    if name == "streams":
+        return [
+            (
+                "idle streams held by one process",
+                m.get("connected"),
+                c.get("connected"),
+                r.get("streams"),
+            ),
+            ("connect storm: failed streams", m.get("failed"), c.get("failed"), None),
+            ("connect storm: seconds to connect all", m.get("storm_s"), c.get("storm_s"), None),
+            (
+                "RSS per stream (KiB)",
+                m.get("rss_per_stream_kib"),
+                c.get("rss_per_stream_kib"),
+                r.get("rss"),
+            ),
+            ("process RSS after (MiB)", m.get("rss_after_mb"), c.get("rss_after_mb"), None),
+        ]
+    if name == "ingest":
+        return [
+            (
+                "updates accepted / s (wall)",
+                m.get("updates_per_s"),
+                c.get("updates_per_s"),
+                r.get("per_s"),
+            ),
+            (
+                "updates per mesh CPU-second",
+                m.get("updates_per_cpu_s"),
+                c.get("updates_per_cpu_s"),
+                r.get("per_cpu_s"),
+            ),
+            (
+                "updates per Redis CPU-second",
+                m.get("updates_per_redis_cpu_s"),
+                c.get("updates_per_redis_cpu_s"),
+                r.get("per_redis_cpu_s"),
+            ),
+            ("Redis memory per cached user (bytes)", m.get("redis_bytes_per_user"), None, None),
+        ]
+    if name == "history":
+        return [
+            ("rows", m.get("rows"), c.get("rows"), None),
+            ("rows written / s", m.get("rows_per_s"), c.get("rows_per_s"), r.get("per_s")),
+            ("location_svc CPU-s per 100K rows", m.get("writer_cpu_per_100k"), None, None),
+        ]
+    return []
+
+
+def ceiling_name(name: str) -> str:
+    return {
+        "fanout": "bare grpc.aio push, 1 update per message",
+        "latency": "—",
+        "streams": "bare grpc.aio, idle bidi streams",
+        "ingest": "raw Redis pipelined writes (Python client)",
+        "history": "bare binary COPY, same rows and table",
+    }[name]
+
+
+def print_tables(results: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    for name, title in TITLES.items():
+        s = get(results, "scenarios", name) or {}
+        if s.get("status") != "measured":
+            console.print(f"[bold]{title}[/]: not measured ({s.get('reason', 'not run')})")
+            continue
+        t = Table(title=f"{title} (median of {len(s.get('runs', []))} runs)")
+        t.add_column("figure")
+        t.add_column("nearby", justify="right")
+        t.add_column(f"ceiling: {ceiling_name(name)}", justify="right")
+        t.add_column("ratio", justify="right")
+        for label, v, c, r in rows_of(name, s):
+            t.add_row(
+                label,
+                fmt(v, 2 if isinstance(v, float) and v < 100 else 0),
+                fmt(c),
+                fmt(r, 2) if r is not None else "",
+            )
+        console.print(t)
+    t = Table(title="Targets")
+    for col in ("target", "bar", "measured", "verdict"):
+        t.add_column(col)
+    for tg in results.get("targets", []):
+        t.add_row(tg["name"], tg["bar"], tg["measured"], tg["verdict"])
+    console.print(t)
+
+
+# --- targets ----------------------------------------------------------------
+def _target(
+    name: str, bar: str, value: Any, limit: float, higher_is_better: bool, unit: str = ""
+) -> dict[str, Any]:
+    if value is None:
+        return {
+            "name": name,
+            "bar": bar,
+            "measured": "not measured",
+            "met": None,
+            "verdict": "not measured",
+        }
+    v = float(value)
+    met = v >= limit if higher_is_better else v <= limit
+    if limit:
+        by = (v - limit) / limit * 100 if higher_is_better else (limit - v) / limit * 100
+        how = f"{'met' if met else 'missed'} by {abs(by):.0f}%"
+    else:
+        how = "met" if met else f"missed ({fmt(v)})"
+    return {
+        "name": name,
+        "bar": bar,
+        "measured": f"{fmt(v, 1)}{unit}",
+        "value": v,
+        "met": met,
+        "verdict": how,
+    }
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    sc = results.get("scenarios", {})
+
+    def m(name: str, *path: str) -> Any:
+        s = sc.get(name, {})
+        return get(s, "median", *path) if s.get("status") == "measured" else None
+
+    lat50 = None
+    if get(sc, "latency", "status") == "measured":
+        for lv in sc["latency"].get("levels", []):
+            if lv.get("percent") == 50:
+                lat50 = lv
+    hist_ratio = get(sc, "history", "ratios", "per_s") if m("history", "rows_per_s") else None
+    return [
+        _target(
+            "Fan-out: friend updates per fan-out CPU-second",
+            "≥ 100,000",
+            m("fanout", "updates_per_cpu_s"),
+            100_000,
+            True,
+        ),
+        _target(
+            "Latency p99 at 50% of max throughput",
+            "≤ 50 ms",
+            get(lat50, "e2e_ms", "p99"),
+            50,
+            False,
+            " ms",
+        ),
+        _target(
+            "Latency p50 at 50% of max throughput",
+            "≤ 10 ms",
+            get(lat50, "e2e_ms", "p50"),
+            10,
+            False,
+            " ms",
+        ),
+        _target(
+            "Idle streams per fan-out process", "≥ 10,000", m("streams", "connected"), 10_000, True
+        ),
+        _target(
+            "Resident memory per stream",
+            "≤ 40 KiB",
+            m("streams", "rss_per_stream_kib"),
+            40,
+            False,
+            " KiB",
+        ),
+        _target(
+            "Connect storm of 10,000: failed streams",
+            "0",
+            m("streams", "failed") if (m("streams", "streams") or 0) >= 10_000 else None,
+            0,
+            False,
+        ),
+        _target(
+            "Ingest: updates per mesh CPU-second",
+            "≥ 20,000",
+            m("ingest", "updates_per_cpu_s"),
+            20_000,
+            True,
+        ),
+        _target(
+            "History: share of the bare COPY rate",
+            "≥ 50%",
+            hist_ratio * 100 if hist_ratio is not None else None,
+            50,
+            True,
+            "%",
+        ),
+    ]
+
+
+# --- files ------------------------------------------------------------------
+def write_json(results: dict[str, Any], path: Path = RESULTS) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def chart(results: dict[str, Any], path: Path = CHART) -> Path | None:
+    levels = get(results, "scenarios", "latency", "levels") or []
+    if not levels:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [lv["offered_per_s"] for lv in levels]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for q, style in (("p50", "o-"), ("p95", "s--"), ("p99", "^-")):
+        ax.plot(xs, [get(lv, "e2e_ms", q) or 0 for lv in levels], style, label=f"e2e {q}")
+    for x, lv in zip(xs, levels, strict=True):
+        ax.annotate(
+            f"{lv['percent']}%",
+            (x, get(lv, "e2e_ms", "p99") or 0),
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+            fontsize=8,
+        )
+    ax.axhline(50, color="grey", lw=0.8, ls=":", label="p99 bar (50 ms)")
+    ax.axhline(10, color="grey", lw=0.8, ls="-.", label="p50 bar (10 ms)")
+    ax.set_xlabel("friend updates delivered per second (share of the max from scenario 1)")
+    ax.set_ylabel("client → friend's client latency (ms)")
+    ax.set_title(
+        f"nearby: end-to-end latency through Envoy vs load ({results.get('date', '')[:10]})"
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+METHOD = """\
+## How it is measured
+
+- `make bench` (`python -m bench`, `--quick` for a shorter run, `--only fanout,history` for a
+  subset) starts everything itself on free loopback ports: a private Redis per scenario, one
+  private Postgres (default durability, fsync on), the services as subprocesses
+  (`python -m friend_svc` …) and, for the latency scenario, Envoy. Nothing else on the machine
+  is touched.
+- **CPU** is process CPU time (user + system from `/proc/<pid>/stat`) over the measured window,
+  not wall time; Postgres counts the postmaster and its backends. **Memory** is VmRSS.
+- Every scenario is repeated and each figure is the **median** of the runs. Each throughput is
+  also given as a **ratio to a ceiling measured in the same run** on the same machine, because
+  these machines are shared and noisy: a ratio travels better than an absolute figure.
+- Load generators (`bench/loadgen.py`) are separate processes holding real
+  `NearbyService.Connect` streams; they only target 127.0.0.1 and run for bounded times. The
+  client, the servers, Redis and Envoy share the same cores, so absolute figures are lower
+  bounds.
+
+| scenario | the real path | the ceiling it is compared with |
+|---|---|---|
+| 1. fan-out | events published on `loc:{uid}` (the location service's format) → one fan-out process (hub, distance filter, per-stream batching) → N streams; friend updates counted by the clients | a bare grpc.aio server pushing the same number of friend updates, one per message, to the same number of streams |
+| 2. latency | a client sends a location on its stream through Envoy → fan-out → location_svc → Redis → fan-out → Envoy → each friend's client, while background moves keep the fan-out at 25/50/75% of the max of (1) | — (absolute, with the load level as a share of (1)) |
+| 3. streams | N clients connect at once through the fan-out process (snapshot received = connected), then idle | a bare grpc.aio server holding the same number of idle bidi streams |
+| 4. ingest | clients stream location updates on their Connect streams → fan-out (batched ReportLocations) → location_svc (one Lua script per report, pipelined) → Redis; CPU of fan-out + location + presence + Redis | raw pipelined Redis writes from Python, per update the same commands (HSET+PEXPIRE, PUBLISH, ZADD, XADD) |
+| 5. history | rows waiting in the Redis Streams buffer → location_svc's writer → binary COPY into the partitioned `location_history` | a bare binary COPY of the same rows into the same table, one transaction per batch of the same size |
+"""
+
+
+def write_docs(results: dict[str, Any], path: Path = DOC) -> Path:
+    m = results.get("machine", {})
+    v = results.get("versions", {})
+    parts = [
+        "# Benchmarks",
+        "",
+        "<!-- GENERATED by `make bench` (bench/report.py) from bench/results/latest.json: "
+        "do not edit by hand. -->",
+        "",
+        f"Run of **{results.get('date', '?')}**"
+        f"{' (quick mode)' if get(results, 'config', 'quick') else ''}, "
+        f"{get(results, 'config', 'runs')} runs per scenario, medians; "
+        f"suite wall time {fmt(results.get('wall_s'), 0)} s.",
+        "",
+        f"Machine: {m.get('cores', '?')} cores ({m.get('cpu', '?')}), "
+        f"{m.get('memory_gib', '?')} GiB memory. "
+        + ", ".join(f"{k} {val}" for k, val in v.items())
+        + ".",
+        "",
+        "## Targets",
+        "",
+        _md_table(
+            ["target", "bar", "measured (median)", "verdict"],
+            [
+                [t["name"], t["bar"], t["measured"], t["verdict"]]
+                for t in results.get("targets", [])
+            ],
+        ),
+        "",
+    ]
+    for name, title in TITLES.items():
+        s = get(results, "scenarios", name) or {}
+        parts += [f"## {title}", ""]
+        if s.get("status") != "measured":
+            parts += [f"Not measured: {s.get('reason', 'not run')}.", ""]
+            continue
+        rows = [
+            [
+                label,
+                fmt(val, 2 if isinstance(val, float) and val < 100 else 0),
+                fmt(c),
+                fmt(r, 2) if r is not None else "",
+            ]
+            for label, val, c, r in rows_of(name, s)
+        ]
+        parts += [
+            _md_table(
+                ["figure (median)", "nearby", f"ceiling: {ceiling_name(name)}", "ratio"], rows
+            ),
+            "",
+        ]
+        if s.get("notes"):
+            parts += [s["notes"], ""]
+        if name == "latency" and (path.parent / CHART.name).exists():
+            parts += [f"![latency vs load]({CHART.name})", ""]
+    notes = results.get("notes") or []
+    if notes:
+        parts += ["## Notes on missed targets and what would close them", ""]
+        parts += [f"- {n}" for n in notes] + [""]
+    parts += [METHOD]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts))
+    return path
