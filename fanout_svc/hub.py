@@ -1,0 +1,306 @@
+"""The process-wide pub/sub hub: one Redis connection shared by every stream.
+
+- Reference-counted subscriptions: N streams watching friend X are one
+  `SUBSCRIBE loc:{X}`; the last one leaving sends the UNSUBSCRIBE.
+- Batched commands: subscription changes collect in two pending sets that one
+  callback flushes a millisecond later as a few SUBSCRIBE/UNSUBSCRIBE commands,
+  so a connect storm costs a handful of commands, not one per stream.
+- `barrier()` resolves once every subscription asked for so far is confirmed
+  by Redis: a stream subscribes first, awaits the barrier, then reads its
+  friends' cached locations, so no update can fall in between.
+- Each payload is parsed once and dispatched synchronously to the listeners of
+  its channel; listeners only update dicts and wake their writer.
+- Connection loss: reconnect with backoff, resubscribe everything, then ask
+  every listener to resync (pub/sub is at-most-once: what was published during
+  the gap is lost, the streams re-read the cache and send a fresh snapshot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from google.protobuf.message import DecodeError
+from nearby.internal.v1 import events_pb2
+
+from fanout_svc import metrics
+from fanout_svc.subscriber import RedisSubscriber, Subscriber
+
+log = logging.getLogger("fanout_svc.hub")
+
+_LOC = b"loc:"
+_INBOX = b"inbox:"
+CHUNK = 1000
+"""Channels per SUBSCRIBE/UNSUBSCRIBE command."""
+FLUSH_DELAY_S = 0.001
+
+
+class Listener(Protocol):
+    """What a stream exposes to the hub (all synchronous, all cheap)."""
+
+    def on_moved(self, user_id: str, lat: float, lng: float, t_ms: int, pub_ms: int) -> None: ...
+
+    def on_gone(self, user_id: str, reason: int) -> None:
+        """reason: a FriendGoneReason (OFFLINE or HIDDEN)."""
+        ...
+
+    def on_inbox(self, event: events_pb2.InboxEvent) -> None: ...
+
+    def resync(self) -> None:
+        """Messages may have been lost: re-read everything, send a new snapshot."""
+        ...
+
+
+def loc_channel(user_id: str) -> bytes:
+    return b"loc:{%s}" % user_id.encode()
+
+
+def inbox_channel(user_id: str) -> bytes:
+    return b"inbox:{%s}" % user_id.encode()
+
+
+# FriendGoneReason values (nearby.v1), kept here to avoid a dependency cycle
+GONE_OFFLINE = 2
+GONE_HIDDEN = 4
+
+
+class Hub:
+    def __init__(
+        self,
+        redis_url: str,
+        subscriber_factory: Callable[[], Subscriber] | None = None,
+    ) -> None:
+        self._factory = subscriber_factory or (lambda: RedisSubscriber(redis_url))
+        self._sub: Subscriber | None = None
+        # channel -> listeners (a list: most channels have one listener)
+        self._listeners: dict[bytes, list[Listener]] = {}
+        self._pending_sub: set[bytes] = set()
+        self._pending_unsub: set[bytes] = set()
+        self._flush_handle: asyncio.TimerHandle | None = None
+        # barriers: futures waiting for the next flush, and flushed batches
+        # waiting for the confirmation of their last channel (in order)
+        self._waiting_next: list[asyncio.Future[None]] = []
+        self._inflight: deque[tuple[bytes, list[asyncio.Future[None]]]] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._lost: asyncio.Future[None] | None = None
+        self._closing = False
+        self.reconnects = 0
+
+    # --- lifecycle ------------------------------------------------------
+    async def open(self) -> None:
+        """Connect (fails fast when Redis is unreachable) and start supervising."""
+        await self._connect()
+        self._task = asyncio.create_task(self._supervise(), name="hub-supervisor")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        for fut in self._all_barrier_futures():
+            if not fut.done():
+                fut.cancel()
+
+    @property
+    def connected(self) -> bool:
+        return self._sub is not None
+
+    def channel_count(self) -> int:
+        return len(self._listeners)
+
+    def refcount(self, channel: bytes) -> int:
+        return len(self._listeners.get(channel, ()))
+
+    # --- subscriptions --------------------------------------------------
+    def subscribe(self, channels: Iterable[bytes], listener: Listener) -> None:
+        listeners = self._listeners
+        new = False
+        for ch in channels:
+            ls = listeners.get(ch)
+            if ls is None:
+                listeners[ch] = [listener]
+                self._pending_sub.add(ch)
+                self._pending_unsub.discard(ch)
+                new = True
+            else:
+                ls.append(listener)
+        if new:
+            metrics.HUB_CHANNELS.set(len(listeners))
+            self._schedule_flush()
+
+    def unsubscribe(self, channels: Iterable[bytes], listener: Listener) -> None:
+        listeners = self._listeners
+        gone = False
+        for ch in channels:
+            ls = listeners.get(ch)
+            if ls is None:
+                continue
+            try:
+                ls.remove(listener)
+            except ValueError:
+                continue
+            if not ls:
+                del listeners[ch]
+                self._pending_unsub.add(ch)
+                self._pending_sub.discard(ch)
+                gone = True
+        if gone:
+            metrics.HUB_CHANNELS.set(len(listeners))
+            self._schedule_flush()
+
+    def barrier(self) -> asyncio.Future[None]:
+        """Resolves when every subscription requested so far is confirmed."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        if self._pending_sub or self._sub is None:
+            self._waiting_next.append(fut)
+            self._schedule_flush()
+        elif self._inflight:
+            self._inflight[-1][1].append(fut)
+        else:
+            fut.set_result(None)
+        return fut
+
+    def _schedule_flush(self) -> None:
+        if self._flush_handle is None and self._sub is not None:
+            loop = asyncio.get_running_loop()
+            self._flush_handle = loop.call_later(FLUSH_DELAY_S, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        sub = self._sub
+        if sub is None:
+            return
+        listeners = self._listeners
+        unsub = [c for c in self._pending_unsub if c not in listeners]
+        subs = [c for c in self._pending_sub if c in listeners]
+        self._pending_unsub.clear()
+        self._pending_sub.clear()
+        for i in range(0, len(unsub), CHUNK):
+            sub.unsubscribe_many(unsub[i : i + CHUNK])
+        for i in range(0, len(subs), CHUNK):
+            sub.subscribe_many(subs[i : i + CHUNK])
+        metrics.HUB_COMMANDS.inc(
+            (len(unsub) + CHUNK - 1) // CHUNK + (len(subs) + CHUNK - 1) // CHUNK
+        )
+        waiting, self._waiting_next = self._waiting_next, []
+        if subs:
+            self._inflight.append((subs[-1], waiting))
+        elif self._inflight:
+            self._inflight[-1][1].extend(waiting)
+        else:
+            for fut in waiting:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _on_subscribed(self, channel: bytes) -> None:
+        inflight = self._inflight
+        if inflight and inflight[0][0] == channel:
+            _, futures = inflight.popleft()
+            for fut in futures:
+                if not fut.done():
+                    fut.set_result(None)
+
+    # --- messages -------------------------------------------------------
+    def _on_message(self, channel: bytes, data: bytes) -> None:
+        ls = self._listeners.get(channel)
+        if not ls:
+            return
+        metrics.HUB_MESSAGES.inc()
+        try:
+            if channel.startswith(_LOC):
+                ev = events_pb2.LocationEvent.FromString(data)
+                kind = ev.WhichOneof("kind")
+                uid = ev.user_id
+                if kind == "moved":
+                    m = ev.moved
+                    lat, lng, t_ms, pub_ms = (
+                        m.latitude,
+                        m.longitude,
+                        m.recorded_at_ms,
+                        ev.published_at_ms,
+                    )
+                    for s in tuple(ls) if len(ls) > 1 else ls:
+                        s.on_moved(uid, lat, lng, t_ms, pub_ms)
+                elif kind == "offline" or kind == "hidden":
+                    reason = GONE_OFFLINE if kind == "offline" else GONE_HIDDEN
+                    for s in tuple(ls):
+                        s.on_gone(uid, reason)
+            elif channel.startswith(_INBOX):
+                inbox = events_pb2.InboxEvent.FromString(data)
+                for s in tuple(ls):
+                    s.on_inbox(inbox)
+        except DecodeError:
+            log.warning("undecodable payload on %r", channel)
+        except Exception:
+            log.exception("listener failed on %r", channel)
+
+    # --- connection -----------------------------------------------------
+    def _all_barrier_futures(self) -> list[asyncio.Future[None]]:
+        futures = list(self._waiting_next)
+        for _, fs in self._inflight:
+            futures.extend(fs)
+        return futures
+
+    async def _connect(self) -> None:
+        sub = self._factory()
+        loop = asyncio.get_running_loop()
+        lost: asyncio.Future[None] = loop.create_future()
+
+        def on_lost(exc: BaseException | None) -> None:
+            if not lost.done():
+                lost.set_result(None)
+
+        await sub.connect(self._on_message, self._on_subscribed, on_lost)
+        self._sub, self._lost = sub, lost
+        # everything wanted is (re)subscribed in the next flush; barriers
+        # still outstanding from a lost connection resolve with it
+        self._waiting_next = self._all_barrier_futures()
+        self._inflight.clear()
+        self._pending_unsub.clear()
+        self._pending_sub = set(self._listeners)
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._flush()
+
+    async def _supervise(self) -> None:
+        while not self._closing:
+            assert self._lost is not None
+            await self._lost
+            self._sub = None
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+                self._flush_handle = None
+            log.warning("lost the Redis pub/sub connection; reconnecting")
+            delay = 0.05
+            while not self._closing:
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                try:
+                    await self._connect()
+                    break
+                except OSError as exc:
+                    log.warning("Redis pub/sub reconnect failed: %s", exc)
+                    delay = min(delay * 2, 5.0)
+            self.reconnects += 1
+            metrics.HUB_RECONNECTS.inc()
+            await self.barrier()
+            self._resync_all()
+
+    def _resync_all(self) -> None:
+        seen: set[int] = set()
+        for ls in list(self._listeners.values()):
+            for s in ls:
+                if id(s) not in seen:
+                    seen.add(id(s))
+                    s.resync()
+        log.info("resubscribed %d channels; %d streams resync", len(self._listeners), len(seen))

@@ -1,0 +1,90 @@
+"""NearbyService: the live Connect stream and the stateless ListNearbyFriends."""
+
+from __future__ import annotations
+
+import grpc
+from nearby.v1 import nearby_service_pb2 as pb
+from nearby.v1 import nearby_service_pb2_grpc as pb_grpc
+
+from fanout_svc import metrics
+from fanout_svc.nearby import Entry, fill, page_of, page_size
+from fanout_svc.session import Session, to_fix
+from fanout_svc.streams import Streams
+from mesh.errors import FailedPrecondition, InvalidArgument, Unavailable
+from mesh.geo import distance_m
+from mesh.identity import caller_id
+from mesh.types import Context
+
+
+class NearbyServicer(pb_grpc.NearbyServiceServicer):
+    def __init__(self, streams: Streams) -> None:
+        self.streams = streams
+        self.settings = streams.settings
+
+    async def Connect(self, request_iterator: object, context: Context) -> None:  # type: ignore[override]
+        """Coroutine style (context.read/write): the kernel interceptor wraps the
+        call once, not every message."""
+        user_id = caller_id(context)
+        streams = self.streams
+        if streams.draining:
+            raise Unavailable("this server is shutting down; reconnect", reason="DRAINING")
+        first = await context.read()
+        if first is grpc.aio.EOF or first.WhichOneof("kind") != "location":
+            raise InvalidArgument(
+                "the first message of the stream must be a location (ConnectRequest.location)",
+                reason="LOCATION_REQUIRED",
+            )
+        fix = to_fix(first.location)
+        result = await streams.reports.report(user_id, fix)
+        if result.error:
+            raise InvalidArgument(result.error, reason="INVALID_FIELD")
+        me = result.fix if result.HasField("fix") else fix
+        session = Session(streams, user_id, context)
+        session.lat, session.lng = me.latitude, me.longitude
+        streams.add(session)
+        try:
+            await session.load(first=True)
+            await session.write(session.finish_load())
+            metrics.PUSH_SNAPSHOT.inc()
+            await session.run()
+        finally:
+            streams.remove(session)
+
+    async def ListNearbyFriends(
+        self, request: pb.ListNearbyFriendsRequest, context: Context
+    ) -> pb.ListNearbyFriendsResponse:
+        user_id = caller_id(context)
+        size = page_size(request.page_size, self.settings.nearby_page_size)
+        page_of([], request.page_token, size)  # validate the token before any call
+        upstream = self.streams.upstream
+        mine = await upstream.get_locations([user_id], include_hidden=True)
+        if not mine:
+            raise FailedPrecondition(
+                "no recent location for you: report one (NearbyService.Connect or "
+                "LocationService.ReportLocation) first",
+                reason="NO_LOCATION",
+            )
+        lat, lng = mine[0].fix.latitude, mine[0].fix.longitude
+        refs = await upstream.list_friends(user_id)
+        names = {r.user_id: r.display_name for r in refs if r.user_id != user_id}
+        radius = self.settings.nearby_radius_m
+        entries = []
+        for loc in await upstream.get_locations(list(names)):
+            f = loc.fix
+            d = distance_m(lat, lng, f.latitude, f.longitude)
+            if d <= radius and loc.user_id in names:
+                entries.append(
+                    Entry(
+                        d,
+                        loc.user_id,
+                        names[loc.user_id],
+                        f.latitude,
+                        f.longitude,
+                        f.recorded_at_ms,
+                    )
+                )
+        page = page_of(entries, request.page_token, size)
+        resp = pb.ListNearbyFriendsResponse(total_size=page.total, next_page_token=page.next_token)
+        for e in page.entries:
+            fill(resp.friends.add(), e)
+        return resp

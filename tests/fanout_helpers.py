@@ -1,0 +1,242 @@
+"""Helpers of the fan-out tests: the real mesh in-process, users, friendships,
+and a Connect stream client that records what it receives."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from nearby.v1 import (
+    friend_service_pb2 as fpb,
+)
+from nearby.v1 import (
+    friend_service_pb2_grpc as fpb_grpc,
+)
+from nearby.v1 import (
+    geo_pb2,
+)
+from nearby.v1 import (
+    nearby_service_pb2 as pb,
+)
+from nearby.v1 import (
+    nearby_service_pb2_grpc as pb_grpc,
+)
+from nearby.v1 import (
+    presence_service_pb2 as ppb,
+)
+from nearby.v1 import (
+    presence_service_pb2_grpc as ppb_grpc,
+)
+
+from fanout_svc.app import FanoutApp
+from friend_svc.app import FriendApp
+from location_svc.app import LocationApp
+from mesh.geo import EARTH_RADIUS_M
+from mesh.settings import Settings
+from presence_svc.app import PresenceApp
+from tests.conftest import running
+
+ORIGIN = (52.52, 13.405)
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def offset(lat: float, lng: float, north_m: float, east_m: float = 0.0) -> tuple[float, float]:
+    """A point north_m/east_m metres away (small distances, spherical Earth)."""
+    dlat = north_m / EARTH_RADIUS_M * 180.0 / math.pi
+    dlng = east_m / (EARTH_RADIUS_M * math.cos(math.radians(lat))) * 180.0 / math.pi
+    return lat + dlat, lng + dlng
+
+
+def fast_settings(settings: Settings, **changes: Any) -> Settings:
+    base = {
+        "min_report_interval_s": 0.0,
+        "presence_sweep_interval_s": 0.2,
+        "fanout_stall_s": 2.0,
+        "heartbeat_s": 30.0,
+        "drain_s": 1.0,
+    }
+    base.update(changes)
+    return settings.replace(**base)
+
+
+def who(user_id: str, admin: bool = False) -> list[tuple[str, str]]:
+    md = [("x-nearby-user-id", user_id)]
+    if admin:
+        md.append(("x-nearby-admin", "true"))
+    return md
+
+
+@dataclass
+class Mesh:
+    settings: Settings
+    friend: str
+    location: str
+    presence: str
+    fanout: str
+    fanout_app: FanoutApp
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+    def channel(self, addr: str) -> grpc.aio.Channel:
+        ch = grpc.aio.insecure_channel(addr)
+        self.channels.append(ch)
+        return ch
+
+    async def users(self, *prefixes: str) -> list[str]:
+        stub = fpb_grpc.FriendServiceStub(self.channel(self.friend))
+        ids = [uid(p) for p in prefixes]
+        await asyncio.gather(
+            *(
+                stub.CreateUser(
+                    fpb.CreateUserRequest(user_id=u, display_name=u.title()),
+                    metadata=who("operator", admin=True),
+                )
+                for u in ids
+            )
+        )
+        return ids
+
+    async def befriend(self, a: str, b: str) -> None:
+        stub = fpb_grpc.FriendServiceStub(self.channel(self.friend))
+        await stub.SendFriendRequest(fpb.SendFriendRequestRequest(to_user_id=b), metadata=who(a))
+        await stub.AcceptFriendRequest(
+            fpb.AcceptFriendRequestRequest(from_user_id=a), metadata=who(b)
+        )
+
+    async def unfriend(self, a: str, b: str) -> None:
+        stub = fpb_grpc.FriendServiceStub(self.channel(self.friend))
+        await stub.RemoveFriend(fpb.RemoveFriendRequest(friend_user_id=b), metadata=who(a))
+
+    async def set_hidden(self, user: str, hidden: bool) -> None:
+        stub = ppb_grpc.PresenceServiceStub(self.channel(self.presence))
+        vis = ppb.VISIBILITY_HIDDEN if hidden else ppb.VISIBILITY_VISIBLE
+        await stub.SetVisibility(ppb.SetVisibilityRequest(visibility=vis), metadata=who(user))
+
+    def nearby_stub(self) -> Any:
+        return pb_grpc.NearbyServiceStub(self.channel(self.fanout))
+
+    async def connect(self, user: str, lat: float, lng: float) -> Stream:
+        s = Stream(self.nearby_stub(), user)
+        await s.open(lat, lng)
+        return s
+
+
+@contextlib.asynccontextmanager
+async def mesh(settings: Settings) -> AsyncIterator[Mesh]:
+    async with running(FriendApp(settings)) as friend, running(LocationApp(settings)) as loc:
+        s = settings.replace(friend_addr=friend, location_addr=loc)
+        async with running(PresenceApp(s)) as presence:
+            app = FanoutApp(s)
+            async with running(app) as fanout:
+                m = Mesh(s, friend, loc, presence, fanout, app)
+                try:
+                    yield m
+                finally:
+                    for ch in m.channels:
+                        await ch.close()
+
+
+def location(lat: float, lng: float) -> pb.ConnectRequest:
+    return pb.ConnectRequest(
+        location=pb.LocationUpdate(position=geo_pb2.LatLng(latitude=lat, longitude=lng))
+    )
+
+
+class Stream:
+    """A Connect stream that records every server message in order."""
+
+    def __init__(self, stub: Any, user: str, metadata: Sequence[tuple[str, str]] | None = None):
+        self.stub = stub
+        self.user = user
+        self.metadata = list(metadata) if metadata is not None else who(user)
+        self.messages: list[pb.ConnectResponse] = []
+        self.error: grpc.aio.AioRpcError | None = None
+        self.done = asyncio.Event()
+        self._arrived = asyncio.Event()
+        self.call: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def open(self, lat: float, lng: float, *, read: bool = True) -> None:
+        self.call = self.stub.Connect(metadata=self.metadata)
+        await self.call.write(location(lat, lng))
+        if read:
+            self._task = asyncio.create_task(self._read())
+
+    def start_reading(self) -> None:
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for msg in self.call:
+                self.messages.append(msg)
+                self._arrived.set()
+        except grpc.aio.AioRpcError as exc:
+            self.error = exc
+        finally:
+            self.done.set()
+            self._arrived.set()
+
+    async def move(self, lat: float, lng: float) -> None:
+        await self.call.write(location(lat, lng))
+
+    async def page(self, token: str, size: int = 0) -> None:
+        await self.call.write(
+            pb.ConnectRequest(page_request=pb.PageRequest(page_token=token, page_size=size))
+        )
+
+    async def wait_for(self, predicate: Any, within: float = 10.0) -> Any:
+        """Until predicate(self) is truthy (returns it); fails after `within` s."""
+        async with asyncio.timeout(within):
+            while True:
+                got = predicate(self)
+                if got:
+                    return got
+                if self.done.is_set():
+                    got = predicate(self)
+                    if got:
+                        return got
+                    raise AssertionError(f"stream of {self.user} ended: {self.error!r}")
+                self._arrived.clear()
+                await self._arrived.wait()
+
+    # --- views -----------------------------------------------------------
+    def snapshots(self) -> list[pb.Snapshot]:
+        return [m.snapshot for m in self.messages if m.WhichOneof("kind") == "snapshot"]
+
+    def events(self) -> list[pb.NearbyEvent]:
+        return [
+            e for m in self.messages if m.WhichOneof("kind") == "events" for e in m.events.events
+        ]
+
+    def updates(self, of: str | None = None) -> list[pb.NearbyFriend]:
+        return [
+            e.friend_update.friend
+            for e in self.events()
+            if e.WhichOneof("kind") == "friend_update"
+            and (of is None or e.friend_update.friend.user_id == of)
+        ]
+
+    def gones(self, of: str | None = None) -> list[pb.FriendGone]:
+        return [
+            e.friend_gone
+            for e in self.events()
+            if e.WhichOneof("kind") == "friend_gone" and (of is None or e.friend_gone.user_id == of)
+        ]
+
+    def pages(self) -> list[pb.NearbyFriendsPage]:
+        return [m.page for m in self.messages if m.WhichOneof("kind") == "page"]
+
+    async def close(self) -> None:
+        if self.call is not None:
+            self.call.cancel()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
