@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             importlib.import_module(module).add_arguments(p)
         except ModuleNotFoundError as exc:
-            if exc.name != module:
+            # the module or its (not yet written) parent package is missing
+            if exc.name is None or not (module + ".").startswith(exc.name + "."):
                 raise
             p.set_defaults(_missing=True)
     args = parser.parse_args(argv)

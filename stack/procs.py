@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,13 @@ def settings_env(settings: Settings, base: Mapping[str, str] | None = None) -> d
     return env
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+def signal_group(pid: int, sig: int) -> None:
+    """Signal a child's process group (the child leads it: start_new_session)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+
+
+def parent_death_signal() -> None:  # pragma: no cover - runs in the child
     """Linux: SIGTERM this child if the launcher dies (even by SIGKILL)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -84,8 +90,8 @@ class Child:
         return "\n  ".join(tail)
 
     def signal(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
+        if self.proc.poll() is None:
+            signal_group(self.proc.pid, sig)
 
     def stop(self, timeout: float) -> None:
         """SIGTERM (graceful: drain), SIGKILL the group after `timeout`; reaps."""
@@ -126,7 +132,7 @@ def spawn(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent if die_with_parent else None,
+            preexec_fn=parent_death_signal if die_with_parent else None,
         )
     finally:
         if log is not None:
@@ -145,11 +151,14 @@ def check_health(addr: str, service: str, timeout: float = 1.0) -> bool:
     return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def wait_healthy(children: list[Child], timeout: float) -> None:
-    """Until every child is SERVING; raises naming the first one that died or hung."""
+def wait_healthy(
+    children: list[Child], timeout: float, cancelled: Callable[[], bool] = lambda: False
+) -> None:
+    """Until every child is SERVING (or `cancelled()`); raises naming the first
+    one that died or hung."""
     pending = list(children)
     deadline = time.monotonic() + timeout
-    while pending:
+    while pending and not cancelled():
         for child in list(pending):
             code = child.exited()
             if code is not None:

@@ -1,0 +1,451 @@
+"""`nearby run` (`make run`): the whole stack in the foreground.
+
+Order: Redis and Postgres (the ones at REDIS_URL / DATABASE_URL when reachable,
+else private ones with their data in NEARBY_HOME), the `nearby` database,
+friend/location/presence and N fan-out replicas (each `python -m <svc>` in its
+own process group, waited on until its gRPC health is SERVING), then Envoy.
+Ctrl-C or SIGTERM stops everything in reverse order; if any process dies, the
+launcher says which and stops the rest. Problems that stop the start (a port in
+use, a missing binary, an unreachable database) are reported as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import resource
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import psycopg
+import redis
+
+from mesh.settings import Settings
+from stack import envoy_config, infra, procs, tokens
+from stack.edge import Envoy, envoy_binary
+
+
+class StartError(Exception):
+    """A problem the user must fix; its message is the one line we print."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = Settings()
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"Envoy's gRPC port for clients (ENVOY_PORT, default {defaults.envoy_port})",
+    )
+    parser.add_argument(
+        "--admin-port",
+        type=int,
+        default=None,
+        help=f"Envoy's admin port, loopback (ENVOY_ADMIN_PORT, default {defaults.envoy_admin_port})",
+    )
+    parser.add_argument(
+        "--fanout-replicas",
+        type=int,
+        default=None,
+        help="fan-out processes behind Envoy (FANOUT_REPLICAS, default one per CPU core)",
+    )
+    parser.add_argument(
+        "--listen",
+        default="0.0.0.0",
+        help="interface of Envoy's client listener (default 0.0.0.0; backends stay on loopback)",
+    )
+
+
+# ----------------------------------------------------------------------------
+# checks
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def check_ports(wanted: list[tuple[str, int, str, str]]) -> None:
+    """(host, port, what, how to change it): fail on the first one in use."""
+    seen: dict[int, str] = {}
+    for host, port, what, fix in wanted:
+        if port in seen:
+            raise StartError(f"port {port} is wanted twice ({seen[port]} and {what}): {fix}")
+        seen[port] = what
+        if not _port_free(host, port):
+            raise StartError(
+                f"port {port} ({what}) is already in use: stop what listens there "
+                f"(`ss -ltnp 'sport = :{port}'`) or {fix}"
+            )
+
+
+def check_modules() -> None:
+    import importlib.util
+
+    for spec in procs.SERVICES.values():
+        try:
+            found = importlib.util.find_spec(f"{spec.module}.__main__") is not None
+        except ModuleNotFoundError:
+            found = False
+        # `python -m` also finds packages in the working directory
+        found = found or (Path.cwd() / spec.module / "__main__.py").is_file()
+        if not found:
+            raise StartError(
+                f"`python -m {spec.module}` is not available: run from the repository root "
+                "after `make run` installed it (or reinstall with `pip install -e .`)"
+            )
+
+
+def raise_fd_limit() -> None:
+    """Thousands of streams need thousands of sockets: lift the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+# ----------------------------------------------------------------------------
+# infrastructure
+
+
+def _redis_reachable(url: str) -> bool:
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError):
+        return False
+
+
+def _pg_error(url: str) -> str | None:
+    try:
+        with psycopg.connect(url, connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _dbname(url: str) -> str:
+    name = psycopg.conninfo.conninfo_to_dict(url).get("dbname")
+    return str(name or "nearby")
+
+
+@dataclass
+class Stack:
+    """Everything `nearby run` started, stopped in reverse order."""
+
+    redis_server: infra.RedisServer | None = None
+    postgres_server: infra.PostgresServer | None = None
+    children: list[procs.Child] = field(default_factory=list)
+    envoy: Envoy | None = None
+
+    def stop(self, settings: Settings, say: Callable[[str], None]) -> None:
+        if self.envoy is not None and self.envoy.running:
+            say("stopping Envoy")
+            self.envoy.stop()
+        grace = settings.shutdown_grace_s + 5
+        fanouts = [c for c in self.children if c.spec.module == "fanout_svc"]
+        others = [c for c in self.children if c.spec.module != "fanout_svc"]
+        if fanouts:
+            say(f"stopping {len(fanouts)} fan-out replica(s) (drain)")
+            _parallel([functools.partial(c.stop, settings.drain_s + grace) for c in fanouts])
+        for child in reversed(others):
+            if child.exited() is None:
+                say(f"stopping {child.name}")
+            child.stop(grace)
+        if self.postgres_server is not None:
+            say("stopping the private Postgres")
+            self.postgres_server.stop()
+        if self.redis_server is not None:
+            say("stopping the private Redis")
+            self.redis_server.stop()
+
+    def kill(self) -> None:
+        """Second Ctrl-C: no more grace."""
+        for child in self.children:
+            child.signal(signal.SIGKILL)
+        if self.envoy is not None and self.envoy.proc is not None:
+            procs.signal_group(self.envoy.proc.pid, signal.SIGKILL)
+
+
+def _parallel(jobs: list[Callable[[], None]]) -> None:
+    threads = [threading.Thread(target=job) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def resolve_redis(
+    settings: Settings, home: Path, explicit: bool, stack: Stack, say: Callable[[str], None]
+) -> str:
+    if _redis_reachable(settings.redis_url):
+        say(f"using Redis at {settings.redis_url}")
+        return settings.redis_url
+    if explicit:
+        raise StartError(
+            f"REDIS_URL={settings.redis_url} is not reachable: start that Redis, fix REDIS_URL, "
+            "or unset it to let `nearby run` start a private one"
+        )
+    try:
+        infra.find_binary("redis-server")
+    except FileNotFoundError as exc:
+        raise StartError(str(exc)) from exc
+    say(f"starting a private Redis (data in {home / 'redis'})")
+    stack.redis_server = infra.RedisServer(home / "redis").start()
+    return stack.redis_server.url
+
+
+def resolve_postgres(
+    settings: Settings, home: Path, explicit: bool, stack: Stack, say: Callable[[str], None]
+) -> str:
+    url = settings.database_url
+    name = _dbname(url)
+    admin = infra.database_url(url, "postgres")
+    problem = _pg_error(admin)
+    if problem is None:
+        say(f"using Postgres at {admin.rsplit('/', 1)[0]}")
+    elif explicit:
+        raise StartError(
+            f"DATABASE_URL={url} is not reachable ({problem}): start that server, fix "
+            "DATABASE_URL, or unset it to let `nearby run` start a private Postgres"
+        )
+    else:
+        try:
+            for binary in ("initdb", "postgres"):
+                infra.find_binary(binary)
+        except FileNotFoundError as exc:
+            raise StartError(str(exc)) from exc
+        say(f"starting a private Postgres (data in {home / 'postgres'})")
+        home.mkdir(parents=True, exist_ok=True)
+        stack.postgres_server = infra.PostgresServer(home / "postgres").start()
+        admin = stack.postgres_server.url
+        url = infra.database_url(admin, name)
+    try:
+        infra.create_database(admin, name)
+    except psycopg.Error as exc:
+        raise StartError(f"cannot create database {name!r}: {str(exc).strip()}") from exc
+    return url
+
+
+# ----------------------------------------------------------------------------
+# the run
+
+
+def _relative_command(name: str) -> str:
+    """How to call a venv tool from the current folder."""
+    tool = Path(sys.executable).parent / name
+    if not tool.exists():
+        return name
+    rel = os.path.relpath(tool)
+    return str(tool) if rel.startswith("..") else rel
+
+
+def banner(settings: Settings, stack: Stack, listen: str, home: Path, redis_url: str) -> str:
+    host = "localhost"
+    nearby, grpcurl = _relative_command("nearby"), _relative_command("grpcurl")
+    if home != (Path.cwd() / ".nearby").resolve():
+        nearby = f"NEARBY_HOME={home} {nearby}"
+    lines = [
+        "",
+        "nearby is running (Ctrl-C stops everything)",
+        f"  Envoy gRPC    {host}:{settings.envoy_port}  (listening on {listen}; clients, JWT)",
+        f"  Envoy admin   http://127.0.0.1:{settings.envoy_admin_port}/  (loopback only)",
+    ]
+    for child in stack.children:
+        lines.append(
+            f"  {child.name:<13} 127.0.0.1:{child.port}  "
+            f"metrics http://127.0.0.1:{child.metrics_port}/metrics"
+        )
+    lines += [
+        f"  Redis         {redis_url}",
+        f"  Postgres      {settings.database_url}",
+        f"  logs          {home / 'logs'}/",
+        "",
+        "Try, from another shell in this folder:",
+        f"  {grpcurl} -plaintext {host}:{settings.envoy_port} list",
+        f"  ADMIN=$({nearby} token operator --admin)",
+        f'  {grpcurl} -plaintext -H "authorization: Bearer $ADMIN" '
+        '-d \'{"user_id":"alice","display_name":"Alice"}\' '
+        f"{host}:{settings.envoy_port} nearby.v1.FriendService/CreateUser",
+        f"  TOKEN=$({nearby} token alice)",
+        f'  {grpcurl} -plaintext -H "authorization: Bearer $TOKEN" '
+        f"{host}:{settings.envoy_port} nearby.v1.FriendService/ListFriends",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    def say(line: str) -> None:
+        print(f"nearby: {line}", flush=True)
+
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"nearby run: {exc}", file=sys.stderr)
+        return 2
+    overrides: dict[str, object] = {}
+    if args.port is not None:
+        overrides["envoy_port"] = args.port
+    if args.admin_port is not None:
+        overrides["envoy_admin_port"] = args.admin_port
+    if args.fanout_replicas is not None:
+        if args.fanout_replicas < 1:
+            print("nearby run: --fanout-replicas must be at least 1", file=sys.stderr)
+            return 2
+        overrides["fanout_replicas"] = args.fanout_replicas
+    settings = settings.replace(**overrides)
+    replicas = envoy_config.replica_count(settings)
+    home = Path(settings.nearby_home).resolve()
+    stack = Stack()
+    stopping = threading.Event()
+    signals = {"count": 0}
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        signals["count"] += 1
+        if signals["count"] > 1:
+            say("stopping now (second signal)")
+            stack.kill()
+        stopping.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
+    try:
+        code = _run(settings, args.listen, replicas, home, stack, stopping, say)
+    except StartError as exc:
+        print(f"nearby run: {exc}", file=sys.stderr, flush=True)
+        code = 2
+    finally:
+        stack.stop(settings, say)
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    return code
+
+
+def _run(
+    settings: Settings,
+    listen: str,
+    replicas: int,
+    home: Path,
+    stack: Stack,
+    stopping: threading.Event,
+    say: Callable[[str], None],
+) -> int:
+    check_modules()
+    try:
+        envoy_binary()
+    except FileNotFoundError as exc:
+        raise StartError(str(exc)) from exc
+    loopback = "127.0.0.1"
+    services = [("friend_svc", settings.friend_port, "FRIEND_PORT")]
+    services += [("location_svc", settings.location_port, "LOCATION_PORT")]
+    services += [("presence_svc", settings.presence_port, "PRESENCE_PORT")]
+    services += [
+        (f"fanout_svc#{i}", settings.fanout_port + i, "FANOUT_PORT") for i in range(replicas)
+    ]
+    wanted = [
+        (listen, settings.envoy_port, "Envoy gRPC listener", "pass --port"),
+        (loopback, settings.envoy_admin_port, "Envoy admin", "pass --admin-port"),
+    ]
+    for name, port, var in services:
+        wanted.append((settings.bind_host, port, name, f"set {var}"))
+        wanted.append((settings.bind_host, port + 1000, f"{name} metrics", f"set {var}"))
+    check_ports(wanted)
+    raise_fd_limit()
+
+    explicit = {k: bool(os.environ.get(k)) for k in ("REDIS_URL", "DATABASE_URL")}
+    redis_url = resolve_redis(settings, home, explicit["REDIS_URL"], stack, say)
+    if stopping.is_set():
+        return 0
+    database_url = resolve_postgres(settings, home, explicit["DATABASE_URL"], stack, say)
+    if stopping.is_set():
+        return 0
+    jwks_path = settings.jwks_path
+    if not jwks_path:
+        jwks_path = str(tokens.load_or_create(home).jwks_path)
+    elif not Path(jwks_path).is_file():
+        raise StartError(f"JWKS_PATH={jwks_path} does not exist: point it at the issuer's JWKS")
+    settings = settings.replace(
+        redis_url=redis_url,
+        database_url=database_url,
+        friend_addr=f"{loopback}:{settings.friend_port}",
+        location_addr=f"{loopback}:{settings.location_port}",
+        presence_addr=f"{loopback}:{settings.presence_port}",
+        jwks_path=jwks_path,
+    )
+
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    say(f"starting friend, location, presence and {replicas} fan-out replica(s)")
+    for name, port, _ in services:
+        log_path = logs / f"{name.replace('#', '-')}.log"
+        log_path.unlink(missing_ok=True)
+        spec = procs.SERVICES[name.split("#")[0]]
+        stack.children.append(
+            procs.spawn(
+                name, spec, settings, port, port + 1000, log_path=log_path, die_with_parent=True
+            )
+        )
+    try:
+        procs.wait_healthy(stack.children, timeout=90, cancelled=stopping.is_set)
+        if stopping.is_set():
+            return 0
+    except procs.ChildFailed as exc:
+        if stopping.is_set():
+            return 0
+        raise StartError(f"{exc} (log: {exc.child.log_path})") from exc
+
+    cfg = envoy_config.from_settings(
+        settings,
+        fanout=[c.addr for c in stack.children if c.spec.module == "fanout_svc"],
+        listen_host=listen,
+    )
+    config_path = envoy_config.write(cfg, home / "envoy.yaml")
+    (logs / "envoy.log").unlink(missing_ok=True)
+    say(f"starting Envoy ({config_path})")
+    stack.envoy = Envoy(
+        config_path, settings.envoy_admin_port, logs / "envoy.log", die_with_parent=True
+    ).start()
+    deadline = time.monotonic() + 30
+    try:
+        while not stack.envoy.ready_once():
+            if stopping.is_set():
+                return 0
+            if time.monotonic() > deadline:
+                raise TimeoutError("Envoy was not ready within 30 s")
+            time.sleep(0.05)
+    except (RuntimeError, TimeoutError) as exc:
+        raise StartError(f"{exc} (log: {logs / 'envoy.log'})") from exc
+    print(banner(settings, stack, listen, home, redis_url), flush=True)
+
+    while not stopping.wait(0.5):
+        for child in stack.children:
+            code = child.exited()
+            if code is not None:
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                say(f"{child.name} {how}; stopping everything")
+                tail = child.log_tail()
+                if tail:
+                    print(f"  {tail}\n  (log: {child.log_path})", file=sys.stderr)
+                return 1
+        if not stack.envoy.running:
+            say(f"Envoy exited; stopping everything (log: {logs / 'envoy.log'})")
+            return 1
+    say("stopping (signal)")
+    return 0
