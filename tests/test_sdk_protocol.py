@@ -264,6 +264,9 @@ async def test_fatal_statuses_raise_without_retrying(
     async def refuse(
         stream: Stream, it: Requests, ctx: Context
     ) -> AsyncIterator[pb.ConnectResponse]:
+        # Read the location first: refusing while the client is still writing
+        # it can hide the status on the client (grpc/grpc#36066).
+        await first_location(it)
         await ctx.abort(code, "no way: do something else")
         yield pb.ConnectResponse()  # pragma: no cover
 
