@@ -218,5 +218,8 @@ async def maintain(
             await conn.execute("SELECT pg_advisory_unlock(%s)", (_MAINTENANCE_LOCK,))
             await conn.set_autocommit(False)
     if created or dropped:
-        log.info("history partitions", extra={"created": created, "dropped": dropped})
+        log.info(
+            "history partitions",
+            extra={"partitions_created": created, "partitions_dropped": dropped},
+        )
     return created, dropped
