@@ -1,22 +1,44 @@
 """The SDK against the real mesh behind a real Envoy (real Redis and Postgres):
-the unary helpers, error mapping and authentication failures."""
+the unary helpers, error mapping, authentication failures, the live session
+(snapshot, updates, pages) and reconnection when a fan-out replica drains."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from nearby import AuthError, BackoffPolicy, NearbyClient, NearbyError, Reconnecting
+from nearby import (
+    AuthError,
+    BackoffPolicy,
+    Event,
+    FriendLeft,
+    FriendMoved,
+    NearbyClient,
+    NearbyError,
+    NearbySession,
+    Page,
+    Reconnecting,
+    Snapshot,
+)
 
+from mesh.geo import EARTH_RADIUS_M
 from mesh.settings import Settings
 from stack import infra
 from tests.edge_stack import EdgeStack, edge_stack
 
 FAST = BackoffPolicy(initial_s=0.05, multiplier=2, max_s=0.5)
+HOME = (52.52, 13.405)
+
+
+def east(meters: float) -> tuple[float, float]:
+    """A point `meters` east of HOME."""
+    lat, lng = HOME
+    return lat, lng + math.degrees(meters / (EARTH_RADIUS_M * math.cos(math.radians(lat))))
 
 
 def uid(prefix: str) -> str:
@@ -32,9 +54,14 @@ def sdk_settings(redis_server: infra.RedisServer, pg_admin_url: str) -> Iterator
     infra.drop_database(pg_admin_url, name)
 
 
+def fast(settings: Settings) -> Settings:
+    """Every report shared at once; short drains and sweeps."""
+    return settings.replace(min_report_interval_s=0.0, drain_s=1.0, presence_sweep_interval_s=0.2)
+
+
 @pytest.fixture(scope="module")
 async def stack(sdk_settings: Settings) -> AsyncIterator[EdgeStack]:
-    async with edge_stack(sdk_settings, services=("friend_svc", "location_svc")) as s:
+    async with edge_stack(fast(sdk_settings)) as s:
         yield s
 
 
@@ -146,3 +173,138 @@ async def test_bad_token_raises_auth_error_without_retrying(stack: EdgeStack) ->
     async with NearbyClient(stack.envoy_addr, expired, secure=False) as old:
         with pytest.raises(AuthError):
             await old.get_user()
+
+
+async def befriend(stack: EdgeStack, a: str, b: str) -> None:
+    async with client(stack, a) as ca, client(stack, b) as cb:
+        await ca.send_friend_request(b)
+        await cb.accept_friend_request(a)
+
+
+async def next_event(session: NearbySession, within: float = 20.0) -> Event:
+    async with asyncio.timeout(within):
+        return await anext(aiter(session))
+
+
+async def until(session: NearbySession, kind: type, within: float = 20.0) -> list[Event]:
+    """Events up to and including the first of `kind`."""
+    seen: list[Event] = []
+    async with asyncio.timeout(within):
+        async for event in session:
+            seen.append(event)
+            if isinstance(event, kind):
+                return seen
+    raise AssertionError(f"the session ended before a {kind.__name__}: {seen}")
+
+
+async def test_session_snapshot_updates_and_my_moves(stack: EdgeStack) -> None:
+    alice, bob = await users(stack, "alice", "bob")
+    await befriend(stack, alice, bob)
+    async with client(stack, alice) as a, client(stack, bob) as b:
+        await b.report_location(*east(2000))
+        session = a.connect(*HOME)
+        snap = await next_event(session)
+        assert isinstance(snap, Snapshot)
+        assert [f.user_id for f in snap.friends] == [bob]
+        assert snap.friends[0].display_name == bob.title()
+        assert snap.friends[0].distance_meters == pytest.approx(2000, abs=5)
+        assert snap.total_size == 1 and snap.radius_meters == pytest.approx(8047)
+        assert session.nearby == list(snap.friends) and session.state == "connected"
+
+        # Bob walks closer: a FriendMoved, and the live view follows.
+        await b.report_location(*east(500))
+        moved = (await until(session, FriendMoved))[-1]
+        assert isinstance(moved, FriendMoved) and not moved.is_new
+        assert moved.friend.distance_meters == pytest.approx(500, abs=5)
+        assert [(f.user_id, round(f.distance_meters)) for f in session.nearby] == [(bob, 500)]
+
+        # Bob walks 20 km away: he leaves the list.
+        await b.report_location(*east(20_000))
+        left = (await until(session, FriendLeft))[-1]
+        assert isinstance(left, FriendLeft)
+        assert (left.user_id, left.reason) == (bob, "OUT_OF_RANGE")
+        assert session.nearby == [] and session.total_size == 0
+
+        # Alice walks next to Bob: he appears without moving.
+        await session.update_location(*east(19_000))
+        back = (await until(session, FriendMoved))[-1]
+        assert isinstance(back, FriendMoved) and back.is_new
+        assert back.friend.distance_meters == pytest.approx(1000, abs=5)
+        assert [f.user_id for f in session.nearby] == [bob]
+
+        # The unary call agrees with the stream (it uses the last location).
+        page = await a.list_nearby_friends()
+        assert [f.user_id for f in page.friends] == [bob] and page.total_size == 1
+        await session.close()
+
+
+async def test_session_pages_fill_the_view_in_distance_order(stack: EdgeStack) -> None:
+    me, *friends = await users(stack, "me", *[f"f{i}" for i in range(23)])
+    for i, f in enumerate(friends):
+        await befriend(stack, me, f)
+        async with client(stack, f) as cf:
+            await cf.report_location(*east(100 + 200 * i))
+    async with client(stack, me) as c:
+        session = c.connect(*HOME)
+        snap = await next_event(session)
+        assert isinstance(snap, Snapshot)
+        assert len(snap.friends) == 20 and snap.total_size == 23 and snap.next_page_token
+        assert len(session.nearby) == 20 and session.total_size == 23
+        await session.request_page(session.next_page_token)
+        page = (await until(session, Page))[-1]
+        assert isinstance(page, Page) and len(page.friends) == 3 and page.next_page_token == ""
+        assert [f.user_id for f in session.nearby] == friends
+        distances = [f.distance_meters for f in session.nearby]
+        assert distances == sorted(distances)
+        # ListNearbyFriends gives the same list.
+        first = await c.list_nearby_friends(page_size=20)
+        rest = await c.list_nearby_friends(first.next_page_token, page_size=20)
+        assert [f.user_id for f in (*first.friends, *rest.friends)] == friends
+        await session.close()
+
+
+async def test_session_moves_to_the_other_replica_when_its_replica_drains(
+    sdk_settings: Settings,
+) -> None:
+    async with edge_stack(fast(sdk_settings), fanout_replicas=2) as two:
+        alice, bob, carol = await users(two, "alice", "bob", "carol")
+        await befriend(two, alice, bob)
+        await befriend(two, alice, carol)
+        async with client(two, alice) as a, client(two, bob) as b, client(two, carol) as c:
+            await b.report_location(*east(2000))
+            await c.report_location(*east(30_000))
+            session = a.connect(*HOME)
+            snap = await next_event(session)
+            assert isinstance(snap, Snapshot) and [f.user_id for f in snap.friends] == [bob]
+
+            fanouts = two.runners["fanout_svc"]
+            serving = [i for i, r in enumerate(fanouts) if r.app.streams.sessions]  # type: ignore[attr-defined]
+            assert len(serving) == 1
+            stopping = asyncio.create_task(two.stop_fanout(serving[0]))
+            try:
+                # While the stream moves, Bob leaves and Carol comes closer:
+                # nothing of that is pushed, the fresh snapshot carries it.
+                events = await until(session, Reconnecting)
+                reconnecting = events[-1]
+                assert isinstance(reconnecting, Reconnecting)
+                assert "draining" in reconnecting.cause.lower()
+                await b.report_location(*east(40_000))
+                await c.report_location(*east(3000))
+                events = await until(session, Snapshot, within=30)
+                fresh = events[-1]
+                assert isinstance(fresh, Snapshot)
+                assert all(isinstance(e, Reconnecting) for e in events[:-1])
+            finally:
+                await stopping
+            assert [f.user_id for f in fresh.friends] == [carol]
+            assert [f.user_id for f in session.nearby] == [carol]
+            assert session.nearby[0].distance_meters == pytest.approx(3000, abs=5)
+            assert session.connects >= 2 and session.state == "connected"
+            other = fanouts[1 - serving[0]]
+            assert len(other.app.streams.sessions) == 1  # type: ignore[attr-defined]
+
+            # The new stream is live: Carol's next move arrives.
+            await c.report_location(*east(2500))
+            moved = (await until(session, FriendMoved))[-1]
+            assert isinstance(moved, FriendMoved) and moved.friend.user_id == carol
+            await session.close()
