@@ -15,7 +15,7 @@ class Config:
     fanout_streams: int = 2000
     fanout_movers: int = 1000
     fanout_friends: int = 10
-    fanout_rounds: int = 30
+    fanout_rounds: int = 20
     # 2. latency: seconds per load level, probe senders, probe interval
     latency_levels: tuple[int, ...] = (25, 50, 75)
     latency_seconds: float = 8.0

@@ -58,6 +58,7 @@ class Mesh:
     redis_url: str
     database_url: str
     children: dict[str, Child] = field(default_factory=dict)
+    envoy: Any = None  # stack.edge.Envoy when started
     envoy_port: int = 0
 
     def addr(self, name: str) -> str:
@@ -79,6 +80,8 @@ class Harness:
         self._children: list[Child] = []
         self._redis: list[infra.RedisServer] = []
         self._pg: infra.PostgresServer | None = None
+        self._envoys: list[Any] = []
+        self.signer: Any = None
 
     # --- infrastructure ---------------------------------------------------
     def redis(self, *extra: str) -> tuple[str, Proc]:
@@ -176,18 +179,65 @@ class Harness:
                 mesh.children[name].metrics_port = mport
         return mesh
 
+    def start_envoy(self, mesh: Mesh, concurrency: int = 1) -> Any:
+        """Envoy in front of `mesh` (the edge's own config builder), waited for
+        until every fan-out replica is healthy. Returns the stack.edge.Envoy."""
+        from stack import tokens
+        from stack.edge import Envoy
+        from stack.envoy_config import EdgeConfig, write
+
+        key = tokens.load_or_create(self.root / "keys")
+        port, admin = infra.free_port(), infra.free_port()
+        cfg = EdgeConfig(
+            friend=mesh.addr("friend"),
+            location=mesh.addr("location"),
+            presence=mesh.addr("presence"),
+            fanout=tuple(f"127.0.0.1:{c.port}" for c in mesh.fanouts),
+            jwks_path=str(key.jwks_path),
+            listen_host="127.0.0.1",
+            port=port,
+            admin_port=admin,
+        )
+        path = write(cfg, self.root / f"envoy-{port}.yaml")
+        envoy = Envoy(path, admin, self.logs / "envoy.log", concurrency=concurrency).start()
+        self._envoys.append(envoy)
+        envoy.wait_ready(30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            health = envoy.host_health("fanout_svc")
+            if health and all(health.values()):
+                break
+            time.sleep(0.1)
+        else:
+            raise TimeoutError("Envoy did not see the fan-out replicas healthy within 30 s")
+        mesh.envoy, mesh.envoy_port = envoy, port
+        self.signer = key
+        return envoy
+
+    def token(self, user_id: str) -> str:
+        """A JWT the harness's Envoy accepts (after start_envoy)."""
+        from stack.envoy_config import EdgeConfig
+
+        d = EdgeConfig()
+        return str(self.signer.sign(user_id, issuer=d.issuer, audience=d.audience, ttl_s=7200))
+
     def stop(self, child: Child, timeout: float = 15.0) -> None:
         infra.stop_process(child.proc, timeout)
         with contextlib.suppress(ValueError):
             self._children.remove(child)
 
     def stop_mesh(self, mesh: Mesh) -> None:
+        if mesh.envoy is not None:
+            mesh.envoy.stop()
+            mesh.envoy = None
         # fan-out first (it calls the others), then the rest
         for name in sorted(mesh.children, key=lambda n: (not n.startswith("fanout"), n)):
             self.stop(mesh.children[name])
         mesh.children.clear()
 
     def close(self) -> None:
+        for envoy in self._envoys:
+            envoy.stop()
         for child in reversed(self._children):
             infra.stop_process(child.proc, 10)
         self._children.clear()

@@ -73,6 +73,7 @@ class Load:
         self.senders: set[str] = set()
         self.reset()
         self.errors: Counter[str] = Counter()
+        self.samples: list[str] = []
         self.ended = 0
 
     def reset(self) -> None:
@@ -110,6 +111,8 @@ class Load:
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 self.errors[exc.code().name] += 1
+                if len(self.samples) < 5:
+                    self.samples.append(f"{exc.code().name}: {exc.details()}")
         except Exception as exc:
             self.errors[type(exc).__name__] += 1
         finally:
@@ -158,6 +161,7 @@ class Load:
             "failed": len(results) - sum(results),
             "seconds": round(time.monotonic() - t0, 3),
             "errors": dict(self.errors),
+            "error_samples": self.samples,
         }
 
     async def send(self, users: list[str], interval_s: float, duration_s: float) -> dict[str, Any]:
@@ -216,7 +220,7 @@ class Load:
 async def serve(target: str, per_channel: int) -> None:
     load = Load(target, per_channel)
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
+    reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while True:
         line = await reader.readline()

@@ -1,0 +1,119 @@
+"""Scenario 4: location updates accepted per second and per mesh CPU-second.
+
+Clients hold Connect streams on one fan-out process and stream location
+updates on them; the fan-out batches them to location_svc (ReportLocations),
+which runs its report script per update in one pipelined round trip. Accepted
+updates are location_svc's own counter (location_reports_total{disposition=
+"accepted"}); CPU is fan-out + location + presence + Redis over the window
+from the first update sent to the last one accepted. The ceiling is raw
+pipelined Redis writes of the same commands from a Python client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from bench import ceilings, graph
+from bench.config import Config
+from bench.harness import Harness, LoadClient, metric
+from bench.procstat import CpuMeter
+from bench.stats import scenario
+from mesh import keys
+
+
+async def accepted(child: Any) -> float:
+    return await asyncio.to_thread(metric, child, "location_reports_total", disposition="accepted")
+
+
+async def ingest_once(h: Harness, cfg: Config) -> dict[str, Any]:
+    redis_url, redis_proc = h.redis()
+    db = h.database("ingest")
+    mesh = h.start_mesh(redis_url, db, fanout_replicas=1)
+    load: LoadClient | None = None
+    try:
+        g = graph.clustered(cfg.ingest_streams, 0.0, seed=11, prefix="i")
+        await graph.load(db, g)
+        fan = mesh.children["fanout-0"]
+        loc = mesh.children["location"]
+        load = await LoadClient.start(h, mesh.addr("fanout-0"))
+        users = [[uid, lat, lng, ""] for uid, (lat, lng) in zip(g.ids, g.home, strict=True)]
+        conn = await load.call(cmd="connect", users=users, batch=250)
+        if conn["failed"]:
+            raise RuntimeError(f"{conn['failed']} streams failed to connect: {conn['errors']}")
+        await asyncio.sleep(1.0)
+        a0 = await accepted(loc)
+        procs = [fan.measured(), loc.measured(), mesh.children["presence"].measured(), redis_proc]
+        meter = CpuMeter(procs).start()
+        t0 = time.monotonic()
+        sent = await load.call(
+            cmd="send",
+            users=g.ids,
+            interval_s=cfg.ingest_interval_s,
+            duration_s=cfg.ingest_seconds,
+        )
+        # drain: until the count stops moving for half a second
+        last, t_last = await accepted(loc), time.monotonic()
+        while True:
+            await asyncio.sleep(0.1)
+            now_count = await accepted(loc)
+            if now_count != last:
+                last, t_last = now_count, time.monotonic()
+            elif time.monotonic() - t_last > 0.5:
+                break
+        used = meter.stop()
+        n = last - a0
+        seconds = t_last - t0
+        mesh_cpu = meter.total
+        r = aioredis.Redis.from_url(redis_url)
+        try:
+            sizes = [await r.memory_usage(keys.location(uid)) or 0 for uid in g.ids[:50]]
+        finally:
+            await r.aclose()
+        return {
+            "streams": cfg.ingest_streams,
+            "sent": sent["sent"],
+            "accepted": n,
+            "seconds": round(seconds, 3),
+            "cpu_s": {k: round(v, 3) for k, v in used.items()},
+            "updates_per_s": n / seconds if seconds else 0.0,
+            "updates_per_cpu_s": n / mesh_cpu if mesh_cpu else 0.0,
+            "updates_per_redis_cpu_s": n / used["redis"] if used["redis"] else 0.0,
+            "redis_bytes_per_user": sum(sizes) / max(1, len(sizes)),
+        }
+    finally:
+        if load is not None:
+            await load.close()
+        h.stop_mesh(mesh)
+        h.stop_redis()
+
+
+async def run(h: Harness, cfg: Config) -> dict[str, Any]:
+    runs, ceiling_runs = [], []
+    for _ in range(cfg.runs):
+        ceiling_runs.append(await ceilings.redis_writes(h, 100_000 if not cfg.quick else 50_000))
+        runs.append(await ingest_once(h, cfg))
+    out = scenario(
+        runs,
+        ceiling_runs,
+        {
+            "per_s": ("updates_per_s", "updates_per_s"),
+            "per_cpu_s": ("updates_per_cpu_s", "updates_per_cpu_s"),
+            "per_redis_cpu_s": ("updates_per_redis_cpu_s", "updates_per_redis_cpu_s"),
+        },
+    )
+    med = out["median"]
+    if med["updates_per_cpu_s"] < 20_000:
+        cpu = med["cpu_s"]
+        top = max(cpu, key=lambda k: cpu[k])
+        out["missed_notes"] = [
+            f"Ingest at {med['updates_per_cpu_s']:,.0f} updates per mesh CPU-second (bar "
+            f"20,000, missed by {1 - med['updates_per_cpu_s'] / 20_000:.0%}); the largest "
+            f"share of CPU is {top} ({cpu[top]:.1f} of {sum(cpu.values()):.1f} CPU-s). "
+            "Profile that process with py-spy (`py-spy record -p PID`) during `python -m "
+            "bench --only ingest`."
+        ]
+    return out
