@@ -232,9 +232,11 @@ def _http_filters(cfg: EdgeConfig) -> list[dict[str, Any]]:
 
 
 def _routes() -> list[dict[str, Any]]:
+    # No `grpc: {}` match: the route is chosen before grpc_web rewrites a
+    # browser's content type to application/grpc, so it would 404 grpc-web.
     routes = [
         {
-            "match": {"prefix": prefix, "grpc": {}},
+            "match": {"prefix": prefix},
             # the 15 s default would kill every stream
             "route": {"cluster": cluster, "timeout": "0s"},
         }
@@ -242,7 +244,7 @@ def _routes() -> list[dict[str, Any]]:
     ]
     routes.append(
         {
-            "match": {"prefix": REFLECTION_PREFIX, "grpc": {}},
+            "match": {"prefix": REFLECTION_PREFIX},
             "route": {"cluster": "friend_svc", "timeout": "0s"},
         }
     )

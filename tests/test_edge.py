@@ -4,10 +4,13 @@ identity headers, admin claim, internal services, health checks."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+import urllib.error
+import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -15,7 +18,16 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from nearby.internal.v1 import friend_graph_service_pb2, friend_graph_service_pb2_grpc
-from nearby.v1 import friend_service_pb2, friend_service_pb2_grpc
+from nearby.v1 import (
+    friend_service_pb2,
+    friend_service_pb2_grpc,
+    location_service_pb2,
+    location_service_pb2_grpc,
+    nearby_service_pb2,
+    nearby_service_pb2_grpc,
+    presence_service_pb2,
+    presence_service_pb2_grpc,
+)
 
 from mesh.settings import Settings
 from stack import infra
@@ -237,3 +249,115 @@ async def test_unhealthy_backend_is_taken_out_and_back_in(stack: EdgeStack) -> N
 async def test_generated_config_passes_envoy_validate(stack: EdgeStack) -> None:
     ok, output = await asyncio.to_thread(validate, Path(stack.envoy.config))
     assert ok, output
+
+
+def _grpc_web_call(
+    addr: str, path: str, message: bytes, token: str | None
+) -> tuple[int, dict[str, str], bytes]:
+    """One grpc-web call over HTTP/1.1, as a browser would make it."""
+    headers = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    body = b"\x00" + len(message).to_bytes(4, "big") + message
+    request = urllib.request.Request(f"http://{addr}{path}", data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
+
+
+def _grpc_web_frames(body: bytes) -> tuple[list[bytes], dict[str, str]]:
+    messages, trailers = [], {}
+    while body:
+        flag, size = body[0], int.from_bytes(body[1:5], "big")
+        chunk, body = body[5 : 5 + size], body[5 + size :]
+        if flag & 0x80:
+            for line in chunk.decode().split("\r\n"):
+                if ":" in line:
+                    k, v = line.split(":", 1)
+                    trailers[k.strip().lower()] = v.strip()
+        else:
+            messages.append(chunk)
+    return messages, trailers
+
+
+async def test_grpc_web_for_browsers(stack: EdgeStack) -> None:
+    frank = uid("frank")
+    await create_user(stack, frank)
+    path = "/nearby.v1.FriendService/GetUser"
+    request = friend_service_pb2.GetUserRequest().SerializeToString()
+    status, _, body = await asyncio.to_thread(
+        _grpc_web_call, stack.envoy_addr, path, request, stack.token(frank)
+    )
+    assert status == 200
+    messages, trailers = _grpc_web_frames(body)
+    assert trailers.get("grpc-status") == "0"
+    assert friend_service_pb2.GetUserResponse.FromString(messages[0]).user.user_id == frank
+    # no token: HTTP 401 with grpc-status UNAUTHENTICATED (16) in the headers
+    status, headers, body = await asyncio.to_thread(
+        _grpc_web_call, stack.envoy_addr, path, request, None
+    )
+    assert status == 401
+    assert headers.get("grpc-status") == "16"
+    assert not body
+
+
+async def test_every_public_service_is_routed_to_its_cluster(settings: Settings) -> None:
+    """The full mesh as subprocesses (`python -m <svc>`), two fan-out replicas."""
+    async with edge_stack(settings, fanout_replicas=2, processes=True) as stack:
+        channel = stack.channel()
+        calls: dict[str, Callable[[], Awaitable[object]]] = {
+            "friend_svc": lambda: friend_service_pb2_grpc.FriendServiceStub(channel).ListFriends(
+                friend_service_pb2.ListFriendsRequest(), metadata=stack.auth("grace"), timeout=10
+            ),
+            "location_svc": lambda: location_service_pb2_grpc.LocationServiceStub(
+                channel
+            ).ListLocationHistory(
+                location_service_pb2.ListLocationHistoryRequest(),
+                metadata=stack.auth("grace"),
+                timeout=10,
+            ),
+            "presence_svc": lambda: presence_service_pb2_grpc.PresenceServiceStub(
+                channel
+            ).GetVisibility(
+                presence_service_pb2.GetVisibilityRequest(),
+                metadata=stack.auth("grace"),
+                timeout=10,
+            ),
+            "fanout_svc": lambda: nearby_service_pb2_grpc.NearbyServiceStub(
+                channel
+            ).ListNearbyFriends(
+                nearby_service_pb2.ListNearbyFriendsRequest(),
+                metadata=stack.auth("grace"),
+                timeout=10,
+            ),
+        }
+        try:
+            for cluster, call in calls.items():
+                key = f"cluster.{cluster}.upstream_rq_total"
+                before = stack.envoy.stats(key).get(key, 0)
+                try:
+                    await call()
+                except grpc.aio.AioRpcError as exc:
+                    # the backend answered (whatever its verdict), not Envoy
+                    assert exc.code() not in (
+                        grpc.StatusCode.UNAVAILABLE,
+                        grpc.StatusCode.UNIMPLEMENTED,
+                        grpc.StatusCode.UNAUTHENTICATED,
+                    ), exc
+                assert stack.envoy.stats(key).get(key, 0) == before + 1
+            # unary calls are spread over both fan-out replicas
+            for _ in range(20):
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await calls["fanout_svc"]()
+        finally:
+            await channel.close()
+        _, clusters = await asyncio.to_thread(stack.envoy.admin, "/clusters")
+        per_host = {
+            line.split("::")[1]: int(line.split("::")[3])
+            for line in clusters.splitlines()
+            if line.startswith("fanout_svc::") and "::rq_total::" in line
+        }
+        assert sorted(per_host) == sorted(stack.backends["fanout_svc"])
+        assert all(n >= 1 for n in per_host.values()), per_host
