@@ -4,7 +4,9 @@ the unary helpers, error mapping, authentication failures, the live session
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import io
 import math
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -25,10 +27,11 @@ from nearby import (
     Reconnecting,
     Snapshot,
 )
+from rich.console import Console
 
 from mesh.geo import EARTH_RADIUS_M
 from mesh.settings import Settings
-from stack import infra
+from stack import infra, watch
 from tests.edge_stack import EdgeStack, edge_stack
 
 FAST = BackoffPolicy(initial_s=0.05, multiplier=2, max_s=0.5)
@@ -308,3 +311,34 @@ async def test_session_moves_to_the_other_replica_when_its_replica_drains(
             moved = (await until(session, FriendMoved))[-1]
             assert isinstance(moved, FriendMoved) and moved.friend.user_id == carol
             await session.close()
+
+
+def watch_args(stack: EdgeStack, token: str, *extra: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    watch.add_arguments(parser)
+    lat, lng = HOME
+    common = ["--token", token, "--target", stack.envoy_addr, "--lat", str(lat), "--lng", str(lng)]
+    return parser.parse_args([*common, *extra])
+
+
+async def test_nearby_watch_shows_the_live_list(stack: EdgeStack) -> None:
+    alice, bob = await users(stack, "alice", "bob")
+    await befriend(stack, alice, bob)
+    async with client(stack, bob) as b:
+        await b.report_location(*east(1500))
+    out = io.StringIO()
+    console = Console(file=out, width=120, force_terminal=False, color_system=None)
+    args = watch_args(stack, stack.token(alice), "--duration", "2", "--walk", "--walk-every", "0.5")
+    assert await watch.watch(args, console) == 0
+    screen = out.getvalue()
+    assert f"Nearby friends of {alice}: 1" in screen
+    assert "● connected" in screen
+    assert bob.title() in screen and " km │ " in screen and " s ago │" in screen
+    assert "snapshot: 1 nearby within 8.05 km" in screen
+    assert "at 52.52000, 13.40500" not in screen  # --walk moved Alice
+
+
+async def test_nearby_watch_refused_token(stack: EdgeStack) -> None:
+    console = Console(file=io.StringIO(), force_terminal=False)
+    with pytest.raises(AuthError):
+        await watch.watch(watch_args(stack, "not-a-jwt", "--duration", "20"), console)
