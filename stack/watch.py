@@ -114,6 +114,7 @@ class WatchState:
     events: int = 0
 
     def record(self, event: Event) -> None:
+        """Counts the event and logs one line about it."""
         self.events += 1
         self.log.append((now(), describe(event)))
 
@@ -159,6 +160,7 @@ def render(state: WatchState, at: datetime | None = None, max_rows: int = 30) ->
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `nearby watch`."""
     settings = Settings.from_env()
     who = parser.add_mutually_exclusive_group()
     who.add_argument(
@@ -226,6 +228,8 @@ async def _consume(session: NearbySession, state: WatchState) -> None:
 
 
 async def watch(args: argparse.Namespace, console: Console) -> int:
+    """Runs the live screen until Ctrl-C / SIGTERM / --duration; raises
+    AuthError / NearbyError when the session fails for good."""
     token, who = _token(args)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -266,6 +270,7 @@ async def watch(args: argparse.Namespace, console: Console) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    """`nearby watch`: 0 on a clean exit, 2 for a refused token, 1 otherwise."""
     console = Console()
     try:
         return asyncio.run(watch(args, console))
