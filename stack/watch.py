@@ -133,7 +133,7 @@ def render(state: WatchState, at: datetime | None = None, max_rows: int = 30) ->
     table.add_column("updated", justify="right")
     for i, f in enumerate(friends[:max_rows], 1):
         name = Text(f.display_name or f.user_id)
-        if f.display_name and f.display_name != f.user_id:
+        if f.display_name and f.display_name.casefold() != f.user_id.casefold():
             name.append(f"  {f.user_id}", style="dim")
         table.add_row(
             str(i), name, format_distance(f.distance_meters), format_age(f.updated_at, at)

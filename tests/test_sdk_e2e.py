@@ -241,6 +241,34 @@ async def test_session_snapshot_updates_and_my_moves(stack: EdgeStack) -> None:
         await session.close()
 
 
+async def test_ghost_mode_and_unfriending_through_the_helpers(stack: EdgeStack) -> None:
+    alice, bob = await users(stack, "alice", "bob")
+    await befriend(stack, alice, bob)
+    async with client(stack, alice) as a, client(stack, bob) as b:
+        await b.report_location(*east(1000))
+        session = a.connect(*HOME)
+        snap = await next_event(session)
+        assert isinstance(snap, Snapshot) and [f.user_id for f in snap.friends] == [bob]
+
+        assert await b.get_visibility() is True
+        assert await b.set_visibility(False) is False
+        assert await b.get_visibility() is False
+        hidden = (await until(session, FriendLeft))[-1]
+        assert isinstance(hidden, FriendLeft) and (hidden.user_id, hidden.reason) == (bob, "HIDDEN")
+        assert session.nearby == []
+
+        assert await b.set_visibility(True) is True
+        await b.report_location(*east(900))
+        back = (await until(session, FriendMoved))[-1]
+        assert isinstance(back, FriendMoved) and back.friend.user_id == bob and back.is_new
+
+        await a.remove_friend(bob)
+        gone = (await until(session, FriendLeft))[-1]
+        assert isinstance(gone, FriendLeft) and (gone.user_id, gone.reason) == (bob, "UNFRIENDED")
+        assert session.nearby == [] and session.total_size == 0
+        await session.close()
+
+
 async def test_session_pages_fill_the_view_in_distance_order(stack: EdgeStack) -> None:
     me, *friends = await users(stack, "me", *[f"f{i}" for i in range(23)])
     for i, f in enumerate(friends):

@@ -338,3 +338,28 @@ async def test_bad_coordinates_are_rejected_locally(server: tuple[Scripted, str]
         with pytest.raises(ValueError):
             await session.update_location(0.0, float("nan"))
         assert session.location == (0.0, 0.0)
+
+
+async def test_a_token_function_is_asked_again_on_every_reconnect(
+    server: tuple[Scripted, str],
+) -> None:
+    servicer, target = server
+
+    async def drop(stream: Stream, it: Requests, ctx: Context) -> AsyncIterator[pb.ConnectResponse]:
+        await first_location(it)
+        yield snap()
+        await ctx.abort(grpc.StatusCode.UNAVAILABLE, "bye")
+
+    async def stay(stream: Stream, it: Requests, ctx: Context) -> AsyncIterator[pb.ConnectResponse]:
+        await first_location(it)
+        yield snap()
+        await asyncio.sleep(30)
+
+    servicer.scripts += [drop, stay]
+    tokens = iter(["first", "second"])
+    async with NearbyClient(target, lambda: next(tokens), secure=False, backoff=FAST) as client:
+        session = client.connect(0.0, 0.0)
+        events = await take(session, 3)
+        assert [type(e) for e in events] == [Snapshot, Reconnecting, Snapshot]
+    auth = [s.metadata["authorization"] for s in servicer.streams]
+    assert auth == ["Bearer first", "Bearer second"]
