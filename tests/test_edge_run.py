@@ -234,3 +234,27 @@ def test_unreachable_database_is_one_clear_line(
     )
     assert "DATABASE_URL=" in line
     assert "not reachable" in line
+
+
+def test_a_dying_service_is_named_and_everything_stops(
+    redis_url: str, database_url: str, tmp_path: Path, launched: list[subprocess.Popen[bytes]]
+) -> None:
+    env = _env(redis_url, database_url, tmp_path / "home")
+    out = tmp_path / "out.txt"
+    args = ["--port", str(_free_block(1)), "--admin-port", str(_free_block(1))]
+    proc = _run([*args, "--fanout-replicas", "1", "--listen", "127.0.0.1"], env, out)
+    launched.append(proc)
+    deadline = time.monotonic() + 90
+    while "nearby is running" not in out.read_text():
+        assert proc.poll() is None, out.read_text()
+        assert time.monotonic() < deadline, out.read_text()
+        time.sleep(0.2)
+    kids = _children(proc.pid)
+    presence = next(k for k in kids if b"presence_svc" in Path(f"/proc/{k}/cmdline").read_bytes())
+    os.kill(presence, signal.SIGKILL)
+    assert proc.wait(60) == 1, out.read_text()
+    assert "presence_svc was killed by signal 9; stopping everything" in out.read_text()
+    deadline = time.monotonic() + 10
+    while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [k for k in kids if _alive(k)], "orphaned processes"
