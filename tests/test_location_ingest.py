@@ -68,6 +68,13 @@ async def cached(r: aioredis.Redis, user: str) -> events_pb2.PositionFix | None:
     return None if value is None else events_pb2.PositionFix.FromString(value)
 
 
+async def redis_state(r: aioredis.Redis) -> tuple[list[bytes], list[int]]:
+    """Every key and the length of every history stream."""
+    streams = [await r.xlen(keys.history_stream(k)) for k in range(keys.HISTORY_SHARDS)]
+    names: Any = await r.keys()
+    return sorted(names), streams
+
+
 async def next_event(sub: Any, wait_s: float = 2.0) -> events_pb2.LocationEvent | None:
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
@@ -119,11 +126,13 @@ async def test_bad_coordinates_are_rejected_and_change_nothing(
     channel: grpc.aio.Channel, redis_client: aioredis.Redis, lat: float, lng: float, field: str
 ) -> None:
     stub = location_service_pb2_grpc.LocationServiceStub(channel)
+    before = await redis_state(redis_client)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.ReportLocation(report(lat, lng), metadata=who("bob"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in (err.value.details() or "")
-    assert await redis_client.dbsize() == 0
+    assert await redis_state(redis_client) == before
+    assert not await redis_client.exists(keys.location("bob"))
 
 
 @pytest.mark.parametrize(
@@ -134,12 +143,14 @@ async def test_bad_timestamps_are_rejected_and_change_nothing(
     channel: grpc.aio.Channel, redis_client: aioredis.Redis, offset_ms: int, problem: str
 ) -> None:
     stub = location_service_pb2_grpc.LocationServiceStub(channel)
+    before = await redis_state(redis_client)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.ReportLocation(report(1.0, 1.0, now_ms() + offset_ms), metadata=who("bob"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     details = err.value.details() or ""
     assert "recorded_at" in details and problem in details
-    assert await redis_client.dbsize() == 0
+    assert await redis_state(redis_client) == before
+    assert not await redis_client.exists(keys.location("bob"))
 
 
 async def test_small_clock_skew_is_allowed(channel: grpc.aio.Channel) -> None:
