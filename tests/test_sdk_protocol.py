@@ -363,3 +363,30 @@ async def test_a_token_function_is_asked_again_on_every_reconnect(
         assert [type(e) for e in events] == [Snapshot, Reconnecting, Snapshot]
     auth = [s.metadata["authorization"] for s in servicer.streams]
     assert auth == ["Bearer first", "Bearer second"]
+
+
+async def test_a_timeout_around_iteration_leaves_a_usable_session(
+    server: tuple[Scripted, str],
+) -> None:
+    servicer, target = server
+
+    async def quiet(
+        stream: Stream, it: Requests, ctx: Context
+    ) -> AsyncIterator[pb.ConnectResponse]:
+        await first_location(it)
+        yield snap(nf(f"f{len(servicer.streams)}", 10))
+        await asyncio.sleep(30)
+
+    servicer.scripts += [quiet, quiet]
+    async with NearbyClient(target, "t", secure=False, backoff=FAST) as client:
+        session = client.connect(0.0, 0.0)
+        (first,) = await take(session, 1)
+        assert isinstance(first, Snapshot)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await anext(session)
+        # gRPC cancelled the call with the read; the next iteration reconnects.
+        (second,) = await take(session, 1)
+        assert isinstance(second, Snapshot)
+        assert [f.user_id for f in session.nearby] == ["f2"]
+        assert session.connects == 2 and not session.closed

@@ -69,6 +69,14 @@ def check_position(latitude: float, longitude: float) -> None:
         raise ValueError(f"longitude must be within [-180, 180], got {longitude!r}")
 
 
+def _being_cancelled() -> bool:
+    """True when the current task has been asked to cancel (as opposed to a
+    gRPC call being cancelled under it, which grpc.aio also reports as
+    CancelledError)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def _location_request(latitude: float, longitude: float) -> pb.ConnectRequest:
     recorded_at = Timestamp()
     recorded_at.GetCurrentTime()
@@ -160,7 +168,7 @@ class NearbySession:
 
     @property
     def state(self) -> SessionState:
-        """ "idle", "connecting", "connected", "reconnecting" or "closed"."""
+        """The connection: idle, connecting, connected, reconnecting or closed."""
         return self._state
 
     @property
@@ -253,12 +261,18 @@ class NearbySession:
                     self._stream_ended(error.code(), error.details() or "", error)
                 continue
             except asyncio.CancelledError:
-                # grpc.aio raises CancelledError from read() when the call was
-                # cancelled locally (by close() or a reconnect); a real task
-                # cancellation has no such cause and propagates.
-                if self._closed.is_set() or self._call is not call:
-                    continue
-                raise
+                if _being_cancelled():
+                    # The consumer is cancelled (e.g. a timeout around the
+                    # loop): grpc.aio cancels the call with the read, so the
+                    # next iteration opens a fresh stream.
+                    if self._call is call:
+                        self._drop_call()
+                    raise
+                # The call was cancelled here, not the task: by close(), a
+                # reconnect, or a cancelled task writing to it.
+                if self._call is call and not self._closed.is_set():
+                    self._stream_ended(grpc.StatusCode.CANCELLED, "cancelled locally", None)
+                continue
             if message is grpc.aio.EOF:
                 if self._call is call:
                     self._stream_ended(grpc.StatusCode.OK, "the server ended the stream", None)
@@ -287,9 +301,9 @@ class NearbySession:
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
                 return False
             except asyncio.CancelledError:
-                if call.cancelled():
-                    return False
-                raise
+                if _being_cancelled() or not call.cancelled():
+                    raise
+                return False  # the call was cancelled by close() or a reconnect
         return True
 
     def _drop_call(self) -> None:
