@@ -365,6 +365,25 @@ async def test_a_token_function_is_asked_again_on_every_reconnect(
     assert auth == ["Bearer first", "Bearer second"]
 
 
+async def test_a_session_can_act_as_another_user_on_the_same_channel(
+    server: tuple[Scripted, str],
+) -> None:
+    servicer, target = server
+
+    async def stay(stream: Stream, it: Requests, ctx: Context) -> AsyncIterator[pb.ConnectResponse]:
+        await first_location(it)
+        yield snap()
+        await asyncio.sleep(30)
+
+    servicer.scripts += [stay, stay]
+    async with NearbyClient(target, "client-token", secure=False) as client:
+        for session in (client.connect(0.0, 0.0), client.connect(0.0, 0.0, token="bob-token")):
+            (event,) = await take(session, 1)
+            assert isinstance(event, Snapshot)
+    auth = [s.metadata["authorization"] for s in servicer.streams]
+    assert auth == ["Bearer client-token", "Bearer bob-token"]
+
+
 async def test_a_timeout_around_iteration_leaves_a_usable_session(
     server: tuple[Scripted, str],
 ) -> None:

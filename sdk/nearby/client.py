@@ -180,16 +180,29 @@ class NearbyClient:
     # -- the live stream ----------------------------------------------------
 
     def connect(
-        self, latitude: float, longitude: float, *, backoff: BackoffPolicy | None = None
+        self,
+        latitude: float,
+        longitude: float,
+        *,
+        backoff: BackoffPolicy | None = None,
+        token: TokenSource | None = None,
     ) -> NearbySession:
         """A live session starting at this location (opens on first use).
 
-        Raises ValueError for coordinates out of range.
+        ``token`` overrides the client's token for this session (e.g. a load
+        generator multiplexing many users over one channel). Raises
+        ValueError for coordinates out of range.
         """
         stub = nearby_service_pb2_grpc.NearbyServiceStub(self.channel)
+
+        def metadata() -> tuple[tuple[str, str], ...]:
+            if token is None:
+                return self.metadata()
+            return self.metadata(token if isinstance(token, str) else token())
+
         session = NearbySession(
             stub,
-            self.metadata,
+            metadata,
             latitude,
             longitude,
             backoff=backoff or self.backoff,
