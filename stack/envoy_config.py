@@ -298,7 +298,22 @@ def build(cfg: EdgeConfig) -> dict[str, Any]:
                         }
                     },
                     "status_code": 401,
-                }
+                },
+                {
+                    # A stream that said nothing for stream_idle_timeout before
+                    # its response began gets 408, which gRPC reads as UNKNOWN;
+                    # make it UNAVAILABLE so that clients reconnect.
+                    "filter": {
+                        "status_code_filter": {
+                            "comparison": {
+                                "op": "EQ",
+                                "value": {"default_value": 408, "runtime_key": "edge.idle_408"},
+                            }
+                        }
+                    },
+                    "status_code": 503,
+                    "body": {"inline_string": "stream idle timeout: reconnect"},
+                },
             ]
         },
     }

@@ -1,0 +1,162 @@
+"""Envoy's limits and stream timeouts, against a minimal NearbyService backend:
+more streams than Envoy's default circuit breaker allows, and what an idle
+stream sees."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from nearby.v1 import nearby_service_pb2 as pb
+from nearby.v1 import nearby_service_pb2_grpc as pb_grpc
+
+from mesh.server import Runner, ServiceApp
+from mesh.settings import Settings
+from stack import envoy_config, infra, tokens
+from stack.edge import Envoy
+
+#: Envoy's default circuit breaker allows 1,024 concurrent requests per cluster
+STREAMS = 1_500
+IDLE_TIMEOUT_S = 1.0
+#: grpc shares connections between identical channels; Envoy closes a connection
+#: on which many streams were reset early (its "rapid reset" protection), as the
+#: first test does, so every test gets its own
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+
+
+class Backend(pb_grpc.NearbyServiceServicer):
+    """Holds streams open; with `x-beat`, writes that many messages 0.3 s apart."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.opened = asyncio.Event()
+
+    async def Connect(
+        self, request_iterator: Any, context: Any
+    ) -> AsyncIterator[pb.ConnectResponse]:
+        md = dict(context.invocation_metadata())
+        beats = int(md.get("x-beat", "0"))
+        if beats:
+            for _ in range(beats):
+                await asyncio.sleep(IDLE_TIMEOUT_S * 0.3)
+                yield pb.ConnectResponse()
+            return
+        self.open += 1
+        if self.open >= STREAMS:
+            self.opened.set()
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            self.open -= 1
+
+    async def ListNearbyFriends(
+        self, request: pb.ListNearbyFriendsRequest, context: Any
+    ) -> pb.ListNearbyFriendsResponse:
+        return pb.ListNearbyFriendsResponse()
+
+
+class BackendApp(ServiceApp):
+    name = "test_backend"
+    services = ("nearby.v1.NearbyService",)
+
+    def __init__(self, settings: Settings, backend: Backend) -> None:
+        super().__init__(settings)
+        self.backend = backend
+
+    def register(self, server: grpc.aio.Server) -> None:
+        pb_grpc.add_NearbyServiceServicer_to_server(self.backend, server)
+
+
+@dataclass
+class Edge:
+    addr: str
+    token: str
+    backend: Backend
+
+
+@pytest.fixture(scope="module")
+async def edge() -> AsyncIterator[Edge]:
+    backend = Backend()
+    runner = Runner(BackendApp(Settings(), backend), "127.0.0.1", 0, grace_s=0.5)
+    addr = f"127.0.0.1:{await runner.start()}"
+    with tempfile.TemporaryDirectory(prefix="nearby-limits-") as tmp:
+        key = tokens.load_or_create(Path(tmp))
+        port, admin = infra.free_port(), infra.free_port()
+        cfg = envoy_config.EdgeConfig(
+            friend=addr,
+            location=addr,
+            presence=addr,
+            fanout=(addr,),
+            jwks_path=str(key.jwks_path),
+            listen_host="127.0.0.1",
+            port=port,
+            admin_port=admin,
+            stream_idle_timeout_s=IDLE_TIMEOUT_S,
+            health_interval_s=0.5,
+        )
+        envoy = Envoy(envoy_config.write(cfg, Path(tmp, "envoy.yaml")), admin, concurrency=1)
+        envoy.start()
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while not (
+                await asyncio.to_thread(envoy.ready_once)
+                and (await asyncio.to_thread(envoy.host_health, "fanout_svc")).get(addr)
+            ):
+                assert loop.time() < deadline, "Envoy or its fan-out host never became ready"
+                await asyncio.sleep(0.05)
+            token = key.sign("limits", issuer=cfg.issuer, audience=cfg.audience)
+            yield Edge(f"127.0.0.1:{port}", token, backend)
+        finally:
+            await asyncio.to_thread(envoy.stop)
+            await runner.stop()
+
+
+async def test_more_streams_than_envoys_default_circuit_breaker(edge: Edge) -> None:
+    async with grpc.aio.insecure_channel(edge.addr, options=OWN_CONNECTION) as channel:
+        stub = pb_grpc.NearbyServiceStub(channel)
+        md = [("authorization", f"Bearer {edge.token}")]
+        calls = [stub.Connect(metadata=md) for _ in range(STREAMS)]
+        try:
+            # every stream reaches the backend: none is refused with 503 overflow
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while not edge.backend.opened.is_set() and loop.time() < deadline:
+                refused = [c for c in calls if c.done()]
+                assert not refused, await refused[0].code()
+                await asyncio.sleep(0.05)
+            assert edge.backend.open == STREAMS
+        finally:
+            for call in calls:
+                call.cancel()
+
+
+async def test_idle_stream_is_told_to_reconnect(edge: Edge) -> None:
+    """Silent past stream_idle_timeout (before any response): UNAVAILABLE, not UNKNOWN."""
+    async with grpc.aio.insecure_channel(edge.addr, options=OWN_CONNECTION) as channel:
+        call = pb_grpc.NearbyServiceStub(channel).Connect(
+            metadata=[("authorization", f"Bearer {edge.token}")]
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in call:
+                pass
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "reconnect" in (err.value.details() or "")
+
+
+async def test_stream_with_heartbeats_outlives_the_idle_timeout(edge: Edge) -> None:
+    """Messages more often than the idle timeout keep a stream alive past it."""
+    beats = 8  # 8 x 0.3 s = 2.4 x the idle timeout
+    async with grpc.aio.insecure_channel(edge.addr, options=OWN_CONNECTION) as channel:
+        call = pb_grpc.NearbyServiceStub(channel).Connect(
+            metadata=[("authorization", f"Bearer {edge.token}"), ("x-beat", str(beats))]
+        )
+        received = [m async for m in call]
+        assert await call.code() == grpc.StatusCode.OK
+    assert len(received) == beats
