@@ -17,6 +17,7 @@ import os
 import resource
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -207,7 +208,13 @@ def resolve_redis(
     except FileNotFoundError as exc:
         raise StartError(str(exc)) from exc
     say(f"starting a private Redis (data in {home / 'redis'})")
-    stack.redis_server = infra.RedisServer(home / "redis").start()
+    stack.redis_server = infra.RedisServer(home / "redis")
+    try:
+        stack.redis_server.start()
+    except (OSError, RuntimeError) as exc:
+        raise StartError(
+            f"could not start a private Redis: {exc} (see {home / 'redis' / 'redis.log'})"
+        ) from exc
     return stack.redis_server.url
 
 
@@ -233,7 +240,18 @@ def resolve_postgres(
             raise StartError(str(exc)) from exc
         say(f"starting a private Postgres (data in {home / 'postgres'})")
         home.mkdir(parents=True, exist_ok=True)
-        stack.postgres_server = infra.PostgresServer(home / "postgres").start()
+        stack.postgres_server = infra.PostgresServer(home / "postgres")
+        try:
+            stack.postgres_server.start()
+        except (OSError, RuntimeError, subprocess.CalledProcessError, psycopg.Error) as exc:
+            stderr = getattr(exc, "stderr", None)
+            lines = stderr.decode(errors="replace").strip().splitlines() if stderr else []
+            detail = lines[-1] if lines else str(exc)
+            raise StartError(
+                f"could not start a private Postgres in {home / 'postgres'}: {detail} "
+                "(as root it runs as the `postgres` user, which must be able to reach that "
+                "folder; or set DATABASE_URL)"
+            ) from exc
         admin = stack.postgres_server.url
         url = infra.database_url(admin, name)
     try:

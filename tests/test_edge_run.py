@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+import redis
 
-from stack import infra
+from mesh.settings import Settings
+from stack import infra, launcher
 from tests.edge_stack import grpcurl_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -258,3 +263,31 @@ def test_a_dying_service_is_named_and_everything_stops(
     while any(_alive(k) for k in kids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [k for k in kids if _alive(k)], "orphaned processes"
+
+
+def test_private_redis_and_postgres_when_the_defaults_are_unreachable(tmp_path: Path) -> None:
+    """A fresh machine: nothing on the default ports, no variables set."""
+    home = Path(tempfile.mkdtemp(prefix="nearby-home-"))
+    home.chmod(0o755)  # as root, Postgres runs as `postgres` and must reach its folder
+    closed = _free_block(1)
+    settings = Settings(
+        redis_url=f"redis://127.0.0.1:{closed}/0",
+        database_url=f"postgresql://postgres@127.0.0.1:{closed}/nearby",
+    )
+    stack = launcher.Stack()
+    said: list[str] = []
+    try:
+        redis_url = launcher.resolve_redis(settings, home, False, stack, said.append)
+        database_url = launcher.resolve_postgres(settings, home, False, stack, said.append)
+        assert stack.redis_server is not None and stack.postgres_server is not None
+        assert redis.Redis.from_url(redis_url).ping()
+        with psycopg.connect(database_url) as conn:
+            row = conn.execute("SELECT current_database()").fetchone()
+        assert row is not None and row[0] == "nearby"
+        assert (home / "postgres" / "PG_VERSION").exists()
+        assert any("private Postgres" in line for line in said)
+    finally:
+        stack.stop(settings, said.append)
+        shutil.rmtree(home, ignore_errors=True)
+    with pytest.raises(launcher.StartError, match=r"REDIS_URL=.* is not reachable"):
+        launcher.resolve_redis(settings, home, True, launcher.Stack(), said.append)
