@@ -108,6 +108,9 @@ class RedisServer:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # own process group: a terminal's Ctrl-C reaches only the owner,
+            # which stops this server last (after the services using it)
+            start_new_session=True,
         )
         wait_port("127.0.0.1", self.port, 10, self.proc, "redis-server")
         return self
@@ -192,7 +195,9 @@ class PostgresServer:
                 "full_page_writes=off",
             ]
         log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(args, stdout=log, stderr=log, user=self._user)
+        self.proc = subprocess.Popen(
+            args, stdout=log, stderr=log, user=self._user, start_new_session=True
+        )
         log.close()
         wait_port("127.0.0.1", self.port, 30, self.proc, "postgres")
         deadline = time.monotonic() + 30
