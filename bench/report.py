@@ -372,6 +372,31 @@ METHOD = """\
 | 3. streams | N clients connect at once through the fan-out process (snapshot received = connected), then idle | a bare grpc.aio server holding the same number of idle bidi streams |
 | 4. ingest | clients stream location updates on their Connect streams → fan-out (batched ReportLocations) → location_svc (one Lua script per report, pipelined) → Redis; CPU of fan-out + location + presence + Redis | raw pipelined Redis writes from Python, per update the same commands (HSET+PEXPIRE, PUBLISH, ZADD, XADD) |
 | 5. history | rows waiting in the Redis Streams buffer → location_svc's writer → binary COPY into the partitioned `location_history` | a bare binary COPY of the same rows into the same table, one transaction per batch of the same size |
+
+Scenarios 1-3 measure **one** fan-out process (the per-process figures the capacity model
+needs); `nearby run` and `nearby sim` start one fan-out replica per core behind Envoy
+(`FANOUT_REPLICAS`, default: the number of cores), because one asyncio loop uses one core.
+In the services started by the benchmark `MIN_REPORT_INTERVAL_S` is 0 (load generators report
+far more often than a phone would) and logs are at WARNING; everything else is the default
+configuration (e.g. `FANOUT_FLUSH_MS`).
+
+Regenerate this page, the chart and the capacity table from the JSON without re-measuring:
+`python -m bench.report` (the capacity table alone: `python -m bench.capacity`).
+
+## The load simulator
+
+`nearby sim` (`make sim ARGS="--users 2000 --interval 5"`) runs simulated users as real SDK
+clients through Envoy: it generates a clustered, seedable social graph (`--users`,
+`--avg-friends`, `--nearby-share`, `--seed`), bulk-loads it with COPY into friend_svc's
+tables, mints a token per user, and each user walks (random walk at 1.4 m/s around home) and
+reports every `--interval` seconds (30 by default) on its stream. Every push is verified: a
+push about a non-friend, with a position that friend never reported, or farther than
+radius + hysteresis (plus what the receiver may have walked meanwhile) counts as an error.
+A live table shows streams connected, updates/s, pushes/s, drops (the fan-out's own counter),
+e2e latency p50/p99 and errors; Ctrl-C stops cleanly and prints a summary; the exit status is
+1 if there was any error. Without `--target` it starts a private stack (Redis, Postgres, the
+services, one fan-out per core, Envoy); with `--target 127.0.0.1:8080 --database-url ...` it
+uses a running one (`nearby run`), signing tokens with the same dev key as `nearby token`.
 """
 
 
@@ -438,3 +463,19 @@ def write_docs(results: dict[str, Any], path: Path = DOC) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts))
     return path
+
+
+def main() -> int:
+    """Rewrite the docs, the chart and the capacity table from the latest JSON."""
+    from bench import capacity
+
+    results = json.loads(RESULTS.read_text())
+    print_tables(results)
+    chart(results)
+    write_docs(results)
+    capacity.update_doc(results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -53,3 +53,31 @@ async def test_load_writes_both_directions(database_url: str, twice: bool) -> No
             "ON r.user_id = f.friend_id AND r.friend_id = f.user_id"
         ).fetchone()
     assert row is not None and row[0] == 2 * len(g.edges)
+
+
+def test_sim_verification_flags_bad_pushes() -> None:
+    from bench.sim import World
+
+    g = graph.fan_in(2, 2, 1, spread_m=100)  # c0 - m0, c1 - m1
+    w = World(g, radius_m=8047.0, slack_m=200.0)
+    m0 = w.index["m0000000"]
+    w.reported[m0].append(w.pos[m0])
+    assert w.check(0, "m0000000", *w.pos[m0]) is None
+    assert "not a friend" in (w.check(0, "m0000001", *w.pos[m0]) or "")
+    far = graph.offset(*w.pos[0], 20_000, 0)
+    assert "never reported" in (w.check(0, "m0000000", *far) or "")
+    w.reported[m0].append(far)
+    assert "radius" in (w.check(0, "m0000000", *far) or "")
+
+
+def test_walk_stays_near_home() -> None:
+    import random
+
+    from bench.sim import walk
+
+    rnd = random.Random(1)
+    home = pos = (48.85, 2.35)
+    heading = 0.0
+    for _ in range(2000):
+        pos, heading = walk(rnd, home, pos, heading, 42.0, 3000.0)
+        assert distance_m(*home, *pos) < 3000 + 2 * 42
