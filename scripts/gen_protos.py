@@ -37,7 +37,9 @@ def generate(out: Path) -> None:
         f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
         *files,
     ]
-    subprocess.run(cmd, check=True, cwd=PROTOS)
+    done = subprocess.run(cmd, cwd=PROTOS, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"protoc failed:\n{done.stdout}{done.stderr}")
     for pkg in PACKAGES:
         (out / pkg / "__init__.py").write_text("")
 
