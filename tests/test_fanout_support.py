@@ -1,10 +1,11 @@
-"""Helpers of the fan-out tests: the real mesh in-process, users, friendships,
+"""Support for the fan-out tests (no tests here): the real mesh in-process, users,
 and a Connect stream client that records what it receives."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import math
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -12,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from nearby.internal.v1 import events_pb2
+from nearby.internal.v1 import location_ingest_service_pb2 as li
+from nearby.internal.v1 import location_ingest_service_pb2_grpc as li_grpc
 from nearby.v1 import (
     friend_service_pb2 as fpb,
 )
@@ -120,6 +124,21 @@ class Mesh:
         vis = ppb.VISIBILITY_HIDDEN if hidden else ppb.VISIBILITY_VISIBLE
         await stub.SetVisibility(ppb.SetVisibilityRequest(visibility=vis), metadata=who(user))
 
+    async def report(self, positions: dict[str, tuple[float, float]]) -> None:
+        """Record locations without a stream (one ReportLocations call)."""
+        stub = li_grpc.LocationIngestServiceStub(self.channel(self.location))
+        reports = [
+            li.LocationReport(user_id=u, fix=events_pb2.PositionFix(latitude=lat, longitude=lng))
+            for u, (lat, lng) in positions.items()
+        ]
+        resp = await stub.ReportLocations(li.ReportLocationsRequest(reports=reports))
+        assert all(not r.error for r in resp.results), resp
+
+    async def list_nearby(self, user: str, token: str = "", size: int = 0) -> Any:
+        return await self.nearby_stub().ListNearbyFriends(
+            pb.ListNearbyFriendsRequest(page_token=token, page_size=size), metadata=who(user)
+        )
+
     def nearby_stub(self) -> Any:
         return pb_grpc.NearbyServiceStub(self.channel(self.fanout))
 
@@ -131,7 +150,10 @@ class Mesh:
 
 @contextlib.asynccontextmanager
 async def mesh(settings: Settings) -> AsyncIterator[Mesh]:
-    async with running(FriendApp(settings)) as friend, running(LocationApp(settings)) as loc:
+    async with (
+        running(FriendApp(settings)) as friend,
+        running(LocationApp(settings, history_writer=False)) as loc,
+    ):
         s = settings.replace(friend_addr=friend, location_addr=loc)
         async with running(PresenceApp(s)) as presence:
             app = FanoutApp(s)
@@ -240,3 +262,15 @@ class Stream:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+async def until(predicate: Any, within: float = 10.0, every: float = 0.02) -> Any:
+    """Poll predicate() (sync or async) until truthy; fails after `within` s."""
+    async with asyncio.timeout(within):
+        while True:
+            got = predicate()
+            if inspect.isawaitable(got):
+                got = await got
+            if got:
+                return got
+            await asyncio.sleep(every)
