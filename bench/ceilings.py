@@ -267,3 +267,88 @@ async def bare_copy(h: Harness, rows: int, batch: int = 5000) -> dict[str, Any]:
 
 def self_cpu() -> float:
     return cpu_seconds(os.getpid())
+
+
+async def redis_pubsub(
+    h: Harness, publishes: int, subscribers: int, channels: int = 1000
+) -> dict[str, Any]:
+    """Redis CPU per published and per delivered message.
+
+    `subscribers` redis-cli processes each SUBSCRIBE to the same `channels`
+    channels (`loc:{...}` names); redis-benchmark publishes ~60-byte payloads
+    to random ones, pipelined (both C clients, so Redis is the bottleneck).
+    CPU is Redis's own, until every subscriber's output buffer is drained.
+    """
+    from stack import infra as _infra
+
+    url, redis_proc = h.redis("client-output-buffer-limit", "pubsub 0 0 0")
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    names = [f"loc:{{{i:012d}}}" for i in range(channels)]
+    cli = _infra.find_binary("redis-cli")
+    subs = [
+        await asyncio.create_subprocess_exec(
+            cli,
+            "-p",
+            port,
+            "SUBSCRIBE",
+            *names,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        for _ in range(subscribers)
+    ]
+    r = aioredis.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            counts = await r.pubsub_numsub(names[0], names[-1])
+            if all(n >= subscribers for _, n in counts):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError("redis-cli subscribers did not subscribe")
+            await asyncio.sleep(0.05)
+        meter = CpuMeter([redis_proc]).start()
+        t0 = time.monotonic()
+        bench = await asyncio.create_subprocess_exec(
+            _infra.find_binary("redis-benchmark"),
+            "-p",
+            port,
+            "-n",
+            str(publishes),
+            "-P",
+            "50",
+            "-c",
+            "4",
+            "-r",
+            str(channels),
+            "-q",
+            "PUBLISH",
+            "loc:{__rand_int__}",
+            "x" * 60,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await bench.wait()
+        while True:  # until every subscriber got everything
+            clients = await r.client_list(_type="pubsub")
+            if all(int(c.get("omem", 0)) == 0 for c in clients):
+                break
+            await asyncio.sleep(0.02)
+        seconds = time.monotonic() - t0
+        cpu = meter.stop()["redis"]
+        deliveries = publishes * subscribers
+        return {
+            "publishes": publishes,
+            "subscribers": subscribers,
+            "seconds": round(seconds, 3),
+            "redis_cpu_s": round(cpu, 3),
+            "msgs_per_cpu_s": (publishes + deliveries) / cpu if cpu else 0.0,
+            "publishes_per_cpu_s": publishes / cpu if cpu else 0.0,
+        }
+    finally:
+        await r.aclose()
+        for p in subs:
+            if p.returncode is None:
+                p.terminate()
+                await p.wait()
+        h.stop_redis()

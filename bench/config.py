@@ -16,8 +16,9 @@ class Config:
     fanout_movers: int = 1000
     fanout_friends: int = 10
     fanout_rounds: int = 20
+    fanout_single_rounds: int = 100  # rounds of the one-update-per-stream variant
     # 2. latency: seconds per load level, probe senders, probe interval
-    latency_levels: tuple[int, ...] = (25, 50, 75)
+    latency_levels: tuple[int, ...] = (10, 25, 50, 75)
     latency_seconds: float = 8.0
     latency_probes: int = 20
     latency_probe_interval_s: float = 0.25
@@ -42,6 +43,7 @@ class Config:
                 fanout_streams=1000,
                 fanout_movers=500,
                 fanout_rounds=12,
+                fanout_single_rounds=40,
                 latency_seconds=4.0,
                 idle_streams=2000,
                 ingest_streams=500,

@@ -27,7 +27,7 @@ from bench import ceilings, graph
 from bench.config import Config
 from bench.harness import Harness, LoadClient, Mesh
 from bench.procstat import CpuMeter
-from bench.stats import scenario
+from bench.stats import median_of, scenario
 from mesh import keys
 
 
@@ -65,18 +65,20 @@ class Publisher:
 
 
 async def start_fan_in(
-    h: Harness, cfg: Config, *, envoy: bool = False
+    h: Harness, streams: int, movers: int, friends: int
 ) -> tuple[Mesh, graph.Graph, Any]:
     redis_url, redis_proc = h.redis()
     db = h.database("fanout")
     mesh = h.start_mesh(redis_url, db, fanout_replicas=1)
-    g = graph.fan_in(cfg.fanout_streams, cfg.fanout_movers, cfg.fanout_friends)
+    g = graph.fan_in(streams, movers, friends)
     await graph.load(db, g)
     return mesh, g, redis_proc
 
 
-async def fanout_once(h: Harness, cfg: Config) -> dict[str, Any]:
-    mesh, g, redis_proc = await start_fan_in(h, cfg)
+async def fanout_once(
+    h: Harness, cfg: Config, movers: int, friends: int, rounds: int
+) -> dict[str, Any]:
+    mesh, g, redis_proc = await start_fan_in(h, cfg.fanout_streams, movers, friends)
     load: LoadClient | None = None
     pub: Publisher | None = None
     try:
@@ -87,24 +89,22 @@ async def fanout_once(h: Harness, cfg: Config) -> dict[str, Any]:
         conn = await load.call(cmd="connect", users=users, batch=250)
         if conn["failed"]:
             raise RuntimeError(f"{conn['failed']} streams failed to connect: {conn['errors']}")
-        pub = Publisher(mesh.redis_url, g, list(range(n, n + cfg.fanout_movers)))
+        pub = Publisher(mesh.redis_url, g, list(range(n, n + movers)))
         await pub.round()  # warm-up: every mover enters every list once
-        per_round = n * cfg.fanout_friends
+        per_round = n * friends
         await ceilings.paced_rounds(load, pub.round, 1, per_round)
         await load.call(cmd="stats", reset=True)
         pub.published = 0
         meter = CpuMeter([fan.measured(), redis_proc]).start()
-        delivered, seconds = await ceilings.paced_rounds(
-            load, pub.round, cfg.fanout_rounds, per_round
-        )
+        delivered, seconds = await ceilings.paced_rounds(load, pub.round, rounds, per_round)
         used = meter.stop()
         st = await load.call(cmd="stats")
-        expected = cfg.fanout_rounds * per_round
+        expected = rounds * per_round
         redis_msgs = pub.published * 2  # each publish is received once and delivered once
         return {
             "streams": n,
-            "movers": cfg.fanout_movers,
-            "friends_per_user": cfg.fanout_friends,
+            "movers": movers,
+            "friends_per_user": friends,
             "delivered": delivered,
             "expected": expected,
             "delivered_share": delivered / expected,
@@ -127,21 +127,48 @@ async def fanout_once(h: Harness, cfg: Config) -> dict[str, Any]:
         h.stop_redis()
 
 
-async def run(h: Harness, cfg: Config) -> dict[str, Any]:
-    runs, ceiling_runs = [], []
+async def redis_pubsub_cost(h: Harness, cfg: Config) -> dict[str, Any]:
+    """Redis CPU per publish and per delivery, from runs with 1 and 10
+    subscribers per channel (cpu = publishes * a + deliveries * b)."""
+    n = 200_000 if cfg.quick else 500_000
+    one, ten = [], []
     for _ in range(cfg.runs):
-        ceiling_runs.append(
-            await ceilings.bare_push(h, cfg.fanout_streams, cfg.fanout_friends, cfg.fanout_rounds)
-        )
-        runs.append(await fanout_once(h, cfg))
-    out = scenario(
-        runs,
-        ceiling_runs,
-        {
-            "per_s": ("updates_per_s", "msgs_per_s"),
-            "per_cpu_s": ("updates_per_cpu_s", "msgs_per_cpu_s"),
+        one.append(await ceilings.redis_pubsub(h, n, 1))
+        ten.append(await ceilings.redis_pubsub(h, n, 10))
+    m1, m10 = median_of(one), median_of(ten)
+    per_delivery = (m10["redis_cpu_s"] - m1["redis_cpu_s"]) / (9 * n)
+    per_publish = m1["redis_cpu_s"] / n - per_delivery
+    return {
+        "runs_1_subscriber": one,
+        "runs_10_subscribers": ten,
+        "median": {
+            "msgs_per_cpu_s_1": m1["msgs_per_cpu_s"],
+            "msgs_per_cpu_s_10": m10["msgs_per_cpu_s"],
+            "publish_us": per_publish * 1e6,
+            "delivery_us": per_delivery * 1e6,
         },
-    )
+    }
+
+
+async def run(h: Harness, cfg: Config) -> dict[str, Any]:
+    ratios = {
+        "per_s": ("updates_per_s", "msgs_per_s"),
+        "per_cpu_s": ("updates_per_cpu_s", "msgs_per_cpu_s"),
+    }
+    n = cfg.fanout_streams
+    runs, ceiling_runs, runs_1, ceiling_runs_1 = [], [], [], []
+    for _ in range(cfg.runs):
+        # batched: every stream gets `fanout_friends` updates per round
+        ceiling_runs.append(await ceilings.bare_push(h, n, cfg.fanout_friends, cfg.fanout_rounds))
+        runs.append(
+            await fanout_once(h, cfg, cfg.fanout_movers, cfg.fanout_friends, cfg.fanout_rounds)
+        )
+        # one update per stream per round: nothing to batch (the brief's rates)
+        ceiling_runs_1.append(await ceilings.bare_push(h, n, 1, cfg.fanout_single_rounds))
+        runs_1.append(await fanout_once(h, cfg, max(1, n // 20), 1, cfg.fanout_single_rounds))
+    out = scenario(runs, ceiling_runs, ratios)
+    out["single"] = scenario(runs_1, ceiling_runs_1, ratios)
+    out["redis_pubsub"] = await redis_pubsub_cost(h, cfg)
     med = out["median"]
     if med["updates_per_cpu_s"] < 100_000:
         out["missed_notes"] = [

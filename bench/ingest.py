@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from bench import ceilings, graph
+from bench import profile as prof
 from bench.config import Config
 from bench.harness import Harness, LoadClient, metric
 from bench.procstat import CpuMeter
@@ -29,7 +31,7 @@ async def accepted(child: Any) -> float:
     return await asyncio.to_thread(metric, child, "location_reports_total", disposition="accepted")
 
 
-async def ingest_once(h: Harness, cfg: Config) -> dict[str, Any]:
+async def ingest_once(h: Harness, cfg: Config, profile: bool = False) -> dict[str, Any]:
     redis_url, redis_proc = h.redis()
     db = h.database("ingest")
     mesh = h.start_mesh(redis_url, db, fanout_replicas=1)
@@ -49,12 +51,22 @@ async def ingest_once(h: Harness, cfg: Config) -> dict[str, Any]:
         procs = [fan.measured(), loc.measured(), mesh.children["presence"].measured(), redis_proc]
         meter = CpuMeter(procs).start()
         t0 = time.monotonic()
+        profiles: list[asyncio.Task[dict[str, Any]]] = []
+        if profile:
+            secs = max(1.0, cfg.ingest_seconds - 2)
+            profiles = [
+                asyncio.create_task(prof.profile(c.pid, secs, Path(h.logs) / f"{c.name}.pyspy"))
+                for c in (fan, loc)
+            ]
         sent = await load.call(
             cmd="send",
             users=g.ids,
             interval_s=cfg.ingest_interval_s,
             duration_s=cfg.ingest_seconds,
         )
+        if profiles:
+            done = await asyncio.gather(*profiles)
+            return {"profiles": {"fanout": done[0], "location": done[1]}}
         # drain: until the count stops moving for half a second
         last, t_last = await accepted(loc), time.monotonic()
         while True:
@@ -112,8 +124,17 @@ async def run(h: Harness, cfg: Config) -> dict[str, Any]:
         out["missed_notes"] = [
             f"Ingest at {med['updates_per_cpu_s']:,.0f} updates per mesh CPU-second (bar "
             f"20,000, missed by {1 - med['updates_per_cpu_s'] / 20_000:.0%}); the largest "
-            f"share of CPU is {top} ({cpu[top]:.1f} of {sum(cpu.values()):.1f} CPU-s). "
-            "Profile that process with py-spy (`py-spy record -p PID`) during `python -m "
-            "bench --only ingest`."
+            f"share of CPU is {top} ({cpu[top]:.1f} of {sum(cpu.values()):.1f} CPU-s: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
+            + "). An extra, unmeasured run was profiled with py-spy (below). What would close "
+            "it: fewer Python-level steps per report on both sides (one protobuf decode per "
+            "batch instead of per message, building the Redis pipeline without per-command "
+            "packing, e.g. one EVALSHA carrying a whole batch)."
         ]
+        profiled = await ingest_once(h, cfg, profile=True)
+        out["profiles"] = profiled["profiles"]
+        for name, p in profiled["profiles"].items():
+            line = prof.describe(name, p)
+            if line:
+                out["missed_notes"].append(line)
     return out

@@ -57,6 +57,31 @@ def get(d: dict[str, Any] | None, *path: str) -> Any:
 Row = tuple[str, Any, Any, Any]
 
 
+def _single_rows(s: dict[str, Any]) -> list[Row]:
+    """Scenario 1's variant with one update per stream per round (no batching)."""
+    m = get(s, "single", "median") or {}
+    if not m:
+        return []
+    c = get(s, "single", "ceiling", "median") or {}
+    r = get(s, "single", "ratios") or {}
+    head = "1 update per stream per round:"
+    return [
+        (
+            f"{head} updates delivered / s",
+            m.get("updates_per_s"),
+            c.get("msgs_per_s"),
+            r.get("per_s"),
+        ),
+        (
+            f"{head} updates per fan-out CPU-second",
+            m.get("updates_per_cpu_s"),
+            c.get("msgs_per_cpu_s"),
+            r.get("per_cpu_s"),
+        ),
+        (f"{head} updates per stream message", m.get("updates_per_message"), 1.0, None),
+    ]
+
+
 def rows_of(name: str, s: dict[str, Any]) -> list[Row]:
     m, c, r = s.get("median", {}), get(s, "ceiling", "median") or {}, s.get("ratios", {})
     if name == "fanout":
@@ -81,7 +106,22 @@ def rows_of(name: str, s: dict[str, Any]) -> list[Row]:
             ),
             ("updates per stream message (batching)", m.get("updates_per_message"), 1.0, None),
             ("delivered / (published * subscribers)", m.get("delivered_share"), None, None),
-            ("Redis messages per Redis CPU-second", m.get("redis_msgs_per_cpu_s"), None, None),
+            (
+                "Redis pub/sub (redis-benchmark, pipelined): msgs per Redis CPU-s, 1 / 10 "
+                "subscribers per channel",
+                f"{fmt(get(s, 'redis_pubsub', 'median', 'msgs_per_cpu_s_1'))} / "
+                f"{fmt(get(s, 'redis_pubsub', 'median', 'msgs_per_cpu_s_10'))}",
+                None,
+                None,
+            ),
+            (
+                "Redis CPU per publish / per delivery (µs)",
+                f"{fmt(get(s, 'redis_pubsub', 'median', 'publish_us'), 3)} / "
+                f"{fmt(get(s, 'redis_pubsub', 'median', 'delivery_us'), 3)}",
+                None,
+                None,
+            ),
+            *_single_rows(s),
         ]
     if name == "latency":
         out: list[Row] = []
