@@ -495,6 +495,22 @@ def write_docs(results: dict[str, Any], path: Path = DOC) -> Path:
             parts += [s["notes"], ""]
         if name == "latency" and (path.parent / CHART.name).exists():
             parts += [f"![latency vs load]({CHART.name})", ""]
+    sim_file = RESULTS.parent / "sim.json"
+    if sim_file.exists():
+        sim = json.loads(sim_file.read_text())
+        e2e = sim.get("e2e_ms", {})
+        parts += [
+            "## Simulator run",
+            "",
+            f"`{sim['command']}` on {sim['date']} ({'its own stack' if sim.get('own_stack') else 'a running stack'}"
+            f", through Envoy, SDK clients): graph {sim['graph']}; {sim['seconds']:.0f} s, "
+            f"{sim['updates']:,} updates ({sim['updates_per_s']:,.0f}/s), {sim['pushes']:,} "
+            f"pushes ({sim['pushes_per_s']:,.0f}/s), every one verified; e2e latency p50 "
+            f"{e2e.get('p50', 0):.1f} ms, p99 {e2e.get('p99', 0):.1f} ms "
+            f"({e2e.get('n', 0):,} samples); reconnects {sim['reconnects']}, fan-out drops "
+            f"{fmt(sim.get('drops'))}, **errors {sim['errors']}**.",
+            "",
+        ]
     notes = results.get("notes") or []
     if notes:
         parts += ["## Notes on missed targets and what would close them", ""]

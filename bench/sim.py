@@ -72,6 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="own stack: fan-out replicas (default: cores)",
     )
     parser.add_argument("--prefix", default="", help="user id prefix (default: sim<seed>-)")
+    parser.add_argument(
+        "--save", default="", help="write the summary as JSON here (e.g. bench/results/sim.json)"
+    )
+    parser.add_argument(
+        "--per-connection", type=int, default=100, help="users sharing one HTTP/2 connection"
+    )
 
 
 @dataclass
@@ -146,13 +152,13 @@ def walk(
 async def user(
     i: int,
     world: World,
-    target: str,
+    client: Any,
     token: str,
     args: argparse.Namespace,
     stats: Stats,
     stop: asyncio.Event,
 ) -> None:
-    from nearby import FriendLeft, FriendMoved, NearbyClient, Reconnecting, Snapshot
+    from nearby import FriendLeft, FriendMoved, Reconnecting, Snapshot
 
     rnd = random.Random(args.seed * 1_000_003 + i)
     await asyncio.sleep(i / args.connect_rate)
@@ -160,69 +166,68 @@ async def user(
         return
     home = world.g.home[i]
     step_m = WALK_SPEED_MPS * args.interval
-    async with NearbyClient(target, token, secure=False) as client:
-        world.reported[i].append(world.pos[i])
-        session = client.connect(*world.pos[i])
-        heading = rnd.uniform(0, 2 * math.pi)
-        connected = False
+    world.reported[i].append(world.pos[i])
+    session = client.connect(*world.pos[i], token=token)
+    heading = rnd.uniform(0, 2 * math.pi)
+    connected = False
 
-        async def walker() -> None:
-            nonlocal heading
-            await asyncio.sleep(rnd.uniform(0, args.interval))
-            while not stop.is_set():
-                world.pos[i], heading = walk(rnd, home, world.pos[i], heading, step_m, 3000.0)
-                world.reported[i].append(world.pos[i])
-                try:
-                    await session.update_location(*world.pos[i])
-                    stats.updates += 1
-                except Exception as exc:
-                    stats.error(f"{world.g.ids[i]} update failed: {exc}")
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), args.interval)
+    async def walker() -> None:
+        nonlocal heading
+        await asyncio.sleep(rnd.uniform(0, args.interval))
+        while not stop.is_set():
+            world.pos[i], heading = walk(rnd, home, world.pos[i], heading, step_m, 3000.0)
+            world.reported[i].append(world.pos[i])
+            try:
+                await session.update_location(*world.pos[i])
+                stats.updates += 1
+            except Exception as exc:
+                stats.error(f"{world.g.ids[i]} update failed: {exc}")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), args.interval)
 
-        walk_task: asyncio.Task[None] | None = None
-        try:
-            async for event in session:
-                if stop.is_set():
-                    break
-                if isinstance(event, Snapshot):
-                    if not connected:
-                        connected = True
-                        stats.connected += 1
-                        walk_task = asyncio.create_task(walker())
-                    for fr in event.friends:
-                        problem = world.check(i, fr.user_id, fr.latitude, fr.longitude)
-                        if problem:
-                            stats.error(problem)
-                elif isinstance(event, FriendMoved):
-                    stats.pushes += 1
-                    stats.moves += 1
-                    fr = event.friend
+    walk_task: asyncio.Task[None] | None = None
+    try:
+        async for event in session:
+            if stop.is_set():
+                break
+            if isinstance(event, Snapshot):
+                if not connected:
+                    connected = True
+                    stats.connected += 1
+                    walk_task = asyncio.create_task(walker())
+                for fr in event.friends:
                     problem = world.check(i, fr.user_id, fr.latitude, fr.longitude)
                     if problem:
                         stats.error(problem)
-                    elif not event.is_new:
-                        ms = (event.received_at - fr.updated_at).total_seconds() * 1000
-                        stats.latencies.append(ms)
-                        stats.all_latencies.append(ms)
-                elif isinstance(event, FriendLeft):
-                    stats.pushes += 1
-                    stats.left += 1
-                    f = world.index.get(event.user_id)
-                    if f is None or f not in world.friends[i]:
-                        stats.error(f"{world.g.ids[i]} told a non-friend {event.user_id} left")
-                elif isinstance(event, Reconnecting):
-                    stats.reconnects += 1
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            stats.error(f"{world.g.ids[i]} session ended: {type(exc).__name__}: {exc}")
-        finally:
-            if connected:
-                stats.connected -= 1
-            if walk_task is not None:
-                walk_task.cancel()
-            await session.close()
+            elif isinstance(event, FriendMoved):
+                stats.pushes += 1
+                stats.moves += 1
+                fr = event.friend
+                problem = world.check(i, fr.user_id, fr.latitude, fr.longitude)
+                if problem:
+                    stats.error(problem)
+                elif not event.is_new:
+                    ms = (event.received_at - fr.updated_at).total_seconds() * 1000
+                    stats.latencies.append(ms)
+                    stats.all_latencies.append(ms)
+            elif isinstance(event, FriendLeft):
+                stats.pushes += 1
+                stats.left += 1
+                f = world.index.get(event.user_id)
+                if f is None or f not in world.friends[i]:
+                    stats.error(f"{world.g.ids[i]} told a non-friend {event.user_id} left")
+            elif isinstance(event, Reconnecting):
+                stats.reconnects += 1
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        stats.error(f"{world.g.ids[i]} session ended: {type(exc).__name__}: {exc}")
+    finally:
+        if connected:
+            stats.connected -= 1
+        if walk_task is not None:
+            walk_task.cancel()
+        await session.close()
 
 
 def view(stats: Stats, args: argparse.Namespace, target: str) -> Table:
@@ -256,10 +261,10 @@ async def simulate(args: argparse.Namespace, console: Console) -> int:
         settings.nearby_radius_m,
         settings.nearby_hysteresis_m + 2 * WALK_SPEED_MPS * args.interval + 50,
     )
-    stack: contextlib.ExitStack = contextlib.ExitStack()
+    stack = contextlib.AsyncExitStack()
     fanouts: list[Any] = []
     token: Callable[[str], str]
-    with stack:
+    async with stack:
         if args.target:
             if not args.target.startswith("127.0.0.1:") and not args.target.startswith(
                 "localhost:"
@@ -309,8 +314,19 @@ async def simulate(args: argparse.Namespace, console: Console) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        from nearby import NearbyClient
+
+        # many users share one HTTP/2 connection, as behind a carrier NAT; each
+        # session carries its own user's token
+        clients = [
+            NearbyClient(target, secure=False, options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(math.ceil(len(g.ids) / args.per_connection))
+        ]
+        stack.push_async_callback(_close_all, clients)
         tasks = [
-            asyncio.create_task(user(i, world, target, tokens_of[i], args, stats, stop))
+            asyncio.create_task(
+                user(i, world, clients[i // args.per_connection], tokens_of[i], args, stats, stop)
+            )
             for i in range(len(g.ids))
         ]
         deadline = time.monotonic() + args.duration if args.duration else math.inf
@@ -335,7 +351,47 @@ async def simulate(args: argparse.Namespace, console: Console) -> int:
         )
         for line in stats.error_samples:
             console.print(f"  error: {line}")
+        if args.save:
+            import datetime as dt
+            import json
+
+            elapsed = time.monotonic() - stats.started
+            summary_out = {
+                "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                "command": "nearby sim "
+                + " ".join(
+                    f"--{k.replace('_', '-')} {v}"
+                    for k, v in (
+                        ("users", args.users),
+                        ("avg_friends", args.avg_friends),
+                        ("interval", args.interval),
+                        ("duration", args.duration),
+                    )
+                ),
+                "graph": summary,
+                "own_stack": not args.target,
+                "seconds": round(elapsed, 1),
+                "updates": stats.updates,
+                "pushes": stats.pushes,
+                "moves": stats.moves,
+                "left": stats.left,
+                "updates_per_s": stats.updates / elapsed,
+                "pushes_per_s": stats.pushes / elapsed,
+                "reconnects": stats.reconnects,
+                "drops": stats.drops,
+                "e2e_ms": lat,
+                "errors": stats.errors,
+                "error_samples": stats.error_samples,
+            }
+            Path(args.save).parent.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(summary_out, indent=2) + "\n"
+            await asyncio.to_thread(Path(args.save).write_text, text)
         return 1 if stats.errors else 0
+
+
+async def _close_all(clients: list[Any]) -> None:
+    for c in clients:
+        await c.close()
 
 
 def _drops(fanouts: list[Any]) -> float:
