@@ -8,6 +8,8 @@ import argparse
 import asyncio
 import io
 import math
+import signal
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -370,3 +372,45 @@ async def test_nearby_watch_refused_token(stack: EdgeStack) -> None:
     console = Console(file=io.StringIO(), force_terminal=False)
     with pytest.raises(AuthError):
         await watch.watch(watch_args(stack, "not-a-jwt", "--duration", "20"), console)
+
+
+async def test_nearby_watch_exits_cleanly_on_ctrl_c(stack: EdgeStack) -> None:
+    alice, bob = await users(stack, "alice", "bob")
+    await befriend(stack, alice, bob)
+    async with client(stack, bob) as b:
+        await b.report_location(*east(800))
+    streams = stack.runners["fanout_svc"][0].app.streams  # type: ignore[attr-defined]
+    before = len(streams.sessions)
+    lat, lng = HOME
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "stack",
+        "watch",
+        "--token",
+        stack.token(alice),
+        "--target",
+        stack.envoy_addr,
+        "--lat",
+        str(lat),
+        "--lng",
+        str(lng),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(30):
+            while True:  # until its stream is open
+                if len(streams.sessions) > before:
+                    break
+                await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert "Traceback" not in err.decode()
+    assert f"Nearby friends of {alice}" in out.decode()
