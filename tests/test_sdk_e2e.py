@@ -414,3 +414,72 @@ async def test_nearby_watch_exits_cleanly_on_ctrl_c(stack: EdgeStack) -> None:
     assert proc.returncode == 0, err.decode()
     assert "Traceback" not in err.decode()
     assert f"Nearby friends of {alice}" in out.decode()
+
+
+async def test_sigterm_on_a_replica_moves_every_sdk_session_to_the_other(
+    sdk_settings: Settings,
+) -> None:
+    """Real processes: SIGTERM one of two fan-out replicas; its SDK sessions
+    reconnect through Envoy to the other, get a fresh snapshot and stay live."""
+    settings = fast(sdk_settings).replace(drain_s=0.5)
+    async with edge_stack(settings, fanout_replicas=2, processes=True) as two:
+        bob, *watchers = await users(two, "bob", *[f"w{i}" for i in range(6)])
+        for w in watchers:
+            await befriend(two, w, bob)
+        async with client(two, bob) as b:
+            await b.report_location(*east(1000))
+            clients = [client(two, w) for w in watchers]
+            sessions = [c.connect(*HOME) for c in clients]
+            seen: list[list[Event]] = [[] for _ in sessions]
+
+            async def consume(i: int) -> None:
+                async for event in sessions[i]:
+                    seen[i].append(event)
+
+            tasks = [asyncio.create_task(consume(i)) for i in range(len(sessions))]
+            try:
+                async with asyncio.timeout(30):
+                    while True:
+                        if all(any(isinstance(e, Snapshot) for e in s) for s in seen):
+                            break
+                        await asyncio.sleep(0.05)
+
+                await two.stop_fanout(0)  # SIGTERM, drain, exit
+
+                moved = [s for s in seen if any(isinstance(e, Reconnecting) for e in s)]
+                assert moved, "no session was on the stopped replica"
+                async with asyncio.timeout(30):
+                    while True:  # every moved session has its fresh snapshot
+                        if all(isinstance(s[-1], Snapshot) for s in moved):
+                            break
+                        await asyncio.sleep(0.05)
+                for s in moved:
+                    fresh = s[-1]
+                    assert isinstance(fresh, Snapshot) and [f.user_id for f in fresh.friends] == [
+                        bob
+                    ]
+                    causes = [e.cause for e in s if isinstance(e, Reconnecting)]
+                    assert "draining" in causes[0].lower()
+
+                # No stream is left hanging: every session sees Bob's next move.
+                await b.report_location(*east(700))
+                async with asyncio.timeout(30):
+                    while True:
+                        if all(
+                            any(
+                                isinstance(e, FriendMoved)
+                                and e.friend.distance_meters == pytest.approx(700, abs=5)
+                                for e in s
+                            )
+                            for s in seen
+                        ):
+                            break
+                        await asyncio.sleep(0.05)
+                assert all(s.state == "connected" for s in sessions)
+                assert all(s.nearby[0].user_id == bob for s in sessions)
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                for c in clients:
+                    await c.close()
