@@ -409,3 +409,48 @@ async def test_a_timeout_around_iteration_leaves_a_usable_session(
         assert isinstance(second, Snapshot)
         assert [f.user_id for f in session.nearby] == ["f2"]
         assert session.connects == 2 and not session.closed
+
+
+async def test_a_cancelled_write_does_not_break_the_stream(server: tuple[Scripted, str]) -> None:
+    servicer, target = server
+    start_reading = asyncio.Event()
+    pages_read: list[int] = []
+
+    async def slow_reader(
+        stream: Stream, it: Requests, ctx: Context
+    ) -> AsyncIterator[pb.ConnectResponse]:
+        requests = aiter(it)
+        await anext(requests)
+        yield snap()
+        await start_reading.wait()  # until then HTTP/2 flow control blocks the writes
+        async for request in requests:
+            if request.HasField("location"):
+                break
+            pages_read.append(len(request.page_request.page_token))
+        yield pb.ConnectResponse(events=pb.NearbyEvents(events=[moved("x", 10)]))
+        await asyncio.sleep(30)
+
+    servicer.scripts.append(slow_reader)
+    async with NearbyClient(target, "t", secure=False, backoff=FAST) as client:
+        session = client.connect(0.0, 0.0)
+        (first,) = await take(session, 1)
+        assert isinstance(first, Snapshot)
+        # 1 MB messages the server does not read: after a few MB a write
+        # blocks and its caller gives up, i.e. is cancelled mid-write.
+        sent = 0
+        for _ in range(100):
+            sent += 1
+            try:
+                await asyncio.wait_for(session.request_page("p" * 1_000_000), 1.0)
+            except TimeoutError:
+                break
+        else:
+            pytest.fail("no write ever blocked")
+        start_reading.set()
+        await session.update_location(5.0, 5.0)
+        (event,) = await take(session, 1)
+        assert isinstance(event, FriendMoved) and event.friend.user_id == "x"
+        assert session.connects == 1
+    # Even the abandoned write went out whole, and the stream lived on.
+    assert pages_read == [1_000_000] * sent
+    assert len(servicer.streams) == 1

@@ -292,19 +292,31 @@ class NearbySession:
         await self._write(_location_request(*self._location))
 
     async def _write(self, request: pb.ConnectRequest) -> bool:
+        """Writes one message; False when the stream is not open.
+
+        The write itself is shielded: cancelling the caller (a timeout around
+        ``update_location``, say) must not cancel the gRPC call, which
+        grpc.aio does when a write is cancelled. The lock is released when the
+        write really ends, so writes never overlap.
+        """
         call = self._call
         if call is None or call.done():
             return False
-        async with self._write_lock:
-            try:
-                await call.write(request)
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+        await self._write_lock.acquire()
+        return await asyncio.shield(asyncio.ensure_future(self._locked_write(call, request)))
+
+    async def _locked_write(self, call: _Call, request: pb.ConnectRequest) -> bool:
+        try:
+            if call.done():
                 return False
-            except asyncio.CancelledError:
-                if _being_cancelled() or not call.cancelled():
-                    raise
-                return False  # the call was cancelled by close() or a reconnect
-        return True
+            await call.write(request)
+            return True
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+            return False
+        except asyncio.CancelledError:
+            return False  # the call was cancelled by close() or a reconnect
+        finally:
+            self._write_lock.release()
 
     def _drop_call(self) -> None:
         call, self._call = self._call, None
