@@ -42,6 +42,8 @@ __all__ = ["FATAL_CODES", "NearbySession", "SessionState", "check_position"]
 log = logging.getLogger("nearby.session")
 
 SessionState = Literal["idle", "connecting", "connected", "reconnecting", "closed"]
+"""Where a session is: not opened yet, opening its first stream, live (a
+snapshot arrived), between streams, or ended."""
 
 FATAL_CODES = frozenset(
     {
