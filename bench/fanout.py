@@ -86,7 +86,7 @@ async def fanout_once(
         n = cfg.fanout_streams
         load = await LoadClient.start(h, mesh.addr("fanout-0"))
         users = [[g.ids[i], *g.home[i], ""] for i in range(n)]
-        conn = await load.call(cmd="connect", users=users, batch=250)
+        conn = await load.call(cmd="connect", users=users, batch=250, retries=5)
         if conn["failed"]:
             raise RuntimeError(f"{conn['failed']} streams failed to connect: {conn['errors']}")
         pub = Publisher(mesh.redis_url, g, list(range(n, n + movers)))
@@ -103,6 +103,7 @@ async def fanout_once(
         redis_msgs = pub.published * 2  # each publish is received once and delivered once
         return {
             "streams": n,
+            "connect_retried": conn.get("retried", 0),
             "movers": movers,
             "friends_per_user": friends,
             "delivered": delivered,

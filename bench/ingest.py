@@ -43,7 +43,7 @@ async def ingest_once(h: Harness, cfg: Config, profile: bool = False) -> dict[st
         loc = mesh.children["location"]
         load = await LoadClient.start(h, mesh.addr("fanout-0"))
         users = [[uid, lat, lng, ""] for uid, (lat, lng) in zip(g.ids, g.home, strict=True)]
-        conn = await load.call(cmd="connect", users=users, batch=250)
+        conn = await load.call(cmd="connect", users=users, batch=250, retries=5)
         if conn["failed"]:
             raise RuntimeError(f"{conn['failed']} streams failed to connect: {conn['errors']}")
         await asyncio.sleep(1.0)
@@ -87,6 +87,7 @@ async def ingest_once(h: Harness, cfg: Config, profile: bool = False) -> dict[st
             await r.aclose()
         return {
             "streams": cfg.ingest_streams,
+            "connect_retried": conn.get("retried", 0),
             "sent": sent["sent"],
             "accepted": n,
             "seconds": round(seconds, 3),

@@ -72,7 +72,7 @@ async def latency_once(h: Harness, cfg: Config, max_per_s: float) -> list[dict[s
         fan = mesh.children["fanout-0"]
         users = [[g.ids[i], *g.home[i], h.token(g.ids[i])] for i in range(n)]
         load = await LoadClient.start(h, f"127.0.0.1:{mesh.envoy_port}")
-        conn = await load.call(cmd="connect", users=users, batch=250)
+        conn = await load.call(cmd="connect", users=users, batch=250, retries=5)
         if conn["failed"]:
             raise RuntimeError(f"{conn['failed']} streams failed: {conn.get('error_samples')}")
         pub = Publisher(redis_url, g, list(range(n, n + cfg.fanout_movers)))

@@ -74,6 +74,7 @@ class Load:
         self.reset()
         self.errors: Counter[str] = Counter()
         self.samples: list[str] = []
+        self.retried = 0
         self.ended = 0
 
     def reset(self) -> None:
@@ -90,18 +91,42 @@ class Load:
             self.channels.append(grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS))
         return nearby_service_pb2_grpc.NearbyServiceStub(self.channels[ch])
 
-    async def _stream(
-        self, i: int, uid: str, lat: float, lng: float, token: str, ready: asyncio.Future[bool]
-    ) -> None:
+    async def _open(
+        self, i: int, uid: str, lat: float, lng: float, token: str, retries: int
+    ) -> Any:
+        """Open the stream and wait for its snapshot; UNAVAILABLE before the
+        snapshot is retried `retries` times with jittered backoff (as the SDK does)."""
         md = (("authorization", f"Bearer {token}"),) if token else (("x-nearby-user-id", uid),)
-        try:
+        for attempt in range(retries + 1):
             # grpc.aio: no request iterator = write()/read() on the call
             call: Any = self._stub(i).Connect(metadata=md)  # type: ignore[call-arg]
             self.calls[uid] = call
-            await call.write(location(lat, lng))
-            first = await call.read()
+            try:
+                await call.write(location(lat, lng))
+                first = await call.read()
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == retries:
+                    raise
+                self.retried += 1
+                await asyncio.sleep(random.uniform(0, 0.5 * 2**attempt))
+                continue
             if first is grpc.aio.EOF or first.WhichOneof("kind") != "snapshot":
                 raise RuntimeError("no snapshot")
+            return call
+        raise RuntimeError("unreachable")
+
+    async def _stream(
+        self,
+        i: int,
+        uid: str,
+        lat: float,
+        lng: float,
+        token: str,
+        ready: asyncio.Future[bool],
+        retries: int = 0,
+    ) -> None:
+        try:
+            call = await self._open(i, uid, lat, lng, token, retries)
             ready.set_result(True)
             while True:
                 msg = await call.read()
@@ -137,7 +162,7 @@ class Load:
             else:
                 self.gone += 1
 
-    async def connect(self, users: list[list[Any]], batch: int) -> dict[str, Any]:
+    async def connect(self, users: list[list[Any]], batch: int, retries: int = 0) -> dict[str, Any]:
         t0 = time.monotonic()
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[bool]] = []
@@ -149,7 +174,9 @@ class Load:
                 fut: asyncio.Future[bool] = loop.create_future()
                 self.pos[uid] = (lat, lng)
                 self.tasks.append(
-                    asyncio.create_task(self._stream(base + start + j, uid, lat, lng, token, fut))
+                    asyncio.create_task(
+                        self._stream(base + start + j, uid, lat, lng, token, fut, retries)
+                    )
                 )
                 chunk.append(fut)
             futures.extend(chunk)
@@ -162,6 +189,7 @@ class Load:
             "seconds": round(time.monotonic() - t0, 3),
             "errors": dict(self.errors),
             "error_samples": self.samples,
+            "retried": self.retried,
         }
 
     async def send(self, users: list[str], interval_s: float, duration_s: float) -> dict[str, Any]:
@@ -229,7 +257,9 @@ async def serve(target: str, per_channel: int) -> None:
         req = json.loads(line)
         cmd = req["cmd"]
         if cmd == "connect":
-            out = await load.connect(req["users"], int(req.get("batch", 0)))
+            out = await load.connect(
+                req["users"], int(req.get("batch", 0)), int(req.get("retries", 0))
+            )
         elif cmd == "send":
             out = await load.send(req["users"], req["interval_s"], req["duration_s"])
         elif cmd == "stats":

@@ -346,6 +346,7 @@ def write_json(results: dict[str, Any], path: Path = RESULTS) -> Path:
 def chart(results: dict[str, Any], path: Path = CHART) -> Path | None:
     levels = get(results, "scenarios", "latency", "levels") or []
     if not levels:
+        path.unlink(missing_ok=True)  # never leave a chart of an earlier run
         return None
     import matplotlib
 
