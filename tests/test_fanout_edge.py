@@ -261,3 +261,26 @@ async def test_forged_identity_header_is_ignored_through_envoy(settings: Setting
                 await st.close()
         finally:
             await ch.close()
+
+
+async def test_idle_stream_outlives_envoys_stream_idle_timeout(settings: Settings) -> None:
+    """Heartbeats (HEARTBEAT_S) keep a silent stream alive past stream_idle_timeout."""
+    s = fast_settings(settings, heartbeat_s=0.25)
+    async with edge_stack(s, stream_idle_timeout_s=1.0) as stack:
+        (a,) = (uid("a"),)
+        await build(stack, {a: Person(a, 0, CITIES[0])})
+        ch = stack.channel()
+        try:
+            st = Stream(pb_grpc.NearbyServiceStub(ch), a, metadata=stack.auth(a))
+            await st.open(*CITIES[0])
+            await st.wait_for(lambda st: st.snapshots())
+            beats = await st.wait_for(
+                lambda st: [m for m in st.messages if m.WhichOneof("kind") == "heartbeat"][11:],
+                within=20,
+            )
+            assert beats  # 12 x 0.25 s: three times the idle timeout, nothing sent by us
+            assert not st.done.is_set() and st.error is None
+            await st.move(*offset(*CITIES[0], 10))  # and it still works both ways
+            await st.close()
+        finally:
+            await ch.close()
