@@ -102,6 +102,7 @@ class Session:
         "loading",
         "pending",
         "radius_m",
+        "resync_wanted",
         "stalled",
         "streams",
         "task",
@@ -136,6 +137,7 @@ class Session:
         self.stalled = False
         self.task: asyncio.Task[Any] | None = None
         self.tasks: set[asyncio.Task[None]] | None = None
+        self.resync_wanted = False
 
     # --- hub callbacks (synchronous, cheap) --------------------------------
     def on_moved(self, user_id: str, lat: float, lng: float, t_ms: int, pub_ms: int) -> None:
@@ -174,7 +176,11 @@ class Session:
             self._remove_friend(event.friend_removed.friend_id)
 
     def resync(self) -> None:
-        if self.ending is None:
+        if self.ending is not None:
+            return
+        if self.task is None:  # still setting up: resync once the stream runs
+            self.resync_wanted = True
+        else:
             self._spawn(self._resync())
 
     # --- the user's own moves -------------------------------------------
@@ -441,6 +447,8 @@ class Session:
         loop = asyncio.get_running_loop()
         self.task = asyncio.current_task()
         reader = asyncio.create_task(self._read_loop())
+        if self.resync_wanted:
+            self.resync()
         try:
             while True:
                 if not self._has_work():
