@@ -258,3 +258,22 @@ async def test_drain_sends_reconnect_then_unavailable(m: Mesh) -> None:
             assert s.error is not None and s.error.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await runner.stop()
+
+
+async def test_connect_storm_batches_subscriptions(m: Mesh) -> None:
+    users = await m.users(*[f"u{i}" for i in range(60)])
+    for i, u in enumerate(users):  # a ring: everyone has two friends
+        await m.befriend(u, users[(i + 1) % len(users)])
+    commands = metrics.HUB_COMMANDS._value.get()
+    streams = [Stream(m.nearby_stub(), u) for u in users]
+    await asyncio.gather(*(s.open(*offset(*ORIGIN, 10 * i)) for i, s in enumerate(streams)))
+    for s in streams:
+        await s.wait_for(lambda s: s.snapshots())
+    # 60 streams x (inbox + two friends) = 180 subscriptions, without batching
+    # 120 SUBSCRIBE commands (two steps per stream)
+    sent = metrics.HUB_COMMANDS._value.get() - commands
+    assert 0 < sent < 60
+    assert m.fanout_app.hub.channel_count() == 120
+    for s in streams:
+        await s.close()
+    await until(lambda: m.fanout_app.hub.channel_count() == 0)
