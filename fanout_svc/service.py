@@ -6,7 +6,6 @@ import grpc
 from nearby.v1 import nearby_service_pb2 as pb
 from nearby.v1 import nearby_service_pb2_grpc as pb_grpc
 
-from fanout_svc import metrics
 from fanout_svc.nearby import Entry, fill, page_of, page_size
 from fanout_svc.session import Session, to_fix
 from fanout_svc.streams import Streams
@@ -44,8 +43,7 @@ class NearbyServicer(pb_grpc.NearbyServiceServicer):
         streams.add(session)
         try:
             await session.load(first=True)
-            await session.write(session.finish_load())
-            metrics.PUSH_SNAPSHOT.inc()
+            session.direct.append(session.finish_load())  # the writer sends it first
             await session.run()
         finally:
             streams.remove(session)
