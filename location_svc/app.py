@@ -60,7 +60,7 @@ class LocationApp(ServiceApp):
         ]
         if self.run_writer:
             self.writer = HistoryWriter(
-                self.redis, s.database_url, s.history_batch_size, s.history_claim_idle_s
+                s.redis_url, s.database_url, s.history_batch_size, s.history_claim_idle_s
             )
             await self.writer.start()
 

@@ -1,8 +1,9 @@
 """The history pipeline: Redis Streams `history:{0..3}` → Postgres.
 
 Guarantees (see docs/location.md):
-- an entry is acknowledged (XACK) and deleted (XDEL) only after the
-  transaction holding it committed, so a crash anywhere leaves it pending;
+- an entry is acknowledged (XACK) only after the transaction holding it
+  committed, so a crash anywhere leaves it pending; acknowledged entries are
+  trimmed from the stream once a second (HistoryBuffer.trim);
 - entries pending on a writer that stopped reading for HISTORY_CLAIM_IDLE_S
   are taken over with XAUTOCLAIM by any live writer (several replicas share
   the consumer group, each entry is delivered to one of them);
@@ -30,6 +31,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from location_svc import metrics, store
 from mesh import keys
+from mesh import redis as mesh_redis
 
 log = logging.getLogger("location_svc.history")
 
@@ -108,13 +110,55 @@ class HistoryBuffer:
             self._dropped_since_log = 0
             self._last_drop_log = now
 
+    async def trim(self) -> int:
+        """Delete the entries every writer is done with; returns how many.
+
+        Entries before both the group's last-delivered id and its oldest
+        pending (unacknowledged) entry were committed and acknowledged. One
+        XTRIM MINID per stream costs far less than an XDEL per entry. The two
+        ids are read in one MULTI, so an entry delivered meanwhile (newer than
+        the last-delivered id read) is never trimmed.
+        """
+        trimmed = 0
+        for shard in range(keys.HISTORY_SHARDS):
+            stream = keys.history_stream(shard)
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.xinfo_groups(stream)
+            pipe.xpending(stream, keys.HISTORY_GROUP)
+            try:
+                groups, pending = await pipe.execute()
+            except ResponseError:  # no stream or no group yet
+                continue
+            last = next(
+                (g["last-delivered-id"] for g in groups if _text(g["name"]) == keys.HISTORY_GROUP),
+                None,
+            )
+            if last is None:
+                continue
+            if pending["pending"]:
+                min_id = _text(pending["min"])
+            else:
+                ms, seq = _text(last).split("-")
+                min_id = f"{ms}-{int(seq) + 1}"
+            trimmed += await self.redis.xtrim(stream, minid=min_id, approximate=False)
+        return trimmed
+
     async def run(self) -> None:
         while True:
             try:
+                await self.trim()
                 await self.refresh()
             except RedisError as exc:
                 log.warning("cannot read the history buffer size: %s", exc)
             await asyncio.sleep(self.interval_s)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _raw(response: Any, **options: Any) -> Any:
+    return response
 
 
 class HistoryWriter:
@@ -122,13 +166,17 @@ class HistoryWriter:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis_url: str,
         database_url: str,
         batch_size: int,
         claim_idle_s: float,
         block_ms: int = 1000,
     ) -> None:
-        self.redis = redis
+        # Its own client: blocking reads hold connections, and replies of
+        # XREADGROUP/XAUTOCLAIM are used raw (no per-entry dict building).
+        self.redis = mesh_redis.client(redis_url, max_connections=2 * keys.HISTORY_SHARDS + 4)
+        for command in ("XREADGROUP", "XAUTOCLAIM"):
+            self.redis.set_response_callback(command, _raw)
         self.database_url = database_url
         self.batch_size = batch_size
         self.claim_idle_ms = max(1, int(claim_idle_s * 1000))
@@ -151,20 +199,24 @@ class HistoryWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        await self.redis.aclose()
 
     async def _run(self, stream: str) -> None:
         conn: psycopg.AsyncConnection[Any] | None = None
         backoff = 0.2
         next_claim = 0.0
+        unacked: list[bytes] = []  # committed, acknowledged with the next read
         try:
             while True:
                 try:
                     if time.monotonic() >= next_claim:
                         conn = await self._reclaim(stream, conn)
                         next_claim = time.monotonic() + self.claim_idle_ms / 4000
-                    entries = await self._read(stream)
+                    entries = await self._read(stream, unacked)
+                    unacked = []
                     if entries:
-                        conn = await self._commit(stream, entries, conn)
+                        conn = await self._write(entries, conn)
+                        unacked = [entry_id for entry_id, _ in entries]
                     backoff = 0.2
                 except ResponseError as exc:
                     if "NOGROUP" not in str(exc):
@@ -186,20 +238,40 @@ class HistoryWriter:
                     await asyncio.sleep(backoff)
                     backoff = min(MAX_BACKOFF_S, backoff * 2)
         finally:
+            if unacked:  # stopping: acknowledge what was committed (else it is replayed)
+                with contextlib.suppress(RedisError, OSError):
+                    await self._ack(stream, unacked)
             if conn is not None:
                 await conn.close()
 
-    async def _read(self, stream: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        res: Any = await self.redis.xreadgroup(
+    async def _read(self, stream: str, ack: list[bytes]) -> list[tuple[bytes, Any]]:
+        """Acknowledge the last committed batch and read the next, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        if ack:
+            pipe.execute_command("XACK", stream, keys.HISTORY_GROUP, *ack)
+        pipe.execute_command(
+            "XREADGROUP",
+            "GROUP",
             keys.HISTORY_GROUP,
             self.consumer,
-            {stream: ">"},
-            count=self.batch_size,
-            block=self.block_ms,
+            "COUNT",
+            self.batch_size,
+            "BLOCK",
+            self.block_ms,
+            "STREAMS",
+            stream,
+            ">",
         )
+        res: Any = (await pipe.execute())[-1]
         if not res:
             return []
-        return list(res[0][1])
+        # Raw reply (no response callback on this client): a map (RESP3) or a list
+        # (RESP2) of stream -> [[id, [field, value, ...]], ...].
+        streams = res.items() if isinstance(res, dict) else res
+        return [(entry[0], entry[1]) for _, entries in streams for entry in entries]
+
+    async def _ack(self, stream: str, ids: Sequence[bytes]) -> None:
+        await self.redis.xack(stream, keys.HISTORY_GROUP, *ids)
 
     async def _reclaim(
         self, stream: str, conn: psycopg.AsyncConnection[Any] | None
@@ -211,19 +283,22 @@ class HistoryWriter:
         """
         cursor: bytes | str = "0-0"
         while True:
-            res = await self.redis.xautoclaim(
+            res: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                "XAUTOCLAIM",
                 stream,
                 keys.HISTORY_GROUP,
                 self.consumer,
                 self.claim_idle_ms,
-                start_id=cursor,
-                count=self.batch_size,
+                cursor,
+                "COUNT",
+                self.batch_size,
             )
-            cursor, entries = res[0], res[1]
+            cursor, entries = res[0], [(e[0], e[1]) for e in res[1]]
             if entries:
                 metrics.HISTORY_RECLAIMED.inc(len(entries))
                 log.info("reclaimed %d history entries from %s", len(entries), stream)
-                conn = await self._commit(stream, entries, conn)
+                conn = await self._write(entries, conn)
+                await self._ack(stream, [entry_id for entry_id, _ in entries])
             if cursor in (b"0-0", "0-0"):
                 break
         await self._forget_dead_consumers(stream)
@@ -235,24 +310,17 @@ class HistoryWriter:
             if name != self.consumer and c["pending"] == 0 and c["idle"] > DEAD_CONSUMER_IDLE_MS:
                 await self.redis.xgroup_delconsumer(stream, keys.HISTORY_GROUP, name)
 
-    async def _commit(
-        self,
-        stream: str,
-        entries: Sequence[tuple[bytes, dict[bytes, bytes] | None]],
-        conn: psycopg.AsyncConnection[Any] | None,
+    async def _write(
+        self, entries: Sequence[tuple[bytes, Any]], conn: psycopg.AsyncConnection[Any] | None
     ) -> psycopg.AsyncConnection[Any]:
-        rows = [fields[b"r"] for _, fields in entries if fields and b"r" in fields]
+        """Commit the rows of raw stream entries ([b"r", row] fields; None if deleted)."""
+        rows = [fields[1] for _, fields in entries if fields and fields[0] == b"r"]
         if conn is None or conn.closed:
             conn = await psycopg.AsyncConnection.connect(self.database_url, connect_timeout=5)
         if rows:
             inserted = await store.write_batch(conn, rows)
             metrics.HISTORY_ROWS.inc(inserted)
             metrics.HISTORY_BATCHES.labels("copy" if inserted == len(rows) else "merge").inc()
-        ids = [entry_id for entry_id, _ in entries]
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xack(stream, keys.HISTORY_GROUP, *ids)
-        pipe.xdel(stream, *ids)
-        await pipe.execute()
         if self._outage:
             self._outage = False
             log.warning("history writer recovered: writing buffered entries")

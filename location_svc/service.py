@@ -63,7 +63,7 @@ class LocationServicer(location_service_pb2_grpc.LocationServiceServicer):
         except InvalidArgument:
             metrics.INVALID.inc()
             raise
-        (disposition,) = await self.ingest.record([report], now)
+        (disposition,) = await self.ingest.record([report])
         return location_service_pb2.ReportLocationResponse(
             location=location_service_pb2.Location(
                 user_id=user_id,
@@ -143,7 +143,7 @@ class LocationIngestServicer(location_ingest_service_pb2_grpc.LocationIngestServ
                 continue
             valid.append(report)
             slots.append(result)
-        dispositions = await self.ingest.record(valid, now)
+        dispositions = await self.ingest.record(valid)
         for report, result, disposition in zip(valid, slots, dispositions, strict=True):
             result.disposition = disposition  # type: ignore[assignment]
             result.fix.latitude = report.latitude
