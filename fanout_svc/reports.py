@@ -1,9 +1,11 @@
 """Batches the location reports of every stream of the process.
 
-A stream's report waits at most `delay_s` (or until `max_batch` reports are
-waiting) and then travels with the others in one ReportLocations call; each
-stream awaits only its own result. Per-update unary calls between services
-would cost a whole RPC per update; a batch costs one RPC per ~millisecond.
+Self-clocking batches: a report goes out at the next turn of the event loop
+when fewer than `max_in_flight` ReportLocations calls are running; otherwise
+it waits for one to return (or for `max_batch` reports to gather) and goes
+with everything that arrived meanwhile. Idle: no added delay. Busy: one RPC
+carries hundreds of reports. Each stream awaits only its own result.
+Per-update unary calls between services would cost a whole RPC per update.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ log = logging.getLogger("fanout_svc.reports")
 
 
 class ReportBatcher:
-    def __init__(self, upstream: Upstream, max_batch: int = 200, delay_s: float = 0.002) -> None:
+    def __init__(self, upstream: Upstream, max_batch: int = 200, max_in_flight: int = 2) -> None:
         self.upstream = upstream
         self.max_batch = max_batch
-        self.delay_s = delay_s
+        self.max_in_flight = max_in_flight
         self._reports: list[li.LocationReport] = []
         self._futures: list[asyncio.Future[li.ReportResult]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def report(self, user_id: str, fix: events_pb2.PositionFix) -> li.ReportResult:
@@ -38,21 +40,25 @@ class ReportBatcher:
         self._futures.append(fut)
         if len(self._reports) >= self.max_batch:
             self._flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(self.delay_s, self._flush)
+        elif not self._scheduled and len(self._tasks) < self.max_in_flight:
+            self._scheduled = True
+            loop.call_soon(self._flush)
         return await fut
 
     def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._scheduled = False
         if not self._reports:
             return
         reports, futures = self._reports, self._futures
         self._reports, self._futures = [], []
         task = asyncio.create_task(self._send(reports, futures))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._reports and not self._scheduled:  # what gathered while busy
+            self._flush()
 
     async def _send(
         self, reports: list[li.LocationReport], futures: list[asyncio.Future[li.ReportResult]]
