@@ -23,7 +23,7 @@ from bench import graph
 from bench.config import Config
 from bench.fanout import Publisher
 from bench.harness import Harness, LoadClient
-from bench.procstat import CpuMeter, Proc
+from bench.procstat import CpuMeter, Proc, busy_share, system_ticks
 from bench.stats import median_of, not_measured
 
 PROBE_FRIENDS = 5
@@ -92,6 +92,7 @@ async def latency_once(h: Harness, cfg: Config, max_per_s: float) -> list[dict[s
             target = max_per_s * percent / 100
             await load.call(cmd="stats", reset=True)
             meter = CpuMeter(procs).start()
+            ticks = system_ticks()
             t0 = time.monotonic()
             probe_task = asyncio.create_task(
                 load.call(
@@ -124,6 +125,8 @@ async def latency_once(h: Harness, cfg: Config, max_per_s: float) -> list[dict[s
                     ),
                     # share of the machine's cores busy with the measured processes
                     "machine_busy": meter.total / (seconds * (os.cpu_count() or 1)),
+                    # the same for everything running on the machine (/proc/stat)
+                    "machine_busy_all": busy_share(ticks),
                     "errors": st["errors"],
                 }
             )
@@ -158,22 +161,28 @@ async def run(h: Harness, cfg: Config) -> dict[str, Any]:
         if lv["percent"] != 50:
             continue
         p50, p99 = lv["e2e_ms"].get("p50"), lv["e2e_ms"].get("p99")
+        busy, busy_all = lv["machine_busy"], lv["machine_busy_all"]
+        pub99 = lv["pub_ms"].get("p99", 0.0)
         why = (
-            f"at this level the measured processes kept {lv['machine_busy']:.0%} of the "
-            f"machine's cores busy (fan-out {lv['cpu_s']['fanout-0']:.1f}, clients "
-            f"{lv['cpu_s']['clients']:.1f}, Envoy {lv['cpu_s']['envoy']:.1f}, publisher "
-            f"{lv['cpu_s']['publisher']:.1f} CPU-s), and the fan-out delivered "
+            f"the measured processes kept {busy:.0%} of the machine's cores busy (fan-out "
+            f"{lv['cpu_s']['fanout-0']:.1f}, clients {lv['cpu_s']['clients']:.1f}, Envoy "
+            f"{lv['cpu_s']['envoy']:.1f}, publisher {lv['cpu_s']['publisher']:.1f} CPU-s) and "
+            f"the whole machine was {busy_all:.0%} busy; the fan-out delivered "
             f"{lv['fanout_updates_per_cpu_s']:,.0f} updates per CPU-second against "
-            f"{fan_cpu:,.0f} in scenario 1: a smooth arrival gives fewer updates per stream "
-            "message than scenario 1's rounds, so the same rate costs more CPU, and with the "
-            "clients, Envoy and the publisher on the same 2 cores, queues build up"
+            f"{fan_cpu:,.0f} in scenario 1's rounds (a smooth arrival packs fewer updates per "
+            f"stream message, so each costs more). The tail is mostly after Redis: moves "
+            f"published straight to Redis reached the clients with p99 {pub99:.0f} ms, so the "
+            "wait is in the fan-out's single event loop (hub, flushes of 2,000 streams, the "
+            "probes' reports) and on the way back through Envoy to the clients, which share "
+            "the same 2 cores"
         )
         if p99 is not None and p99 > 50:
             notes.append(
                 f"Latency p99 {p99:.1f} ms at 50% load (bar 50 ms, over by {p99 / 50 - 1:.0%}): "
-                f"{why}. What would close it: measure on more cores (clients and Envoy off "
-                "the fan-out's core), one fan-out replica per core, and a lower load level "
-                "per process (the chart shows where the knee is)."
+                f"{why}. What would close it: clients and Envoy off the fan-out's cores, one "
+                "fan-out replica per core (each at a lower share of its maximum: the chart "
+                "shows the knee), and the fan-out's nearby_fanout_push_latency_seconds "
+                "histogram with py-spy to split hub time from flush time."
             )
         if p50 is not None and p50 > 10:
             notes.append(

@@ -83,6 +83,7 @@ class Load:
         self.messages = 0
         self.e2e: list[float] = []
         self.pub: list[float] = []
+        self.pub_seen = 0
         self.since = time.monotonic()
 
     def _stub(self, i: int) -> nearby_service_pb2_grpc.NearbyServiceStub:
@@ -157,8 +158,14 @@ class Load:
                 ms = f.update_time.seconds * 1000 + f.update_time.nanos / 1e6
                 if f.user_id in self.senders:
                     self.e2e.append(now_ms - ms)
-                elif len(self.pub) < 200_000:
-                    self.pub.append(now_ms - ms)
+                else:  # reservoir sample: every update equally likely to be kept
+                    self.pub_seen += 1
+                    if len(self.pub) < 100_000:
+                        self.pub.append(now_ms - ms)
+                    else:
+                        j = random.randrange(self.pub_seen)
+                        if j < 100_000:
+                            self.pub[j] = now_ms - ms
             else:
                 self.gone += 1
 

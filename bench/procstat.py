@@ -114,3 +114,17 @@ def machine() -> dict[str, object]:
     except OSError:
         pass
     return info
+
+
+def system_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already in user
+    return total - idle, total
+
+
+def busy_share(since: tuple[int, int]) -> float:
+    """Share of the machine's CPU time that was busy since `since`."""
+    busy, total = system_ticks()
+    return (busy - since[0]) / max(1, total - since[1])

@@ -77,6 +77,7 @@ async def run(h: Harness, cfg: Config) -> dict[str, Any]:
             "rss": ("rss_per_stream_kib", "rss_per_stream_kib"),
         },
         friends_per_user=FRIENDS_PER_USER,
+        worst={"failed": max(r["failed"] for r in runs)},
     )
     med = out["median"]
     notes = []
