@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -50,14 +51,13 @@ _COALESCED = location_service_pb2.REPORT_DISPOSITION_COALESCED
 class Friend:
     """A friend as this stream knows them; lat is None while the position is unknown."""
 
-    __slots__ = ("dist", "inside", "lat", "lng", "name", "pub_ms", "t_ms")
+    __slots__ = ("dist", "inside", "lat", "lng", "name", "t_ms")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.lat: float | None = None
         self.lng = 0.0
         self.t_ms = 0
-        self.pub_ms = 0
         self.dist = 0.0
         self.inside = False
 
@@ -144,7 +144,7 @@ class Session:
         f = self.friends.get(user_id)
         if f is None or (f.lat is not None and t_ms < f.t_ms):
             return
-        f.lat, f.lng, f.t_ms, f.pub_ms = lat, lng, t_ms, pub_ms
+        f.lat, f.lng, f.t_ms = lat, lng, t_ms
         d = f.dist = distance_m(self.lat, self.lng, lat, lng)
         if self.loading:
             return
@@ -271,7 +271,12 @@ class Session:
             hub.subscribe((inbox_channel(self.user_id),), self)
             await hub.barrier()
         refs = await upstream.list_friends(self.user_id)
-        wanted = {r.user_id: r.display_name for r in refs if r.user_id != self.user_id}
+        # interned: the same friend ids and names are held by many streams
+        wanted = {
+            sys.intern(r.user_id): sys.intern(r.display_name)
+            for r in refs
+            if r.user_id != self.user_id
+        }
         friends = self.friends
         removed = [fid for fid in friends if fid not in wanted]
         for fid in removed:
@@ -346,7 +351,7 @@ class Session:
         if f is not None:
             f.name = name
             return
-        self.friends[fid] = Friend(name)
+        self.friends[sys.intern(fid)] = Friend(sys.intern(name))
         self.streams.hub.subscribe((loc_channel(fid),), self)
         self._spawn(self._fetch_friend(fid))
 

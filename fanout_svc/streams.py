@@ -16,7 +16,7 @@ import logging
 import random
 import time
 
-from fanout_svc import metrics
+from fanout_svc import memory, metrics
 from fanout_svc.hub import Hub
 from fanout_svc.reports import ReportBatcher
 from fanout_svc.session import Session, reconnect_msg
@@ -45,6 +45,8 @@ class Streams:
         self._house: asyncio.Task[None] | None = None
         self._empty = asyncio.Event()
         self._empty.set()
+        self._trim_count = 0
+        self._last_count = 0
 
     def start(self) -> None:
         self._house = asyncio.create_task(self._housekeeping(), name="fanout-housekeeping")
@@ -96,9 +98,22 @@ class Streams:
         while True:
             await asyncio.sleep(period)
             try:
-                self.sweep(time.monotonic())
+                now = time.monotonic()
+                self.sweep(now)
+                self._maybe_trim()
             except Exception:
                 log.exception("housekeeping failed")
+
+    def _maybe_trim(self) -> None:
+        """Once a storm is over (the stream count moved a lot since the last
+        trim and has settled since the last sweep): hand the setup transients
+        back to the OS (memory.py)."""
+        n = len(self.sessions)
+        settled = abs(n - self._last_count) < max(10, n // 100)
+        self._last_count = n
+        if settled and abs(n - self._trim_count) >= max(100, self._trim_count // 10):
+            self._trim_count = n
+            memory.trim()
 
     def sweep(self, now: float) -> None:
         stall, beat = self.settings.fanout_stall_s, self.settings.heartbeat_s
