@@ -15,8 +15,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from nearby.internal.v1 import events_pb2
-from redis.exceptions import NoScriptError
+from redis.exceptions import ResponseError
 
+from location_svc import resp
+from location_svc.resp import bulk
 from mesh import keys
 
 ACCEPTED, COALESCED, STALE = 1, 2, 3  # = nearby.v1.ReportDisposition values
@@ -64,9 +66,10 @@ class LocationCache:
 
     async def record(self, reports: Sequence[Report], now_ms: int) -> list[int]:
         """Cache, publish and touch presence; returns each report's disposition."""
-        pipe = self.redis.pipeline(transaction=False)
-        calls: list[tuple[Any, ...]] = []
-        touches: dict[str, dict[str, int]] = {}
+        calls: list[bytes] = []
+        touches: dict[str, list[bytes]] = {}
+        tail = bulk(now_ms) + bulk(self.ttl_ms) + bulk(self.gap_ms)
+        now = bulk(now_ms)
         for r in reports:
             fix = events_pb2.PositionFix(
                 latitude=r.latitude, longitude=r.longitude, recorded_at_ms=r.recorded_at_ms
@@ -74,59 +77,58 @@ class LocationCache:
             event = events_pb2.LocationEvent(
                 user_id=r.user_id, moved=fix, published_at_ms=now_ms
             ).SerializeToString()
-            args = (
-                2,
-                keys.location(r.user_id),
-                keys.hidden(r.user_id),
-                fix.SerializeToString(),
-                r.recorded_at_ms,
-                now_ms,
-                self.ttl_ms,
-                self.gap_ms,
-                event,
+            calls.append(
+                _EVALSHA_HEAD
+                + bulk(keys.location(r.user_id))
+                + bulk(keys.hidden(r.user_id))
+                + bulk(fix.SerializeToString())
+                + bulk(r.recorded_at_ms)
+                + tail
+                + bulk(event)
             )
-            calls.append(args)
-            pipe.evalsha(REPORT_SHA, *args)
-            touches.setdefault(keys.presence_index_of(r.user_id), {})[r.user_id] = now_ms
-        for index, members in touches.items():
-            pipe.zadd(index, members)
-        results = await pipe.execute(raise_on_error=False)
-        out = results[: len(reports)]
-        for extra in results[len(reports) :]:
-            if isinstance(extra, Exception):
-                raise extra
-        missing = [i for i, res in enumerate(out) if isinstance(res, NoScriptError)]
+            touches.setdefault(keys.presence_index_of(r.user_id), []).extend((now, bulk(r.user_id)))
+        zadds = [
+            b"*%d\r\n" % (2 + len(members)) + _ZADD + bulk(index) + b"".join(members)
+            for index, members in touches.items()
+        ]
+        replies = await resp.execute(self.redis, calls + zadds)
+        out = replies[: len(calls)]
+        for reply in replies[len(calls) :]:
+            _raise(reply)
+        missing = [i for i, reply in enumerate(out) if resp.is_error(reply, "NOSCRIPT")]
         if missing:  # Redis restarted or flushed its scripts: load and rerun those
             await self.redis.script_load(REPORT_LUA)
-            pipe = self.redis.pipeline(transaction=False)
-            for i in missing:
-                pipe.evalsha(REPORT_SHA, *calls[i])
-            for i, res in zip(missing, await pipe.execute(), strict=True):
-                out[i] = res
-        for res in out:
-            if isinstance(res, Exception):
-                raise res
-        return [int(res) for res in out]
+            again = await resp.execute(self.redis, [calls[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                out[i] = reply
+        for reply in out:
+            _raise(reply)
+        return [int(reply) for reply in out]
 
     async def buffer_history(self, entries: Sequence[tuple[str, bytes]]) -> None:
         """Append (user_id, encoded row) entries to the history streams."""
-        if not entries:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for user_id, row in entries:
-            pipe.execute_command("XADD", keys.history_stream_of(user_id), "*", "r", row)
-        await pipe.execute()
+        replies = await resp.execute(
+            self.redis,
+            [
+                _XADD_HEAD + bulk(keys.history_stream_of(user_id)) + _XADD_MID + bulk(row)
+                for user_id, row in entries
+            ],
+        )
+        for reply in replies:
+            _raise(reply)
 
     async def batch_get(
         self, user_ids: Sequence[str], include_hidden: bool
     ) -> list[tuple[str, bytes]]:
         """(user id, PositionFix bytes) of the cached, visible users, in order."""
-        pipe = self.redis.pipeline(transaction=False)
+        commands: list[bytes] = []
         for uid in user_ids:
-            pipe.hget(keys.location(uid), "v")
+            commands.append(_HGET_HEAD + bulk(keys.location(uid)) + _V)
             if not include_hidden:
-                pipe.exists(keys.hidden(uid))
-        res = await pipe.execute()
+                commands.append(_EXISTS_HEAD + bulk(keys.hidden(uid)))
+        res = await resp.execute(self.redis, commands)
+        for reply in res:
+            _raise(reply)
         out: list[tuple[str, bytes]] = []
         step = 1 if include_hidden else 2
         for i, uid in enumerate(user_ids):
@@ -135,3 +137,17 @@ class LocationCache:
                 continue
             out.append((uid, value))
         return out
+
+
+def _raise(reply: Any) -> None:
+    if isinstance(reply, Exception):
+        raise ResponseError(str(reply))
+
+
+_EVALSHA_HEAD = b"*11\r\n" + bulk("EVALSHA") + bulk(REPORT_SHA) + bulk(2)
+_ZADD = bulk("ZADD")
+_XADD_HEAD = b"*5\r\n" + bulk("XADD")
+_XADD_MID = bulk("*") + bulk("r")
+_HGET_HEAD = b"*3\r\n" + bulk("HGET")
+_V = bulk("v")
+_EXISTS_HEAD = b"*2\r\n" + bulk("EXISTS")

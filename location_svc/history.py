@@ -206,24 +206,33 @@ class HistoryWriter:
         backoff = 0.2
         next_claim = 0.0
         unacked: list[bytes] = []  # committed, acknowledged with the next read
+        held: list[tuple[bytes, Any]] = []  # read, not committed yet: retried first
         try:
             while True:
                 try:
-                    if time.monotonic() >= next_claim:
+                    if not held and time.monotonic() >= next_claim:
                         conn = await self._reclaim(stream, conn)
                         next_claim = time.monotonic() + self.claim_idle_ms / 4000
-                    entries = await self._read(stream, unacked)
-                    unacked = []
-                    if entries:
-                        conn = await self._write(entries, conn)
-                        unacked = [entry_id for entry_id, _ in entries]
+                    if not held:
+                        held = await self._read(stream, unacked)
+                        unacked = []
+                    if held:
+                        conn = await self._write(held, conn)
+                        unacked = [entry_id for entry_id, _ in held]
+                        held = []
                     backoff = 0.2
                 except ResponseError as exc:
-                    if "NOGROUP" not in str(exc):
-                        raise
-                    # Redis lost the stream (restart without persistence): recreate.
-                    log.warning("history consumer group missing on %s: recreating it", stream)
-                    await ensure_group(self.redis, stream)
+                    if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
+                        # The stream or group vanished (Redis restarted without
+                        # persistence, or was flushed): recreate the group.
+                        log.warning("history stream %s or its group is gone: recreating", stream)
+                        with contextlib.suppress(RedisError, OSError):
+                            await ensure_group(self.redis, stream)
+                        await asyncio.sleep(0.1)
+                    else:
+                        log.error("history writer: Redis refused a command: %s", exc)
+                        await asyncio.sleep(backoff)
+                        backoff = min(MAX_BACKOFF_S, backoff * 2)
                 except (psycopg.Error, OSError, RedisError) as exc:
                     if not self._outage:
                         self._outage = True
