@@ -215,7 +215,7 @@ class Hub:
         ls = self._listeners.get(channel)
         if not ls:
             return
-        metrics.HUB_MESSAGES.inc()
+        metrics.HOT.hub_messages += 1
         try:
             if channel.startswith(_LOC):
                 ev = events_pb2.LocationEvent.FromString(data)

@@ -206,7 +206,7 @@ class Session:
         pending = self.pending
         if fid in pending:
             del pending[fid]
-            metrics.DROPS.inc()
+            metrics.HOT.drops += 1
         pending[fid] = code
         if len(pending) > self.streams.queue_max:
             self.fell_behind("queue")
@@ -442,7 +442,7 @@ class Session:
         await self.context.write(msg)
         self.last_write = time.monotonic()
         self.write_started = 0.0
-        metrics.MESSAGES.inc()
+        metrics.HOT.messages += 1
 
     def _has_work(self) -> bool:
         return bool(self.ending or self.direct or self.pending or self.heartbeat_due)
@@ -467,7 +467,10 @@ class Session:
                     for m in msgs:
                         await self.write(m)
                         kind = m.WhichOneof("kind")
-                        (metrics.PUSH_SNAPSHOT if kind == "snapshot" else metrics.PUSH_PAGE).inc()
+                        if kind == "snapshot":
+                            metrics.HOT.snapshot += 1
+                        else:
+                            metrics.HOT.page += 1
                 if self.pending:
                     msg, oldest = self._build_events()
                     await self.write(msg)
@@ -477,12 +480,12 @@ class Session:
                     hb = pb.ConnectResponse()
                     hb.heartbeat.server_time.GetCurrentTime()
                     await self.write(hb)
-                    metrics.PUSH_HEARTBEAT.inc()
+                    metrics.HOT.heartbeat += 1
                 self.heartbeat_due = False
             end = self.ending
             if end.reconnect is not None and not self.stalled:
                 await self.write(pb.ConnectResponse(reconnect=end.reconnect))
-                metrics.PUSH_RECONNECT.inc()
+                metrics.HOT.reconnect += 1
         except asyncio.CancelledError:
             task = self.task
             if not self.stalled or task is None:
@@ -523,9 +526,8 @@ class Session:
                 g = events.add().friend_gone
                 g.user_id = fid
                 g.reason = -code  # type: ignore[assignment]
-                metrics.PUSH_GONE[-code].inc()
-        if updates:
-            metrics.PUSH_UPDATE.inc(updates)
+                metrics.HOT.gone[-code] += 1
+        metrics.HOT.update += updates
         metrics.BATCH_EVENTS.observe(len(pending))
         return msg, oldest
 
