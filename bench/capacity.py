@@ -105,7 +105,7 @@ def model(r: dict[str, Any]) -> list[Line]:
     add(
         "fan-out memory for the streams",
         "streams * RSS/stream + processes * base RSS",
-        f"{fmt(rss_kib, 1)} KiB/stream, {fmt(base_mb, 0)} MiB base (bench 3)",
+        f"{fmt(rss_kib, 1)} KiB/stream, {fmt(round(base_mb)) if base_mb else '—'} MiB base (bench 3)",
         mem,
         " GiB",
     )

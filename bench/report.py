@@ -255,7 +255,11 @@ def _target(
     met = v >= limit if higher_is_better else v <= limit
     if limit:
         by = (v - limit) / limit * 100 if higher_is_better else (limit - v) / limit * 100
-        how = f"{'met' if met else 'missed'} by {abs(by):.0f}%"
+        if v == limit:
+            how = "met (exactly at the bar)"
+        else:
+            size = f"{abs(by):.1f}%" if abs(by) < 1 else f"{abs(by):.0f}%"
+            how = f"{'met' if met else 'missed'} by {size}"
     else:
         how = "met" if met else f"missed ({fmt(v)})"
     return {
@@ -536,6 +540,8 @@ def main() -> int:
     from bench import capacity
 
     results = json.loads(RESULTS.read_text())
+    results["targets"] = targets(results)  # derived: recomputed with the current wording
+    write_json(results)
     print_tables(results)
     chart(results)
     write_docs(results)
