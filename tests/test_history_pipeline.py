@@ -108,6 +108,26 @@ async def test_n_updates_make_exactly_n_rows(
     assert await count_rows(settings.database_url) == (5000, 5000)
 
 
+async def test_two_writer_replicas_share_the_work_without_double_writes(
+    settings: Settings,
+) -> None:
+    s = settings.replace(min_report_interval_s=0.0, history_batch_size=100)
+    merges = REGISTRY.get_sample_value("location_history_batches_total", {"path": "merge"}) or 0
+    users = [f"rower{i}" for i in range(50)]
+    t0 = now_ms() - 60_000
+    async with (
+        running(LocationApp(s)) as addr,
+        running(LocationApp(s)),
+        grpc.aio.insecure_channel(addr) as ch,
+    ):
+        stub = location_ingest_service_pb2_grpc.LocationIngestServiceStub(ch)
+        for k in range(4):
+            await stub.ReportLocations(batch(users, t0 + k * 100, 10))
+        assert await wait_rows(settings.database_url, 2000) == (2000, 2000)
+    after = REGISTRY.get_sample_value("location_history_batches_total", {"path": "merge"}) or 0
+    assert after == merges  # no entry was delivered to both writers
+
+
 @pytest.fixture
 def private_pg() -> Iterator[infra.PostgresServer]:
     """A Postgres of this test alone, that it may stop and start."""
