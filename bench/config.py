@@ -22,6 +22,7 @@ class Config:
     latency_seconds: float = 8.0
     latency_probes: int = 20
     latency_probe_interval_s: float = 0.25
+    latency_fanout_replicas: int = 0  # 0 = one per core, as `nearby run`
     # 3. streams
     idle_streams: int = 10_000
     # 4. ingest: streams sending, seconds per run, interval between one stream's updates

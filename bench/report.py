@@ -265,7 +265,7 @@ def _target(
     return {
         "name": name,
         "bar": bar,
-        "measured": f"{fmt(v, 1)}{unit}",
+        "measured": f"{fmt(v, 1) if abs(v) < 100 else fmt(v)}{unit}",
         "value": v,
         "met": met,
         "verdict": how,
@@ -427,9 +427,10 @@ METHOD = """\
 | 4. ingest | clients stream location updates on their Connect streams → fan-out (batched ReportLocations) → location_svc (one Lua script per report, pipelined) → Redis; CPU of fan-out + location + presence + Redis | raw pipelined Redis writes from Python, per update the same commands (HSET+PEXPIRE, PUBLISH, ZADD, XADD) |
 | 5. history | rows waiting in the Redis Streams buffer → location_svc's writer → binary COPY into the partitioned `location_history` | a bare binary COPY of the same rows into the same table, one transaction per batch of the same size |
 
-Scenarios 1-3 measure **one** fan-out process (the per-process figures the capacity model
-needs); `nearby run` and `nearby sim` start one fan-out replica per core behind Envoy
-(`FANOUT_REPLICAS`, default: the number of cores), because one asyncio loop uses one core.
+Scenarios 1 and 3 measure **one** fan-out process (the per-process figures the capacity model
+needs). Scenario 2, like `nearby run` and `nearby sim`, starts one fan-out replica per core
+behind Envoy (`FANOUT_REPLICAS`, default: the number of cores), because one asyncio loop uses
+one core; its load levels are shares of scenario 1's one-process maximum.
 In the services started by the benchmark `MIN_REPORT_INTERVAL_S` is 0 (load generators report
 far more often than a phone would) and logs are at WARNING; everything else is the default
 configuration (e.g. `FANOUT_FLUSH_MS`).
