@@ -29,7 +29,7 @@ import psycopg
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from location_svc import metrics, store
+from location_svc import metrics, resp, store
 from mesh import keys
 from mesh import redis as mesh_redis
 
@@ -255,27 +255,32 @@ class HistoryWriter:
 
     async def _read(self, stream: str, ack: list[bytes]) -> list[tuple[bytes, Any]]:
         """Acknowledge the last committed batch and read the next, in one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
+        commands = []
         if ack:
-            pipe.execute_command("XACK", stream, keys.HISTORY_GROUP, *ack)
-        pipe.execute_command(
-            "XREADGROUP",
-            "GROUP",
-            keys.HISTORY_GROUP,
-            self.consumer,
-            "COUNT",
-            self.batch_size,
-            "BLOCK",
-            self.block_ms,
-            "STREAMS",
-            stream,
-            ">",
+            commands.append(resp.command("XACK", stream, keys.HISTORY_GROUP, *ack))
+        commands.append(
+            resp.command(
+                "XREADGROUP",
+                "GROUP",
+                keys.HISTORY_GROUP,
+                self.consumer,
+                "COUNT",
+                self.batch_size,
+                "BLOCK",
+                self.block_ms,
+                "STREAMS",
+                stream,
+                ">",
+            )
         )
-        res: Any = (await pipe.execute())[-1]
+        replies = await resp.execute(self.redis, commands)
+        for reply in replies:
+            if resp.is_error(reply):
+                raise ResponseError(str(reply))
+        res = replies[-1]
         if not res:
             return []
-        # Raw reply (no response callback on this client): a map (RESP3) or a list
-        # (RESP2) of stream -> [[id, [field, value, ...]], ...].
+        # A map (RESP3) or a list (RESP2) of stream -> [[id, [field, value, ...]], ...].
         streams = res.items() if isinstance(res, dict) else res
         return [(entry[0], entry[1]) for _, entries in streams for entry in entries]
 

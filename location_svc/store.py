@@ -54,35 +54,33 @@ def copy_payload(rows: Sequence[bytes]) -> bytes:
 async def write_batch(conn: psycopg.AsyncConnection[Any], rows: Sequence[bytes]) -> int:
     """Commit `rows` to location_history exactly once; returns rows inserted.
 
-    Fast path: COPY straight into the table. A batch replayed after a crash
-    (or a report repeated with the same timestamp) hits the primary key; then
-    the batch goes through a staging table and INSERT ... ON CONFLICT DO
-    NOTHING, so a replay never creates duplicates.
+    Fast path: COPY straight into the table, one transaction. A batch
+    replayed after a crash (or a report repeated with the same timestamp) hits
+    the primary key; that transaction is rolled back and the batch goes
+    through a staging table and INSERT ... ON CONFLICT DO NOTHING, so a replay
+    never creates duplicates.
     """
     payload = copy_payload(rows)
-    async with conn.transaction():
-        try:
-            async with conn.transaction(), conn.cursor() as cur:
-                async with cur.copy(f"COPY {TABLE} ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as cp:
-                    await cp.write(payload)
-                return len(rows)
-        except psycopg.errors.UniqueViolation:
-            pass
-        async with conn.cursor() as cur:
-            await cur.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS history_staging "
-                "(user_id text, recorded_at timestamptz, latitude float8, longitude float8) "
-                "ON COMMIT DELETE ROWS"
-            )
-            async with cur.copy(
-                f"COPY history_staging ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
-            ) as cp:
+    try:
+        async with conn.transaction(), conn.cursor() as cur:
+            async with cur.copy(f"COPY {TABLE} ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as cp:
                 await cp.write(payload)
-            await cur.execute(
-                f"INSERT INTO {TABLE} ({_COLUMNS}) SELECT {_COLUMNS} FROM history_staging "
-                "ON CONFLICT (user_id, recorded_at) DO NOTHING"
-            )
-            return max(cur.rowcount, 0)
+            return len(rows)
+    except psycopg.errors.UniqueViolation:
+        pass  # rolled back: go through the staging table
+    async with conn.transaction(), conn.cursor() as cur:
+        await cur.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS history_staging "
+            "(user_id text, recorded_at timestamptz, latitude float8, longitude float8) "
+            "ON COMMIT DELETE ROWS"
+        )
+        async with cur.copy(f"COPY history_staging ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as cp:
+            await cp.write(payload)
+        await cur.execute(
+            f"INSERT INTO {TABLE} ({_COLUMNS}) SELECT {_COLUMNS} FROM history_staging "
+            "ON CONFLICT (user_id, recorded_at) DO NOTHING"
+        )
+        return max(cur.rowcount, 0)
 
 
 @dataclass(frozen=True, slots=True)
