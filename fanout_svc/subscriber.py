@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 import hiredis
+from redis.crc import key_slot
 
 OnMessage = Callable[[bytes, bytes], None]
 """(channel, payload) of a published message."""
@@ -77,9 +79,9 @@ class _Protocol(asyncio.Protocol):
                 return
             if isinstance(reply, list) and len(reply) == 3:
                 kind = reply[0]
-                if kind == b"message":
+                if kind == b"message" or kind == b"smessage":
                     on_message(reply[1], reply[2])
-                elif kind == b"subscribe":
+                elif kind == b"subscribe" or kind == b"ssubscribe":
                     owner.on_subscribed(reply[1])
             elif isinstance(reply, hiredis.ReplyError):
                 owner.fail(ConnectionError(f"redis replied with an error: {reply}"))
@@ -93,9 +95,12 @@ class _Protocol(asyncio.Protocol):
 class RedisSubscriber:
     """One standalone-Redis pub/sub connection (RESP2), from a redis:// URL."""
 
-    def __init__(self, url: str, connect_timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, connect_timeout_s: float = 5.0, *, sharded: bool = False) -> None:
         self.url = url
         self.connect_timeout_s = connect_timeout_s
+        self._sub_cmd, self._unsub_cmd = (
+            (b"SSUBSCRIBE", b"SUNSUBSCRIBE") if sharded else (b"SUBSCRIBE", b"UNSUBSCRIBE")
+        )
         self.transport: asyncio.Transport | None = None
         self.on_message: OnMessage = lambda c, d: None
         self.on_subscribed: OnSubscribed = lambda c: None
@@ -158,11 +163,11 @@ class RedisSubscriber:
 
     def subscribe_many(self, channels: Sequence[bytes]) -> None:
         if self.transport is not None and channels:
-            self.transport.write(_command(b"SUBSCRIBE", *channels))
+            self.transport.write(_command(self._sub_cmd, *channels))
 
     def unsubscribe_many(self, channels: Sequence[bytes]) -> None:
         if self.transport is not None and channels:
-            self.transport.write(_command(b"UNSUBSCRIBE", *channels))
+            self.transport.write(_command(self._unsub_cmd, *channels))
 
     def lost(self, exc: BaseException | None) -> None:
         self.transport = None
@@ -177,3 +182,104 @@ class RedisSubscriber:
         if self.transport is not None:
             self.transport.abort()
             self.transport = None
+
+
+class ShardedSubscriber:
+    """Redis Cluster sharded pub/sub (SSUBSCRIBE): one connection per master.
+
+    The slot map comes from CLUSTER SLOTS at connect time. Channels are grouped
+    by slot (one SSUBSCRIBE may not span slots) and sent to the slot's master.
+    Confirmations from several connections are re-ordered so that the hub
+    still sees them in the order it subscribed. Any lost connection, or an
+    error reply such as MOVED after a slot migration, drops them all: the hub
+    reconnects (with a fresh slot map), resubscribes and resyncs.
+    """
+
+    def __init__(self, url: str, connect_timeout_s: float = 5.0) -> None:
+        self.url = url
+        self.connect_timeout_s = connect_timeout_s
+        self._nodes: dict[str, RedisSubscriber] = {}
+        self._slots: list[str] = []  # slot -> node url
+        self._batches: deque[tuple[list[bytes], set[bytes]]] = deque()
+        self._on_subscribed: OnSubscribed = lambda c: None
+        self._on_lost: OnLost | None = None
+
+    async def connect(
+        self, on_message: OnMessage, on_subscribed: OnSubscribed, on_lost: OnLost
+    ) -> None:
+        import redis.asyncio as aioredis
+
+        u = urlparse(self.url)
+        r = aioredis.Redis.from_url(self.url, socket_connect_timeout=self.connect_timeout_s)
+        try:
+            ranges = await r.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            raise OSError(f"cannot read the cluster slots from {self.url}: {exc}") from exc
+        finally:
+            await r.aclose()
+        auth = f"{u.username or ''}:{u.password}@" if u.password else ""
+        slots = [""] * 16384
+        for item in ranges:
+            start, end, master = item[0], item[1], item[2]
+            host = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
+            node = f"redis://{auth}{host or u.hostname}:{int(master[1])}"
+            for slot in range(int(start), int(end) + 1):
+                slots[slot] = node
+        self._slots = slots
+        self._on_subscribed, self._on_lost = on_subscribed, on_lost
+        self._batches.clear()
+        try:
+            for node in sorted(set(slots) - {""}):
+                sub = RedisSubscriber(node, self.connect_timeout_s, sharded=True)
+                await sub.connect(on_message, self._confirmed, self._lost)
+                self._nodes[node] = sub
+        except OSError:
+            self.close()
+            raise
+
+    def _node_of(self, channel: bytes) -> RedisSubscriber | None:
+        return self._nodes.get(self._slots[key_slot(channel)])
+
+    def _by_slot(self, channels: Sequence[bytes]) -> dict[int, list[bytes]]:
+        groups: dict[int, list[bytes]] = {}
+        for ch in channels:
+            groups.setdefault(key_slot(ch), []).append(ch)
+        return groups
+
+    def subscribe_many(self, channels: Sequence[bytes]) -> None:
+        if not channels:
+            return
+        self._batches.append((list(channels), set(channels)))
+        for slot, group in self._by_slot(channels).items():
+            node = self._nodes.get(self._slots[slot])
+            if node is None:
+                self._lost(ConnectionError(f"no node serves slot {slot}"))
+                return
+            node.subscribe_many(group)
+
+    def unsubscribe_many(self, channels: Sequence[bytes]) -> None:
+        for slot, group in self._by_slot(channels).items():
+            node = self._nodes.get(self._slots[slot])
+            if node is not None:
+                node.unsubscribe_many(group)
+
+    def _confirmed(self, channel: bytes) -> None:
+        for _, remaining in self._batches:
+            if channel in remaining:
+                remaining.discard(channel)
+                break
+        while self._batches and not self._batches[0][1]:
+            done, _ = self._batches.popleft()
+            for ch in done:
+                self._on_subscribed(ch)
+
+    def _lost(self, exc: BaseException | None) -> None:
+        cb, self._on_lost = self._on_lost, None
+        self.close()
+        if cb is not None:
+            cb(exc)
+
+    def close(self) -> None:
+        nodes, self._nodes = self._nodes, {}
+        for node in nodes.values():
+            node.close()
