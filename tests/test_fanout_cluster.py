@@ -4,6 +4,7 @@ SPUBLISH): the same hub, only the Subscriber differs."""
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def cluster_url(tmp_root: Path) -> Iterator[str]:
             ).stdout
             if "cluster_state:ok" in out:
                 break
-            subprocess.run(["sleep", "0.1"])
+            time.sleep(0.1)
         yield f"redis://127.0.0.1:{ports[0]}"
     finally:
         for p in procs:
