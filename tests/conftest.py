@@ -27,6 +27,9 @@ SYSTEM_PG = os.environ.get(
 @pytest.fixture(scope="session")
 def tmp_root() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="nearby-tests-") as tmp:
+        # a private Postgres runs as the `postgres` user when we are root: it
+        # must be able to reach its data folder below this one
+        os.chmod(tmp, 0o755)
         yield Path(tmp)
 
 
