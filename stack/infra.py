@@ -19,6 +19,8 @@ from pathlib import Path
 
 import psycopg
 
+from stack.procs import parent_death_signal
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
@@ -111,6 +113,7 @@ class RedisServer:
             # own process group: a terminal's Ctrl-C reaches only the owner,
             # which stops this server last (after the services using it)
             start_new_session=True,
+            preexec_fn=parent_death_signal,
         )
         wait_port("127.0.0.1", self.port, 10, self.proc, "redis-server")
         return self
@@ -196,7 +199,12 @@ class PostgresServer:
             ]
         log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(
-            args, stdout=log, stderr=log, user=self._user, start_new_session=True
+            args,
+            stdout=log,
+            stderr=log,
+            user=self._user,
+            start_new_session=True,
+            preexec_fn=parent_death_signal,
         )
         log.close()
         wait_port("127.0.0.1", self.port, 30, self.proc, "postgres")

@@ -57,7 +57,11 @@ def signal_group(pid: int, sig: int) -> None:
 
 
 def parent_death_signal() -> None:  # pragma: no cover - runs in the child
-    """Linux: SIGTERM this child if the launcher dies (even by SIGKILL)."""
+    """Linux: SIGTERM this child if its parent dies (even by SIGKILL), so a
+    killed launcher or test run leaves no server behind.
+
+    The kernel fires it when the *thread* that started the child ends, so
+    start such children from the main thread (or one that outlives them)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
