@@ -270,7 +270,9 @@ class Session:
         if first:
             hub.subscribe((inbox_channel(self.user_id),), self)
             await hub.barrier()
-        refs = await upstream.list_friends(self.user_id)
+        limit = self.streams.load_limit
+        async with limit:
+            refs = await upstream.list_friends(self.user_id)
         # interned: the same friend ids and names are held by many streams
         wanted = {
             sys.intern(r.user_id): sys.intern(r.display_name)
@@ -292,7 +294,9 @@ class Session:
         hub.unsubscribe([loc_channel(fid) for fid in removed], self)
         hub.subscribe([loc_channel(fid) for fid in added], self)
         await hub.barrier()
-        for loc in await upstream.get_locations(list(friends)):
+        async with limit:
+            locs = await upstream.get_locations(list(friends))
+        for loc in locs:
             fix = loc.fix
             self.on_moved(loc.user_id, fix.latitude, fix.longitude, fix.recorded_at_ms, 0)
 
@@ -360,7 +364,8 @@ class Session:
         if fid not in self.friends:
             return
         try:
-            locs = await self.streams.upstream.get_locations([fid])
+            async with self.streams.load_limit:
+                locs = await self.streams.upstream.get_locations([fid])
         except ServiceError as exc:
             log.warning("new friend %s of %s: %s", fid, self.user_id, exc.message)
             return

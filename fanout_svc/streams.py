@@ -26,6 +26,8 @@ from mesh.settings import Settings
 
 log = logging.getLogger("fanout_svc.streams")
 
+LOAD_CONCURRENCY = 64
+
 
 class Streams:
     def __init__(
@@ -39,6 +41,10 @@ class Streams:
         self.flush_s = settings.fanout_flush_ms / 1000.0
         self.sessions: set[Session] = set()
         self.resync_limit = asyncio.Semaphore(64)
+        # connect-time reads (friend list, cached locations) in flight at once:
+        # a storm of 10,000 connects queues here instead of piling thousands of
+        # calls onto friend_svc/location_svc, where they would miss their deadline
+        self.load_limit = asyncio.Semaphore(LOAD_CONCURRENCY)
         self.draining = False
         self._dirty: list[Session] = []
         self._tick: asyncio.TimerHandle | None = None
