@@ -418,6 +418,10 @@ METHOD = """\
   `NearbyService.Connect` streams; they only target 127.0.0.1 and run for bounded times. The
   client, the servers, Redis and Envoy share the same cores, so absolute figures are lower
   bounds.
+- Latency tails are the most sensitive figure to other work on the machine: each level also
+  shows how busy the **whole** machine was (`/proc/stat`), which tells a quiet run from a
+  crowded one (on this machine, a run while other jobs kept it 85-97% busy had several times
+  these p99s at 50% load).
 
 | scenario | the real path | the ceiling it is compared with |
 |---|---|---|
