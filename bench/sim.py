@@ -22,6 +22,7 @@ import contextlib
 import math
 import os
 import random
+import shutil
 import signal
 import tempfile
 import time
@@ -294,6 +295,7 @@ async def simulate(args: argparse.Namespace, console: Console) -> int:
             console.print("starting a private stack (Redis, Postgres, services, Envoy)…")
             root = Path(tempfile.mkdtemp(prefix="nearby-sim-"))
             h = Harness(root)
+            stack.callback(shutil.rmtree, root, ignore_errors=True)
             stack.callback(h.close)
             redis_url, _ = h.redis()
             db = h.database("sim")
