@@ -8,8 +8,6 @@ from nearby.internal.v1 import friend_graph_service_pb2_grpc as graph_grpc
 from nearby.v1 import friend_service_pb2_grpc as pb2_grpc
 from psycopg_pool import AsyncConnectionPool
 
-from mesh import db
-from mesh import redis as mesh_redis
 from mesh.server import ServiceApp
 
 from .inbox import Inbox
@@ -21,31 +19,16 @@ class FriendApp(ServiceApp):
     name = "friend_svc"
     services = ("nearby.v1.FriendService", "nearby.internal.v1.FriendGraphService")
 
-    pool: AsyncConnectionPool | None = None
-    redis: aioredis.Redis | None = None
+    pool: AsyncConnectionPool
+    redis: aioredis.Redis
 
     async def open(self) -> None:
-        self.pool = await db.open_pool(self.settings.database_url)
-        try:
-            await db.migrate(self.pool, "friend_svc", "friend_svc")
-            self.redis = mesh_redis.client(self.settings.redis_url)
-            await mesh_redis.check(self.redis, self.settings.redis_url)
-        except BaseException:
-            await self.close()
-            raise
+        self.pool = await self.open_postgres("friend_svc")
+        self.redis = await self.open_redis()
 
     def register(self, server: grpc.aio.Server) -> None:
-        assert self.pool is not None and self.redis is not None, "open() first"
         store = FriendStore(self.pool)
         pb2_grpc.add_FriendServiceServicer_to_server(
             FriendService(store, Inbox(self.redis), self.settings), server
         )
         graph_grpc.add_FriendGraphServiceServicer_to_server(FriendGraphService(store), server)
-
-    async def close(self) -> None:
-        if self.redis is not None:
-            await self.redis.aclose()
-            self.redis = None
-        if self.pool is not None:
-            await self.pool.close()
-            self.pool = None

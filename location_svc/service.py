@@ -19,7 +19,7 @@ from location_svc.cache import LocationCache, Report
 from location_svc.ingest import Ingestor, now_ms
 from mesh import paging
 from mesh.errors import InvalidArgument, PermissionDenied, invalid_field
-from mesh.identity import caller_id, check_user_id
+from mesh.identity import caller_id, check_user_id, check_user_ids
 from mesh.settings import Settings
 from mesh.types import Context
 
@@ -154,13 +154,7 @@ class LocationIngestServicer(location_ingest_service_pb2_grpc.LocationIngestServ
     async def BatchGetLocations(
         self, request: location_ingest_service_pb2.BatchGetLocationsRequest, context: Context
     ) -> location_ingest_service_pb2.BatchGetLocationsResponse:
-        ids = list(request.user_ids)
-        if len(ids) > self.friend_cap:
-            raise invalid_field(
-                "user_ids", f"{len(ids)} ids; at most {self.friend_cap} (the friend cap)"
-            )
-        for i, uid in enumerate(ids):
-            check_user_id(uid, f"user_ids[{i}]")
+        ids = check_user_ids(request.user_ids, self.friend_cap)
         found = await self.cache.batch_get(ids, request.include_hidden)
         resp = location_ingest_service_pb2.BatchGetLocationsResponse()
         for uid, value in found:

@@ -8,6 +8,7 @@ on loopback (operators, tests) set them themselves.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from mesh.errors import InvalidArgument, PermissionDenied, Unauthenticated, invalid_field
 from mesh.types import Context
@@ -54,12 +55,22 @@ def check_user_id(value: str, field: str = "user_id") -> str:
     return value
 
 
+def check_user_ids(values: Sequence[str], limit: int, field: str = "user_ids") -> list[str]:
+    """Validate a batch of user ids given in a request body (at most `limit`)."""
+    if len(values) > limit:
+        raise invalid_field(field, f"{len(values)} ids; at most {limit} (the friend cap)")
+    for i, value in enumerate(values):
+        check_user_id(value, f"{field}[{i}]")
+    return list(values)
+
+
 __all__ = [
     "ADMIN_HEADER",
     "USER_HEADER",
     "InvalidArgument",
     "caller_id",
     "check_user_id",
+    "check_user_ids",
     "is_admin",
     "require_admin",
 ]

@@ -15,14 +15,18 @@ import logging
 import os
 import signal
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 import grpc
+import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
+from psycopg_pool import AsyncConnectionPool
 
-from mesh import logs
+from mesh import db, logs
+from mesh import redis as mesh_redis
 from mesh.interceptor import KernelInterceptor
 from mesh.protos import all_service_names
 from mesh.settings import Settings
@@ -48,7 +52,11 @@ SERVER_OPTIONS: Sequence[tuple[str, int]] = (
 
 
 class ServiceApp(ABC):
-    """One service: what it serves and what it owns."""
+    """One service: what it serves and what it owns.
+
+    Resources opened with `open_redis`, `open_postgres` and `spawn` are closed
+    by the default `close()` in reverse order (tasks first, then pools).
+    """
 
     #: name used in logs and metrics, e.g. "friend_svc"
     name: str
@@ -57,6 +65,7 @@ class ServiceApp(ABC):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.resources = contextlib.AsyncExitStack()
 
     async def open(self) -> None:
         """Open pools and start background tasks (before serving)."""
@@ -70,6 +79,35 @@ class ServiceApp(ABC):
 
     async def close(self) -> None:
         """Stop background tasks and close pools (after the server stopped)."""
+        await self.resources.aclose()
+
+    async def open_redis(self, max_connections: int = 64) -> aioredis.Redis:
+        """A checked Redis client, closed by close()."""
+        client = mesh_redis.client(self.settings.redis_url, max_connections=max_connections)
+        self.resources.push_async_callback(client.aclose)
+        await mesh_redis.check(client, self.settings.redis_url)
+        return client
+
+    async def open_postgres(self, package: str | None = None) -> AsyncConnectionPool:
+        """An open Postgres pool, closed by close(); with `package`, its
+        migrations (`<package>/migrations/NNNN_*.sql`) are applied first."""
+        pool = await db.open_pool(self.settings.database_url)
+        self.resources.push_async_callback(pool.close)
+        if package is not None:
+            await db.migrate(pool, package, package)
+        return pool
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A background task, cancelled (and awaited) by close()."""
+        task = asyncio.create_task(coro, name=name)
+
+        async def stop() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        self.resources.push_async_callback(stop)
+        return task
 
 
 class Runner:
@@ -82,7 +120,11 @@ class Runner:
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
-        await self.app.open()
+        try:
+            await self.app.open()
+        except BaseException:
+            await self.app.close()
+            raise
         server = grpc.aio.server(interceptors=[KernelInterceptor()], options=SERVER_OPTIONS)
         self.app.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

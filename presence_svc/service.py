@@ -7,7 +7,7 @@ from nearby.internal.v1 import presence_query_service_pb2, presence_query_servic
 from nearby.v1 import presence_service_pb2, presence_service_pb2_grpc
 
 from mesh.errors import invalid_field
-from mesh.identity import caller_id, check_user_id
+from mesh.identity import caller_id, check_user_ids
 from mesh.types import Context
 from presence_svc import metrics
 from presence_svc.cache import PresenceCache
@@ -54,13 +54,7 @@ class PresenceQueryServicer(presence_query_service_pb2_grpc.PresenceQueryService
     async def BatchGetPresence(
         self, request: presence_query_service_pb2.BatchGetPresenceRequest, context: Context
     ) -> presence_query_service_pb2.BatchGetPresenceResponse:
-        ids = list(request.user_ids)
-        if len(ids) > self.friend_cap:
-            raise invalid_field(
-                "user_ids", f"{len(ids)} ids; at most {self.friend_cap} (the friend cap)"
-            )
-        for i, uid in enumerate(ids):
-            check_user_id(uid, f"user_ids[{i}]")
+        ids = check_user_ids(request.user_ids, self.friend_cap)
         resp = presence_query_service_pb2.BatchGetPresenceResponse()
         for info in await self.cache.batch_presence(ids):
             resp.presences.add(
