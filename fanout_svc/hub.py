@@ -29,11 +29,13 @@ from nearby.internal.v1 import events_pb2
 
 from fanout_svc import metrics
 from fanout_svc.subscriber import RedisSubscriber, Subscriber
+from mesh import keys
 
 log = logging.getLogger("fanout_svc.hub")
 
-_LOC = b"loc:"
-_INBOX = b"inbox:"
+# prefixes of the channel names made by mesh.keys
+_LOC = keys.location_channel("").encode().partition(b"{")[0]
+_INBOX = keys.inbox_channel("").encode().partition(b"{")[0]
 CHUNK = 1000
 """Channels per SUBSCRIBE/UNSUBSCRIBE command."""
 FLUSH_DELAY_S = 0.001
@@ -56,11 +58,11 @@ class Listener(Protocol):
 
 
 def loc_channel(user_id: str) -> bytes:
-    return b"loc:{%s}" % user_id.encode()
+    return keys.location_channel(user_id).encode()
 
 
 def inbox_channel(user_id: str) -> bytes:
-    return b"inbox:{%s}" % user_id.encode()
+    return keys.inbox_channel(user_id).encode()
 
 
 # FriendGoneReason values (nearby.v1), kept here to avoid a dependency cycle
