@@ -171,6 +171,7 @@ class HistoryWriter:
         batch_size: int,
         claim_idle_s: float,
         block_ms: int = 1000,
+        linger_s: float = 0.2,
     ) -> None:
         # Its own client: blocking reads hold connections, and replies of
         # XREADGROUP/XAUTOCLAIM are used raw (no per-entry dict building).
@@ -181,6 +182,7 @@ class HistoryWriter:
         self.batch_size = batch_size
         self.claim_idle_ms = max(1, int(claim_idle_s * 1000))
         self.block_ms = block_ms
+        self.linger_s = linger_s
         self.consumer = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._tasks: list[asyncio.Task[None]] = []
         self._outage = False
@@ -219,7 +221,13 @@ class HistoryWriter:
                     if held:
                         conn = await self._write(held, conn)
                         unacked = [entry_id for entry_id, _ in held]
+                        partial = len(held) < self.batch_size
                         held = []
+                        if partial:
+                            # A short batch means the buffer is drained: let the
+                            # next one grow (a commit per handful of rows costs
+                            # far more CPU than the rows; history is not urgent).
+                            await asyncio.sleep(self.linger_s)
                     backoff = 0.2
                 except ResponseError as exc:
                     if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):

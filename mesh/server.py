@@ -174,10 +174,27 @@ def main(app_factory: Callable[[Settings], ServiceApp], port_of: Callable[[Setti
     async def run() -> None:
         port = int(os.environ.get("PORT", "") or port_of(settings))
         runner = Runner(app, settings.bind_host, port, settings.shutdown_grace_s)
+
+        def serve_metrics() -> None:
+            metrics_port = settings.metrics_port or runner.port + 1000
+            try:
+                start_http_server(metrics_port, addr=settings.bind_host)
+            except OSError as exc:
+                raise OSError(
+                    f"{app.name}: cannot serve /metrics on {settings.bind_host}:{metrics_port} "
+                    f"({exc.strerror}); set METRICS_PORT"
+                ) from exc
+            log.info(
+                "%s metrics on http://%s:%d/metrics", app.name, settings.bind_host, metrics_port
+            )
+
+        # /metrics is up before health says SERVING (so whoever waits for
+        # health can scrape at once), unless the gRPC port is picked at bind.
+        if port:
+            serve_metrics()
         await runner.start()
-        metrics_port = settings.metrics_port or runner.port + 1000
-        start_http_server(metrics_port, addr=settings.bind_host)
-        log.info("%s metrics on http://%s:%d/metrics", app.name, settings.bind_host, metrics_port)
+        if not port:
+            serve_metrics()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
