@@ -32,10 +32,12 @@ from redis.exceptions import RedisError, ResponseError
 from location_svc import metrics, resp, store
 from mesh import keys
 from mesh import redis as mesh_redis
+from mesh.server import stop_task
 
 log = logging.getLogger("location_svc.history")
 
 MAX_BACKOFF_S = 5.0
+STOP_TIMEOUT_S = 5.0
 DEAD_CONSUMER_IDLE_MS = 3_600_000  # forget consumers with nothing pending after 1 h
 
 
@@ -195,12 +197,11 @@ class HistoryWriter:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        """Cancel the shard tasks and wait for them, but never for ever: a
+        shutdown must finish within its grace period. An abandoned task's
+        unacknowledged entries are reclaimed by the next writer."""
+        tasks, self._tasks = self._tasks, []
+        await asyncio.gather(*(stop_task(task) for task in tasks))
         await self.redis.aclose()
 
     async def _run(self, stream: str) -> None:
@@ -256,10 +257,11 @@ class HistoryWriter:
                     backoff = min(MAX_BACKOFF_S, backoff * 2)
         finally:
             if unacked:  # stopping: acknowledge what was committed (else it is replayed)
-                with contextlib.suppress(RedisError, OSError):
-                    await self._ack(stream, unacked)
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    await asyncio.wait_for(self._ack(stream, unacked), STOP_TIMEOUT_S / 2)
             if conn is not None:
-                await conn.close()
+                with contextlib.suppress(psycopg.Error, OSError, TimeoutError):
+                    await asyncio.wait_for(conn.close(), STOP_TIMEOUT_S / 2)
 
     async def _read(self, stream: str, ack: list[bytes]) -> list[tuple[bytes, Any]]:
         """Acknowledge the last committed batch and read the next, in one round trip."""

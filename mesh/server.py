@@ -100,14 +100,23 @@ class ServiceApp(ABC):
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A background task, cancelled (and awaited) by close()."""
         task = asyncio.create_task(coro, name=name)
-
-        async def stop() -> None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-        self.resources.push_async_callback(stop)
+        self.resources.push_async_callback(stop_task, task)
         return task
+
+
+async def stop_task(task: asyncio.Task[Any], attempts: int = 5) -> None:
+    """Cancel a task and wait for it, cancelling again if it swallowed the
+    request (a client library may turn a cancellation that hits it mid-call
+    into its own error, which a retry loop then catches); bounded, so that a
+    shutdown always finishes."""
+    for _ in range(attempts):
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=1.0)
+        if done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("task %s failed: %r", task.get_name(), task.exception())
+            return
+    log.error("task %s did not stop after %d cancellations; abandoned", task.get_name(), attempts)
 
 
 class Runner:
