@@ -1,10 +1,9 @@
 """Test-owned infrastructure: a private Redis, a fresh Postgres database per
 test (on the local server when reachable, otherwise on a private cluster),
-and helpers that run services in-process on port 0."""
+(helpers that run services in-process live in tests/support/)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 import uuid
@@ -15,7 +14,6 @@ import psycopg
 import pytest
 import redis.asyncio as aioredis
 
-from mesh.server import Runner, ServiceApp
 from mesh.settings import Settings
 from stack import infra
 
@@ -87,14 +85,3 @@ def database_url(pg_admin_url: str) -> Iterator[str]:
 @pytest.fixture
 def settings(redis_url: str, database_url: str) -> Settings:
     return Settings(redis_url=redis_url, database_url=database_url)
-
-
-@contextlib.asynccontextmanager
-async def running(app: ServiceApp) -> AsyncIterator[str]:
-    """Serve `app` in-process on a free loopback port; yields its address."""
-    runner = Runner(app, "127.0.0.1", 0, grace_s=2.0)
-    port = await runner.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await runner.stop()

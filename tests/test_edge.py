@@ -32,7 +32,7 @@ from nearby.v1 import (
 from mesh.settings import Settings
 from stack import infra
 from stack.edge import validate
-from tests.edge_stack import EdgeStack, edge_stack
+from tests.support.edge_stack import EdgeStack, edge_stack
 
 PUBLIC = (
     "nearby.v1.FriendService",

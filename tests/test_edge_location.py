@@ -12,7 +12,7 @@ from nearby.internal.v1 import location_ingest_service_pb2, location_ingest_serv
 from nearby.v1 import geo_pb2, location_service_pb2, location_service_pb2_grpc
 
 from mesh.settings import Settings
-from tests.edge_stack import EdgeStack, edge_stack
+from tests.support.edge_stack import EdgeStack, edge_stack
 
 
 @pytest.fixture

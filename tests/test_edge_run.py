@@ -21,7 +21,7 @@ import redis
 
 from mesh.settings import Settings
 from stack import infra, launcher
-from tests.edge_stack import grpcurl_binary
+from tests.support.edge_stack import grpcurl_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 

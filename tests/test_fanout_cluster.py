@@ -16,7 +16,7 @@ from redis.asyncio.cluster import RedisCluster
 from fanout_svc.hub import Hub, loc_channel
 from fanout_svc.subscriber import ShardedSubscriber
 from stack import infra
-from tests.test_fanout_support import until
+from tests.support.fanout import until
 
 
 def _cluster_ports(n: int) -> list[int]:

@@ -21,8 +21,8 @@ from nearby.v1 import nearby_service_pb2_grpc as pb_grpc
 
 from mesh.geo import distance_m
 from mesh.settings import Settings
-from tests.edge_stack import EdgeStack, edge_stack
-from tests.test_fanout_support import Stream, fast_settings, offset, uid, until
+from tests.support.edge_stack import EdgeStack, edge_stack
+from tests.support.fanout import Stream, fast_settings, offset, uid, until
 
 USERS = 200
 FRIENDS_EACH = 4  # edges added per user (average degree ~8)

@@ -19,7 +19,7 @@ from fanout_svc.app import FanoutApp
 from fanout_svc.hub import loc_channel
 from mesh.server import Runner
 from mesh.settings import Settings
-from tests.test_fanout_support import ORIGIN, Mesh, Stream, fast_settings, mesh, offset, until, who
+from tests.support.fanout import ORIGIN, Mesh, Stream, fast_settings, mesh, offset, until, who
 
 
 @pytest.fixture

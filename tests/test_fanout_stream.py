@@ -9,7 +9,7 @@ import pytest
 from nearby.v1 import nearby_service_pb2 as pb
 
 from mesh.settings import Settings
-from tests.test_fanout_support import ORIGIN, Mesh, fast_settings, mesh, offset
+from tests.support.fanout import ORIGIN, Mesh, fast_settings, mesh, offset
 
 
 @pytest.fixture

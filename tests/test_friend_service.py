@@ -27,7 +27,7 @@ from friend_svc.inbox import Inbox
 from mesh import db, keys
 from mesh.settings import Settings
 from stack import infra
-from tests.conftest import running
+from tests.support.services import running
 
 ADMIN = (("x-nearby-admin", "true"),)
 INCOMING = pb2.FRIEND_REQUEST_DIRECTION_INCOMING

@@ -32,7 +32,7 @@ from location_svc.app import LocationApp
 from mesh import keys
 from mesh.settings import Settings
 from stack import infra
-from tests.conftest import running
+from tests.support.services import running
 
 DAY = dt.timedelta(days=1)
 

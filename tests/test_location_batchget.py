@@ -17,7 +17,7 @@ from nearby.internal.v1 import (
 from location_svc.app import LocationApp
 from mesh import keys
 from mesh.settings import Settings
-from tests.conftest import running
+from tests.support.services import running
 
 
 def reports(

@@ -23,7 +23,7 @@ from nearby.v1 import geo_pb2, location_service_pb2, location_service_pb2_grpc
 from location_svc.app import LocationApp
 from mesh import keys
 from mesh.settings import Settings
-from tests.conftest import running
+from tests.support.services import running
 
 ACCEPTED = location_service_pb2.REPORT_DISPOSITION_ACCEPTED
 COALESCED = location_service_pb2.REPORT_DISPOSITION_COALESCED

@@ -23,7 +23,7 @@ from mesh import keys
 from mesh.settings import Settings
 from presence_svc.app import PresenceApp
 from presence_svc.sweeper import Sweeper
-from tests.conftest import running
+from tests.support.services import running
 
 TIMEOUT_S = 1.0
 

@@ -34,7 +34,7 @@ from rich.console import Console
 from mesh.geo import EARTH_RADIUS_M
 from mesh.settings import Settings
 from stack import infra, watch
-from tests.edge_stack import EdgeStack, edge_stack
+from tests.support.edge_stack import EdgeStack, edge_stack
 
 FAST = BackoffPolicy(initial_s=0.05, multiplier=2, max_s=0.5)
 HOME = (52.52, 13.405)

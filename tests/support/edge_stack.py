@@ -1,6 +1,6 @@
 """The whole mesh behind a REAL Envoy, on free ports, for tests.
 
-    from tests.edge_stack import edge_stack
+    from tests.support.edge_stack import edge_stack
 
     async with edge_stack(settings, fanout_replicas=2) as stack:
         stack.envoy_addr                  # "127.0.0.1:PORT": Envoy's gRPC listener

@@ -44,7 +44,7 @@ from location_svc.app import LocationApp
 from mesh.geo import EARTH_RADIUS_M
 from mesh.settings import Settings
 from presence_svc.app import PresenceApp
-from tests.conftest import running
+from tests.support.services import running
 
 ORIGIN = (52.52, 13.405)
 
