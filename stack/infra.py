@@ -249,3 +249,239 @@ def database_url(base_url: str, name: str) -> str:
         tail, query = tail.split("?", 1)
         query = "?" + query
     return f"{head}/{name}{query}"
+
+
+class RedisCluster:
+    """A private Redis Cluster: `masters` masters with `replicas` replicas each.
+
+    Every node is a `redis-server --cluster-enabled yes` on its own port (its
+    cluster bus on port + 10000) and data folder below `data_dir`, with the
+    append-only file on so that a restarted node comes back with its data.
+    Nodes can be killed, restarted and added, for failover and resharding
+    tests; `stop()` ends them all.
+    """
+
+    def __init__(self, data_dir: Path, masters: int = 3, replicas: int = 1) -> None:
+        self.data_dir = data_dir
+        self.masters = masters
+        self.replicas = replicas
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @staticmethod
+    def _ports(n: int, taken: set[int] | None = None) -> list[int]:
+        """Free ports whose cluster bus port (+10000) is valid and free too."""
+        taken = set(taken or ())
+        ports: list[int] = []
+        while len(ports) < n:
+            p = free_port()
+            if p + 10000 < 65536 and p not in taken and not port_open("127.0.0.1", p + 10000):
+                ports.append(p)
+                taken.add(p)
+        return ports
+
+    @property
+    def ports(self) -> list[int]:
+        return sorted(self.procs)
+
+    @property
+    def url(self) -> str:
+        """A seed node's URL (any node leads a cluster client to all of them)."""
+        return f"redis://127.0.0.1:{self.ports[0]}"
+
+    def node_url(self, port: int) -> str:
+        return f"redis://127.0.0.1:{port}"
+
+    def _spawn(self, port: int) -> None:
+        d = self.data_dir / str(port)
+        d.mkdir(parents=True, exist_ok=True)
+        self.procs[port] = subprocess.Popen(
+            [
+                find_binary("redis-server"),
+                *("--port", str(port), "--bind", "127.0.0.1"),
+                *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+                *("--cluster-node-timeout", "1000"),
+                # a replica may take over however long it was cut off (a
+                # private cluster prefers availability; production may not)
+                *("--cluster-replica-validity-factor", "0"),
+                *("--save", "", "--appendonly", "yes", "--appendfsync", "everysec"),
+                *("--dir", str(d), "--logfile", str(d / "redis.log")),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=parent_death_signal,
+        )
+        wait_port("127.0.0.1", port, 10, self.procs[port], f"redis-server :{port}")
+
+    def cli(self, *args: str, port: int | None = None, timeout: float = 60) -> str:
+        """Run redis-cli against a node (the first one by default); its stdout."""
+        cmd = [find_binary("redis-cli")]
+        if port is not None or args[:1] != ("--cluster",):
+            cmd += ["-p", str(port or self.ports[0])]
+        res = subprocess.run(
+            [*cmd, *args], capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"redis-cli {' '.join(args)} failed: {res.stderr or res.stdout}")
+        return res.stdout
+
+    def start(self, timeout: float = 60) -> RedisCluster:
+        n = self.masters * (1 + self.replicas)
+        for port in self._ports(n):
+            self._spawn(port)
+        self.cli(
+            "--cluster",
+            "create",
+            *(f"127.0.0.1:{p}" for p in self.ports),
+            "--cluster-replicas",
+            str(self.replicas),
+            "--cluster-yes",
+        )
+        self.wait_ok(timeout)
+        return self
+
+    def info(self, port: int) -> dict[str, str]:
+        out = self.cli("cluster", "info", port=port)
+        return dict(line.strip().split(":", 1) for line in out.splitlines() if ":" in line.strip())
+
+    def nodes(self, port: int | None = None) -> list[dict[str, str]]:
+        """CLUSTER NODES as seen by a live node: id, port, role, master_id, slots."""
+        alive = [p for p in self.ports if self.procs[p].poll() is None]
+        out = self.cli("cluster", "nodes", port=port or alive[0])
+        nodes = []
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) < 8:
+                continue
+            flags = parts[2].split(",")
+            nodes.append(
+                {
+                    "id": parts[0],
+                    "port": parts[1].split("@")[0].rsplit(":", 1)[1],
+                    "role": "master" if "master" in flags else "replica",
+                    "failed": "yes" if ("fail" in flags or "fail?" in flags) else "no",
+                    "master_id": parts[3],
+                    "slots": " ".join(parts[8:]),
+                }
+            )
+        return nodes
+
+    def master_ports(self) -> list[int]:
+        return sorted(
+            int(n["port"])
+            for n in self.nodes()
+            if n["role"] == "master" and n["failed"] == "no" and n["slots"]
+        )
+
+    def wait_ok(self, timeout: float = 60) -> None:
+        """Until every live node reports cluster_state:ok and agrees on the slots."""
+        deadline = time.monotonic() + timeout
+        while True:
+            alive = [p for p in self.ports if self.procs[p].poll() is None]
+            try:
+                if all(self.info(p).get("cluster_state") == "ok" for p in alive) and all(
+                    self._replica_synced(p) for p in alive
+                ):
+                    self.cli("--cluster", "check", f"127.0.0.1:{alive[0]}")
+                    return
+            except RuntimeError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("the Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+
+    def _replica_synced(self, port: int) -> bool:
+        """A master, or a replica whose link to a live master is up."""
+        info = dict(
+            line.strip().split(":", 1)
+            for line in self.cli("info", "replication", port=port).splitlines()
+            if ":" in line
+        )
+        if info.get("role") != "slave":
+            return True
+        master = int(info.get("master_port", "0"))
+        if master in self.procs and self.procs[master].poll() is not None:
+            return True  # its master is down: nothing to sync from
+        return info.get("master_link_status") == "up"
+
+    def flush(self) -> None:
+        """FLUSHALL on every master (replicas follow)."""
+        for port in self.master_ports():
+            self.cli("flushall", port=port)
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node (a crash: no shutdown, no final save)."""
+        proc = self.procs[port]
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def restart(self, port: int) -> None:
+        """Start a killed node again on its port and data folder."""
+        self.kill(port)
+        self._spawn(port)
+
+    def replicas_of(self, master_port: int) -> list[int]:
+        nodes = self.nodes()
+        mid = next(n["id"] for n in nodes if n["port"] == str(master_port))
+        return [int(n["port"]) for n in nodes if n["master_id"] == mid]
+
+    def fail_master(self, port: int, timeout: float = 30) -> int:
+        """SIGKILL a master and wait until one of its replicas took over its
+        slots (the cluster is ok again); returns the new master's port."""
+        replicas = self.replicas_of(port)
+        if not replicas:
+            raise RuntimeError(f"master :{port} has no replica to fail over to")
+        self.kill(port)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                alive = [p for p in self.ports if self.procs[p].poll() is None]
+                if all(self.info(p).get("cluster_state") == "ok" for p in alive):
+                    for n in self.nodes():
+                        if int(n["port"]) in replicas and n["role"] == "master" and n["slots"]:
+                            return int(n["port"])
+            except RuntimeError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no replica of :{port} took over within {timeout:.0f}s")
+            time.sleep(0.1)
+
+    def add_master(self) -> int:
+        """Start one more node and join it as an empty master; its port."""
+        (port,) = self._ports(1, set(self.procs))
+        self._spawn(port)
+        self.cli(
+            "--cluster", "add-node", f"127.0.0.1:{port}", f"127.0.0.1:{self.master_ports()[0]}"
+        )
+        self.wait_ok()
+        return port
+
+    def reshard(self, from_port: int, to_port: int, slots: int) -> None:
+        """Move `slots` slots (with their keys) from one master to another, live."""
+        ids = {n["port"]: n["id"] for n in self.nodes()}
+        self.cli(
+            "--cluster",
+            "reshard",
+            f"127.0.0.1:{from_port}",
+            *("--cluster-from", ids[str(from_port)], "--cluster-to", ids[str(to_port)]),
+            *("--cluster-slots", str(slots), "--cluster-yes"),
+            timeout=120,
+        )
+        self.wait_ok()
+
+    def rebalance(self) -> None:
+        """Spread the slots evenly over every master, empty ones included."""
+        self.cli(
+            "--cluster",
+            "rebalance",
+            f"127.0.0.1:{self.master_ports()[0]}",
+            "--cluster-use-empty-masters",
+            "--cluster-yes",
+            timeout=180,
+        )
+        self.wait_ok()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            stop_process(proc, timeout=5)

@@ -85,3 +85,14 @@ def database_url(pg_admin_url: str) -> Iterator[str]:
 @pytest.fixture
 def settings(redis_url: str, database_url: str) -> Settings:
     return Settings(redis_url=redis_url, database_url=database_url)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_root: Path) -> Iterator[infra.RedisCluster]:
+    """A private Redis Cluster, 3 masters + 3 replicas, shared by the session.
+
+    Tests that kill or reshard nodes start their own `infra.RedisCluster`.
+    """
+    cluster = infra.RedisCluster(tmp_root / "redis-cluster", masters=3, replicas=1).start()
+    yield cluster
+    cluster.stop()
