@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+_BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
 def _env(name: str, doc: str) -> dict[str, str]:
     return {"env": name, "doc": doc}
 
@@ -26,6 +29,13 @@ class Settings:
     redis_url: str = field(
         default="redis://127.0.0.1:6379/0",
         metadata=_env("REDIS_URL", "Redis for the location cache, presence and pub/sub"),
+    )
+    redis_cluster: bool = field(
+        default=False,
+        metadata=_env(
+            "REDIS_CLUSTER",
+            "1: REDIS_URL names a seed node of a Redis Cluster (sharded pub/sub); 0: one Redis",
+        ),
     )
     database_url: str = field(
         default="postgresql://postgres@127.0.0.1:5432/nearby",
@@ -182,6 +192,12 @@ class Settings:
             if raw is None or raw == "":
                 continue
             kind: type[Any] = type(f.default)
+            if kind is bool:
+                flag = raw.strip().lower()
+                if flag not in _BOOLS:
+                    raise ValueError(f"{f.metadata['env']}={raw!r} is not a valid bool (1 or 0)")
+                values[f.name] = _BOOLS[flag]
+                continue
             try:
                 values[f.name] = kind(raw)
             except ValueError as exc:
