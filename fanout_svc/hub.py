@@ -26,6 +26,7 @@ from typing import Protocol
 
 from google.protobuf.message import DecodeError
 from nearby.internal.v1 import events_pb2
+from nearby.v1 import nearby_service_pb2 as nearby_pb
 
 from fanout_svc import metrics
 from fanout_svc.subscriber import RedisSubscriber, Subscriber
@@ -65,9 +66,8 @@ def inbox_channel(user_id: str) -> bytes:
     return keys.inbox_channel(user_id).encode()
 
 
-# FriendGoneReason values (nearby.v1), kept here to avoid a dependency cycle
-GONE_OFFLINE = 2
-GONE_HIDDEN = 4
+GONE_OFFLINE = nearby_pb.FRIEND_GONE_REASON_OFFLINE
+GONE_HIDDEN = nearby_pb.FRIEND_GONE_REASON_HIDDEN
 
 
 class Hub:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
+from nearby.v1 import nearby_service_pb2 as nearby_pb
 from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -32,7 +33,11 @@ REPORT_BATCHES = Counter(
 )
 RESYNCS = Counter("nearby_fanout_resyncs_total", "Fresh snapshots sent after a hub resync")
 
-GONE_KINDS = {1: "gone_out_of_range", 2: "gone_offline", 3: "gone_unfriended", 4: "gone_hidden"}
+GONE_KINDS = {
+    value: "gone_" + name.removeprefix("FRIEND_GONE_REASON_").lower()
+    for name, value in nearby_pb.FriendGoneReason.items()
+    if value
+}
 
 
 class Hot:

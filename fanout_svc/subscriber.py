@@ -23,6 +23,8 @@ from urllib.parse import unquote, urlparse
 import hiredis
 from redis.crc import key_slot
 
+from mesh.resp import command
+
 OnMessage = Callable[[bytes, bytes], None]
 """(channel, payload) of a published message."""
 OnSubscribed = Callable[[bytes], None]
@@ -51,13 +53,6 @@ class Subscriber(Protocol):
     def close(self) -> None:
         """Drop the connection (on_lost is not called)."""
         ...
-
-
-def _command(*parts: bytes) -> bytes:
-    out = [b"*%d\r\n" % len(parts)]
-    for p in parts:
-        out.append(b"$%d\r\n%s\r\n" % (len(p), p))
-    return b"".join(out)
 
 
 class _Protocol(asyncio.Protocol):
@@ -141,7 +136,7 @@ class RedisSubscriber:
     async def _call(self, *parts: bytes) -> Any:
         """A plain command before subscribing (the reply comes back in order)."""
         assert self.transport is not None
-        self.transport.write(_command(*parts))
+        self.transport.write(command(*parts))
         try:
             reply = await asyncio.wait_for(self._replies.get(), self.connect_timeout_s)
         except TimeoutError as exc:
@@ -163,11 +158,11 @@ class RedisSubscriber:
 
     def subscribe_many(self, channels: Sequence[bytes]) -> None:
         if self.transport is not None and channels:
-            self.transport.write(_command(self._sub_cmd, *channels))
+            self.transport.write(command(self._sub_cmd, *channels))
 
     def unsubscribe_many(self, channels: Sequence[bytes]) -> None:
         if self.transport is not None and channels:
-            self.transport.write(_command(self._unsub_cmd, *channels))
+            self.transport.write(command(self._unsub_cmd, *channels))
 
     def lost(self, exc: BaseException | None) -> None:
         self.transport = None

@@ -9,7 +9,6 @@ streams resync their friend list when they reconnect).
 from __future__ import annotations
 
 import logging
-import time
 
 import redis.asyncio as aioredis
 from nearby.internal.v1 import events_pb2
@@ -17,6 +16,7 @@ from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from mesh import keys
+from mesh.clock import now_ms
 
 log = logging.getLogger("friend_svc.inbox")
 
@@ -31,7 +31,7 @@ class Inbox:
 
     async def friends_added(self, a_id: str, a_name: str, b_id: str, b_name: str) -> None:
         """Each user's event carries the OTHER user's id and display name."""
-        now = _now_ms()
+        now = now_ms()
         await self._publish(
             [
                 (
@@ -52,7 +52,7 @@ class Inbox:
         )
 
     async def friends_removed(self, a_id: str, b_id: str) -> None:
-        now = _now_ms()
+        now = now_ms()
         await self._publish(
             [
                 (
@@ -85,7 +85,3 @@ class Inbox:
                 exc_info=True,
                 extra={"users": [user_id for user_id, _ in events]},
             )
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

@@ -15,13 +15,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from nearby.internal.v1 import events_pb2
+from nearby.v1 import location_service_pb2
 from redis.exceptions import ResponseError
 
-from location_svc import resp
-from location_svc.resp import bulk
-from mesh import keys
+from mesh import keys, resp
 
-ACCEPTED, COALESCED, STALE = 1, 2, 3  # = nearby.v1.ReportDisposition values
+ACCEPTED = location_service_pb2.REPORT_DISPOSITION_ACCEPTED
+COALESCED = location_service_pb2.REPORT_DISPOSITION_COALESCED
+STALE = location_service_pb2.REPORT_DISPOSITION_STALE
 
 # KEYS: loc:{uid}, hidden:{uid}. ARGV: fix bytes, fix ms, now ms, ttl ms,
 # minimum interval ms, LocationEvent bytes to publish. Channel = KEYS[1].
@@ -31,20 +32,21 @@ local now = tonumber(ARGV[3])
 if cur[1] and tonumber(cur[1]) > tonumber(ARGV[2]) then
   redis.call('HSET', KEYS[1], 'a', ARGV[3])
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  return 3
+  return {stale}
 end
 if cur[2] and now - tonumber(cur[2]) < tonumber(ARGV[5]) then
   redis.call('HSET', KEYS[1], 'v', ARGV[1], 't', ARGV[2], 'a', ARGV[3])
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  return 2
+  return {coalesced}
 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 't', ARGV[2], 'a', ARGV[3], 'p', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('PUBLISH', KEYS[1], ARGV[6])
 end
-return 1
+return {accepted}
 """
+REPORT_LUA = REPORT_LUA.format(stale=STALE, coalesced=COALESCED, accepted=ACCEPTED)
 REPORT_SHA = hashlib.sha1(REPORT_LUA.encode()).hexdigest()
 
 
@@ -67,9 +69,8 @@ class LocationCache:
     async def record(self, reports: Sequence[Report], now_ms: int) -> list[int]:
         """Cache, publish and touch presence; returns each report's disposition."""
         calls: list[bytes] = []
-        touches: dict[str, list[bytes]] = {}
-        tail = bulk(now_ms) + bulk(self.ttl_ms) + bulk(self.gap_ms)
-        now = bulk(now_ms)
+        touches: dict[str, list[int | str]] = {}
+        ttl, gap = self.ttl_ms, self.gap_ms
         for r in reports:
             fix = events_pb2.PositionFix(
                 latitude=r.latitude, longitude=r.longitude, recorded_at_ms=r.recorded_at_ms
@@ -78,19 +79,22 @@ class LocationCache:
                 user_id=r.user_id, moved=fix, published_at_ms=now_ms
             ).SerializeToString()
             calls.append(
-                _EVALSHA_HEAD
-                + bulk(keys.location(r.user_id))
-                + bulk(keys.hidden(r.user_id))
-                + bulk(fix.SerializeToString())
-                + bulk(r.recorded_at_ms)
-                + tail
-                + bulk(event)
+                resp.command(
+                    b"EVALSHA",
+                    REPORT_SHA,
+                    2,
+                    keys.location(r.user_id),
+                    keys.hidden(r.user_id),
+                    fix.SerializeToString(),
+                    r.recorded_at_ms,
+                    now_ms,
+                    ttl,
+                    gap,
+                    event,
+                )
             )
-            touches.setdefault(keys.presence_index_of(r.user_id), []).extend((now, bulk(r.user_id)))
-        zadds = [
-            b"*%d\r\n" % (2 + len(members)) + _ZADD + bulk(index) + b"".join(members)
-            for index, members in touches.items()
-        ]
+            touches.setdefault(keys.presence_index_of(r.user_id), []).extend((now_ms, r.user_id))
+        zadds = [resp.command(b"ZADD", index, *members) for index, members in touches.items()]
         replies = await resp.execute(self.redis, calls + zadds)
         out = replies[: len(calls)]
         for reply in replies[len(calls) :]:
@@ -110,7 +114,7 @@ class LocationCache:
         replies = await resp.execute(
             self.redis,
             [
-                _XADD_HEAD + bulk(keys.history_stream_of(user_id)) + _XADD_MID + bulk(row)
+                resp.command(b"XADD", keys.history_stream_of(user_id), b"*", b"r", row)
                 for user_id, row in entries
             ],
         )
@@ -123,9 +127,9 @@ class LocationCache:
         """(user id, PositionFix bytes) of the cached, visible users, in order."""
         commands: list[bytes] = []
         for uid in user_ids:
-            commands.append(_HGET_HEAD + bulk(keys.location(uid)) + _V)
+            commands.append(resp.command(b"HGET", keys.location(uid), b"v"))
             if not include_hidden:
-                commands.append(_EXISTS_HEAD + bulk(keys.hidden(uid)))
+                commands.append(resp.command(b"EXISTS", keys.hidden(uid)))
         res = await resp.execute(self.redis, commands)
         for reply in res:
             _raise(reply)
@@ -142,12 +146,3 @@ class LocationCache:
 def _raise(reply: Any) -> None:
     if isinstance(reply, Exception):
         raise ResponseError(str(reply))
-
-
-_EVALSHA_HEAD = b"*11\r\n" + bulk("EVALSHA") + bulk(REPORT_SHA) + bulk(2)
-_ZADD = bulk("ZADD")
-_XADD_HEAD = b"*5\r\n" + bulk("XADD")
-_XADD_MID = bulk("*") + bulk("r")
-_HGET_HEAD = b"*3\r\n" + bulk("HGET")
-_V = bulk("v")
-_EXISTS_HEAD = b"*2\r\n" + bulk("EXISTS")

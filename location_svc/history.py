@@ -29,8 +29,8 @@ import psycopg
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from location_svc import metrics, resp, store
-from mesh import keys
+from location_svc import metrics, store
+from mesh import keys, resp
 from mesh import redis as mesh_redis
 from mesh.server import stop_task
 

@@ -5,13 +5,13 @@ presence, then history)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from collections.abc import Sequence
 
 from location_svc import metrics, store
 from location_svc.cache import ACCEPTED, COALESCED, STALE, LocationCache, Report
 from location_svc.history import HistoryBuffer
+from mesh.clock import now_ms
 from mesh.errors import invalid_field
 from mesh.geo import check_position
 from mesh.settings import Settings
@@ -19,10 +19,6 @@ from mesh.settings import Settings
 DAY_MS = 86_400_000
 MAX_FLUSHES = 4  # pipelines in flight at once
 MAX_FLUSH_REPORTS = 2000  # reports per pipeline (whole calls are never split)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Ingestor:

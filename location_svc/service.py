@@ -16,8 +16,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from location_svc import metrics, store
 from location_svc.cache import LocationCache, Report
-from location_svc.ingest import Ingestor, now_ms
+from location_svc.ingest import Ingestor
 from mesh import paging
+from mesh.clock import now_ms
 from mesh.errors import InvalidArgument, PermissionDenied, invalid_field
 from mesh.identity import caller_id, check_user_id, check_user_ids
 from mesh.settings import Settings

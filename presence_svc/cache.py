@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -10,12 +9,9 @@ import redis.asyncio as aioredis
 from nearby.internal.v1 import events_pb2
 
 from mesh import keys
+from mesh.clock import now_ms
 
 _CHUNK = 1000
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from nearby.internal.v1 import events_pb2
 from redis.exceptions import RedisError
 
 from mesh import keys
+from mesh.clock import now_ms
 from presence_svc import metrics
 
 log = logging.getLogger("presence_svc.sweeper")
@@ -78,7 +79,7 @@ class Sweeper:
 
     async def sweep(self) -> int:
         """One pass over the shards; returns the offline events published."""
-        now = time.time_ns() // 1_000_000
+        now = now_ms()
         cutoff = now - self.timeout_ms
         pipe = self.redis.pipeline(transaction=False)
         for k in range(keys.PRESENCE_SHARDS):
