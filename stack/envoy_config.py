@@ -37,6 +37,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
 from envoy.extensions.resource_monitors.downstream_connections.v3 import (  # noqa: F401
     downstream_connections_pb2,
 )
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from google.protobuf import json_format
 
@@ -81,11 +82,29 @@ class EdgeConfig:
     health_interval_s: float = 3.0
     health_timeout_s: float = 1.0
     connect_timeout_s: float = 1.0
+    #: a host that refused a connection or reset is ejected this long
+    ejection_s: float = 2.0
     #: circuit breakers (per cluster): Envoy's default of 1,024 would cap streams
     max_requests: int = 1_000_000
+    #: concurrent retries per cluster (Envoy's default is 3): when a replica
+    #: dies, every stream that picked it in the moment before its ejection
+    #: is retried on another one
+    max_retries: int = 1_000
     #: concurrent streams per HTTP/2 connection, both sides
     max_concurrent_streams: int = 100_000
     max_downstream_connections: int = 100_000
+    #: HTTP/2 stream window on both sides of the edge (RFC minimum 65,535). A
+    #: client that stops reading then holds at most this much in flight on each
+    #: hop, so the fan-out's writes block and its stall watchdog ends the stream.
+    #: Envoy's default (256 MiB) would absorb the whole backlog instead.
+    stream_window_bytes: int = 64 * 1024
+    #: HTTP/2 connection window: shared by every stream of one connection, so it
+    #: stays large; each stalled stream holds at most one stream window of it
+    #: (1,024 stalled streams per upstream connection before others wait).
+    connection_window_bytes: int = 64 * 1024 * 1024
+    #: Envoy's read/write buffer per connection, client side and backend side
+    #: (Envoy's default is 1 MiB): past it Envoy stops reading from the peer.
+    buffer_limit_bytes: int = 64 * 1024
     access_log: bool = False
 
 
@@ -116,6 +135,15 @@ def _keepalive(cfg: EdgeConfig) -> dict[str, Any]:
     }
 
 
+def _http2(cfg: EdgeConfig) -> dict[str, Any]:
+    return {
+        "connection_keepalive": _keepalive(cfg),
+        "max_concurrent_streams": cfg.max_concurrent_streams,
+        "initial_stream_window_size": cfg.stream_window_bytes,
+        "initial_connection_window_size": cfg.connection_window_bytes,
+    }
+
+
 def _cluster(
     cfg: EdgeConfig, name: str, addrs: Sequence[str], health_service: str
 ) -> dict[str, Any]:
@@ -126,12 +154,13 @@ def _cluster(
         "max_connections": cfg.max_requests,
         "max_pending_requests": cfg.max_requests,
         "max_requests": cfg.max_requests,
-        "max_retries": 3,
+        "max_retries": cfg.max_retries,
     }
     return {
         "name": name,
         "type": "STATIC" if all(_is_ip(h) for h, _ in hosts) else "STRICT_DNS",
         "connect_timeout": _dur(cfg.connect_timeout_s),
+        "per_connection_buffer_limit_bytes": cfg.buffer_limit_bytes,
         # streams are long-lived: send a new one to the replica with the fewest
         "lb_policy": "LEAST_REQUEST",
         "load_assignment": {
@@ -153,12 +182,7 @@ def _cluster(
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "common_http_protocol_options": {"idle_timeout": "3600s"},
-                "explicit_http_config": {
-                    "http2_protocol_options": {
-                        "connection_keepalive": _keepalive(cfg),
-                        "max_concurrent_streams": cfg.max_concurrent_streams,
-                    }
-                },
+                "explicit_http_config": {"http2_protocol_options": _http2(cfg)},
             }
         },
         "health_checks": [
@@ -175,6 +199,17 @@ def _cluster(
         # never route to a host that failed its health check, even when all did
         # (Envoy's default "panic" mode would then send to every host)
         "common_lb_config": {"healthy_panic_threshold": {"value": 0.0}},
+        # eject a host at its first refused connection or reset (a replica that
+        # died), not after health-check intervals; a passing health check or
+        # the ejection time brings it back
+        "outlier_detection": {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 1,
+            "enforcing_consecutive_local_origin_failure": 100,
+            "interval": "1s",
+            "base_ejection_time": _dur(cfg.ejection_s),
+            "max_ejection_percent": 100,
+        },
         "circuit_breakers": {
             "thresholds": [
                 {"priority": "DEFAULT", **limits},
@@ -231,6 +266,28 @@ def _http_filters(cfg: EdgeConfig) -> list[dict[str, Any]]:
     ]
 
 
+def _retry_policy() -> dict[str, Any]:
+    """Retry only what never reached a backend (safe for every call, reports
+    included): a refused connection or a reset before the request was sent.
+    Each retry picks another host, so a dead replica costs a retry, not an error.
+    """
+    return {
+        "retry_on": "connect-failure,refused-stream,reset-before-request",
+        "num_retries": 2,
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {
+                    "@type": T + "envoy.extensions.retry.host.previous_hosts.v3."
+                    "PreviousHostsPredicate"
+                },
+            }
+        ],
+        "host_selection_retry_max_attempts": 3,
+        "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
+    }
+
+
 def _routes() -> list[dict[str, Any]]:
     # No `grpc: {}` match: the route is chosen before grpc_web rewrites a
     # browser's content type to application/grpc, so it would 404 grpc-web.
@@ -238,7 +295,7 @@ def _routes() -> list[dict[str, Any]]:
         {
             "match": {"prefix": prefix},
             # the 15 s default would kill every stream
-            "route": {"cluster": cluster, "timeout": "0s"},
+            "route": {"cluster": cluster, "timeout": "0s", "retry_policy": _retry_policy()},
         }
         for cluster, prefix, _ in PUBLIC_ROUTES
     ]
@@ -273,10 +330,7 @@ def build(cfg: EdgeConfig) -> dict[str, Any]:
         "codec_type": "AUTO",
         "stream_idle_timeout": _dur(cfg.stream_idle_timeout_s),
         "common_http_protocol_options": {"idle_timeout": "3600s"},
-        "http2_protocol_options": {
-            "connection_keepalive": _keepalive(cfg),
-            "max_concurrent_streams": cfg.max_concurrent_streams,
-        },
+        "http2_protocol_options": _http2(cfg),
         "route_config": {
             "name": "nearby",
             "virtual_hosts": [{"name": "nearby", "domains": ["*"], "routes": _routes()}],
@@ -338,6 +392,7 @@ def build(cfg: EdgeConfig) -> dict[str, Any]:
                     "address": {
                         "socket_address": {"address": cfg.listen_host, "port_value": cfg.port}
                     },
+                    "per_connection_buffer_limit_bytes": cfg.buffer_limit_bytes,
                     "filter_chains": [
                         {
                             "filters": [

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,10 +15,7 @@ import pytest
 from nearby.v1 import nearby_service_pb2 as pb
 from nearby.v1 import nearby_service_pb2_grpc as pb_grpc
 
-from mesh.server import Runner, ServiceApp
-from mesh.settings import Settings
-from stack import envoy_config, infra, tokens
-from stack.edge import Envoy
+from tests.support.stub_edge import StubServicer, stub_edge
 
 #: Envoy's default circuit breaker allows 1,024 concurrent requests per cluster
 STREAMS = 1_500
@@ -33,7 +28,7 @@ CONNECT_WINDOW_S = 60.0
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 
-class Backend(pb_grpc.NearbyServiceServicer):
+class Backend(StubServicer):
     """Holds streams open; with `x-beat`, writes that many messages 0.3 s apart."""
 
     def __init__(self) -> None:
@@ -58,23 +53,6 @@ class Backend(pb_grpc.NearbyServiceServicer):
         finally:
             self.open -= 1
 
-    async def ListNearbyFriends(
-        self, request: pb.ListNearbyFriendsRequest, context: Any
-    ) -> pb.ListNearbyFriendsResponse:
-        return pb.ListNearbyFriendsResponse()
-
-
-class BackendApp(ServiceApp):
-    name = "test_backend"
-    services = ("nearby.v1.NearbyService",)
-
-    def __init__(self, settings: Settings, backend: Backend) -> None:
-        super().__init__(settings)
-        self.backend = backend
-
-    def register(self, server: grpc.aio.Server) -> None:
-        pb_grpc.add_NearbyServiceServicer_to_server(self.backend, server)
-
 
 @dataclass
 class Edge:
@@ -87,39 +65,8 @@ class Edge:
 async def start_edge(idle_timeout_s: float) -> AsyncIterator[Edge]:
     """A stub backend behind a real Envoy whose stream idle timeout is given."""
     backend = Backend()
-    runner = Runner(BackendApp(Settings(), backend), "127.0.0.1", 0, grace_s=0.5)
-    addr = f"127.0.0.1:{await runner.start()}"
-    with tempfile.TemporaryDirectory(prefix="nearby-limits-") as tmp:
-        key = tokens.load_or_create(Path(tmp))
-        port, admin = infra.free_port(), infra.free_port()
-        cfg = envoy_config.EdgeConfig(
-            friend=addr,
-            location=addr,
-            presence=addr,
-            fanout=(addr,),
-            jwks_path=str(key.jwks_path),
-            listen_host="127.0.0.1",
-            port=port,
-            admin_port=admin,
-            stream_idle_timeout_s=idle_timeout_s,
-            health_interval_s=0.5,
-        )
-        envoy = Envoy(envoy_config.write(cfg, Path(tmp, "envoy.yaml")), admin, concurrency=1)
-        envoy.start()
-        try:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 30
-            while not (
-                await asyncio.to_thread(envoy.ready_once)
-                and (await asyncio.to_thread(envoy.host_health, "fanout_svc")).get(addr)
-            ):
-                assert loop.time() < deadline, "Envoy or its fan-out host never became ready"
-                await asyncio.sleep(0.05)
-            token = key.sign("limits", issuer=cfg.issuer, audience=cfg.audience)
-            yield Edge(f"127.0.0.1:{port}", token, backend)
-        finally:
-            await asyncio.to_thread(envoy.stop)
-            await runner.stop()
+    async with stub_edge([backend], "limits", stream_idle_timeout_s=idle_timeout_s) as e:
+        yield Edge(e.addr, e.token, backend)
 
 
 @pytest.fixture(scope="module")
