@@ -16,9 +16,22 @@ _MIGRATION_LOCK = 0x6E656172  # "near"
 _MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
-async def open_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> AsyncConnectionPool:
-    """An open pool; fails fast with a clear message when Postgres is unreachable."""
-    pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, open=False)
+async def open_pool(
+    url: str, *, min_size: int = 1, max_size: int = 10, wait_s: float = 2.0
+) -> AsyncConnectionPool:
+    """An open pool; fails fast with a clear message when Postgres is unreachable.
+
+    `wait_s` bounds how long a call waits for a connection (psycopg_pool's
+    default is 30 s, longer than any client deadline): while Postgres is down
+    a call fails with PoolTimeout, which the kernel answers as UNAVAILABLE.
+    """
+    pool = AsyncConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=wait_s,
+        open=False,
+    )
     try:
         await pool.open(wait=True, timeout=15)
     except Exception as exc:

@@ -19,19 +19,27 @@ class ServiceError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str, *, reason: str, **metadata: str) -> None:
+    def __init__(
+        self, message: str, *, reason: str, retry_after_s: float | None = None, **metadata: str
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason
+        self.retry_after_s = retry_after_s
         self.metadata = metadata
 
     def to_status(self) -> status_pb2.Status:
         info = error_details_pb2.ErrorInfo(
             reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata
         )
-        detail = any_pb2.Any()
-        detail.Pack(info)
-        return status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
+        details = [any_pb2.Any()]
+        details[0].Pack(info)
+        if self.retry_after_s is not None:
+            retry = error_details_pb2.RetryInfo()
+            retry.retry_delay.FromMilliseconds(int(self.retry_after_s * 1000))
+            details.append(any_pb2.Any())
+            details[1].Pack(retry)
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
 
 
 class InvalidArgument(ServiceError):

@@ -16,6 +16,7 @@ from prometheus_client import Counter, Histogram
 
 from mesh import logs
 from mesh.errors import ServiceError
+from mesh.outages import as_unavailable
 from mesh.types import Context
 
 log = logging.getLogger("mesh.rpc")
@@ -70,6 +71,10 @@ class _Call:
     async def fail(self, exc: BaseException) -> None:
         if isinstance(exc, ServiceError):
             await self.context.abort_with_status(rpc_status.to_status(exc.to_status()))
+        outage = as_unavailable(exc)
+        if outage is not None:
+            log.warning("%s: %s (%s)", self.method, outage.message, exc)
+            await self.context.abort_with_status(rpc_status.to_status(outage.to_status()))
         log.exception("unhandled error in %s", self.method)
         await self.context.abort(grpc.StatusCode.INTERNAL, "internal error; it has been logged")
 

@@ -91,7 +91,7 @@ class ServiceApp(ABC):
     async def open_postgres(self, package: str | None = None) -> AsyncConnectionPool:
         """An open Postgres pool, closed by close(); with `package`, its
         migrations (`<package>/migrations/NNNN_*.sql`) are applied first."""
-        pool = await db.open_pool(self.settings.database_url)
+        pool = await db.open_pool(self.settings.database_url, wait_s=self.settings.postgres_wait_s)
         self.resources.push_async_callback(pool.close)
         if package is not None:
             await db.migrate(pool, package, package)

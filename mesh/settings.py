@@ -40,6 +40,13 @@ class Settings:
         default="postgresql://postgres@127.0.0.1:5432/nearby",
         metadata=_env("DATABASE_URL", "Postgres for users, friendships and location history"),
     )
+    postgres_wait_s: float = field(
+        default=2.0,
+        metadata=_env(
+            "POSTGRES_WAIT_S",
+            "A call waits this long for a Postgres connection, then answers UNAVAILABLE",
+        ),
+    )
     bind_host: str = field(
         default="127.0.0.1",
         metadata=_env("BIND_HOST", "Interface the backends listen on (loopback by default)"),
