@@ -26,12 +26,18 @@ from tests.support.edge_stack import grpcurl_binary
 ROOT = Path(__file__).resolve().parent.parent
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def _free_block(width: int) -> int:
-    """A port p with p..p+width-1 and their metrics ports (+1000) all free."""
+    """A port p with p..p+width-1 and their metrics ports (+1000) all free, and
+    none of them handed out before (blocks for one stack must not overlap: a
+    service's metrics port would otherwise land on another's gRPC port)."""
     for _ in range(200):
         base = infra.free_port()
         wanted = [base + i for i in range(width)] + [base + 1000 + i for i in range(width)]
-        if all(p < 65536 and _free(p) for p in wanted):
+        if all(p < 65536 and p not in _HANDED_OUT and _free(p) for p in wanted):
+            _HANDED_OUT.update(wanted)
             return base
     raise RuntimeError("no free block of ports")
 
