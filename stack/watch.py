@@ -22,7 +22,6 @@ import sys
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
 from nearby import (
     AuthError,
@@ -188,10 +187,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _token(args: argparse.Namespace) -> tuple[str, str]:
     """(token, who) from --token or --user."""
     if args.user:
-        from stack import tokens
+        from stack import paths, tokens
 
         settings = Settings.from_env()
-        key = tokens.load_or_create(Path(settings.nearby_home))
+        key = tokens.load_or_create(paths.home(settings))
         token = key.sign(args.user, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
         return token, args.user
     if not args.token:

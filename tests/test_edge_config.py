@@ -153,3 +153,21 @@ def test_nearby_token_command(
     bad = argparse.Namespace(user_id="not a user id", admin=False, ttl="1h")
     assert tokens.main(bad) == 2
     assert "user id" in capsys.readouterr().err
+
+
+def test_nearby_token_imports_only_what_it_uses(tmp_path: Path) -> None:
+    """stack/cli.py imports a subcommand's module only when that subcommand runs."""
+    probe = (
+        "import sys\n"
+        "from stack import cli\n"
+        "assert cli.main(['token', 'dora']) == 0\n"
+        "heavy = ('stack.launcher', 'stack.watch', 'bench.sim', 'rich')\n"
+        "print(sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
+    )
+    env = {**os.environ, "NEARBY_HOME": str(tmp_path), "JWKS_PATH": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == "[]"
+    assert jwt.decode(done.stdout.strip(), options={"verify_signature": False})["sub"] == "dora"
