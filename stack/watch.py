@@ -4,8 +4,8 @@
     nearby watch --user alice --lat 52.52 --lng 13.405     # mints a local dev token
 
 It holds one NearbyService.Connect stream through the SDK (so it reconnects by
-itself) and redraws a rich table: name, distance, "updated 12 s ago", the
-total count and the connection state. `--walk` moves the user a little every
+itself) and redraws a rich table: name, distance, when each friend was last
+updated ("12 s ago"), the total count and the connection state. `--walk` moves the user a little every
 few seconds, which makes demos lively. Ctrl-C exits cleanly.
 """
 
@@ -63,7 +63,7 @@ def format_distance(meters: float) -> str:
 
 
 def format_age(then: datetime, at: datetime) -> str:
-    """ "just now", "updated 12 s ago", "3 min ago", "2 h ago"."""
+    """ "just now", "12 s ago", "3 min ago", "2 h ago"."""
     seconds = max(0.0, (at - then).total_seconds())
     if seconds < 1:
         return "just now"
