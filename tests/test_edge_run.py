@@ -439,3 +439,32 @@ def test_copies_of_one_signal_are_one_stop_and_a_later_signal_stops_now() -> Non
         at[0] = t
         verdicts.append(burst.receive())
     assert verdicts == [Verdict.GRACEFUL] + [Verdict.REPEAT] * 3 + [Verdict.NOW] * 2
+
+
+def test_a_second_signal_a_moment_later_skips_the_grace(
+    redis_url: str, database_url: str, tmp_path: Path, launched: list[subprocess.Popen[bytes]]
+) -> None:
+    env = _env(redis_url, database_url, tmp_path / "home")
+    env["SHUTDOWN_GRACE_S"] = "60"  # presence, frozen below, would hold the stop for 65 s
+    out = tmp_path / "out.txt"
+    args = ["--port", str(_free_block(1)), "--admin-port", str(_free_block(1))]
+    proc = _run([*args, "--fanout-replicas", "1", "--listen", "127.0.0.1"], env, out)
+    launched.append(proc)
+    _wait_running(proc, out)
+    kids = _children(proc.pid)
+    presence = next(k for k in kids if b"presence_svc" in Path(f"/proc/{k}/cmdline").read_bytes())
+    os.kill(presence, signal.SIGSTOP)  # a service that does not stop by itself
+    first = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    deadline = first + 60
+    while "stopping presence_svc" not in out.read_text():
+        assert time.monotonic() < deadline, out.read_text()
+        time.sleep(0.1)
+    time.sleep(max(0.0, first + 1.5 - time.monotonic()))  # clearly a second request
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 1, out.read_text()
+    assert "stopping now (second signal)" in out.read_text()
+    deadline = time.monotonic() + 10
+    while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [k for k in kids if _alive(k)], "orphaned processes"
