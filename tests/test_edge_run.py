@@ -139,6 +139,28 @@ def _token(env: dict[str, str], cwd: Path, user: str, *flags: str) -> str:
     ).stdout.strip()
 
 
+def _small_stack(
+    env: dict[str, str], out: Path, launched: list[subprocess.Popen[bytes]]
+) -> subprocess.Popen[bytes]:
+    """`nearby run` with one fan-out replica on free ports, running."""
+    args = ["--port", str(_free_block(1)), "--admin-port", str(_free_block(1))]
+    proc = _run([*args, "--fanout-replicas", "1", "--listen", "127.0.0.1"], env, out)
+    launched.append(proc)
+    _wait_running(proc, out)
+    return proc
+
+
+def _pid_of(pids: list[int], module: str) -> int:
+    return next(p for p in pids if module.encode() in Path(f"/proc/{p}/cmdline").read_bytes())
+
+
+def _assert_all_gone(pids: list[int]) -> None:
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in pids if _alive(p)], "orphaned processes after shutdown"
+
+
 @pytest.fixture
 def launched() -> Iterator[list[subprocess.Popen[bytes]]]:
     """Launchers started by a test; killed (by pid) if the test did not stop them."""
@@ -214,10 +236,7 @@ def test_nearby_run_serves_through_envoy_and_stops_cleanly(
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0, out.read_text()
     assert "stopping Envoy" in out.read_text()
-    deadline = time.monotonic() + 10
-    while any(_alive(k) for k in kids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [k for k in kids if _alive(k)], "orphaned processes after shutdown"
+    _assert_all_gone(kids)
 
 
 def _one_line_failure(
@@ -278,19 +297,13 @@ def test_a_dying_service_is_named_and_everything_stops(
 ) -> None:
     env = _env(redis_url, database_url, tmp_path / "home")
     out = tmp_path / "out.txt"
-    args = ["--port", str(_free_block(1)), "--admin-port", str(_free_block(1))]
-    proc = _run([*args, "--fanout-replicas", "1", "--listen", "127.0.0.1"], env, out)
-    launched.append(proc)
-    _wait_running(proc, out)
+    proc = _small_stack(env, out, launched)
     kids = _children(proc.pid)
-    presence = next(k for k in kids if b"presence_svc" in Path(f"/proc/{k}/cmdline").read_bytes())
+    presence = _pid_of(kids, "presence_svc")
     os.kill(presence, signal.SIGKILL)
     assert proc.wait(60) == 1, out.read_text()
     assert "presence_svc was killed by signal 9; stopping everything" in out.read_text()
-    deadline = time.monotonic() + 10
-    while any(_alive(k) for k in kids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [k for k in kids if _alive(k)], "orphaned processes"
+    _assert_all_gone(kids)
 
 
 def test_private_redis_and_postgres_when_the_defaults_are_unreachable(tmp_path: Path) -> None:
@@ -396,10 +409,7 @@ def test_one_ctrl_c_to_the_process_group_of_make_run_drains_the_fanout(
     assert "stopping now" not in text, text
     assert "nearby: stopped; every process exited cleanly" in text, text
     assert "draining 1 streams" in (tmp_path / "home" / "logs" / "fanout_svc-0.log").read_text()
-    deadline = time.monotonic() + 10
-    while any(_alive(k) for k in kids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [k for k in kids if _alive(k)], "orphaned processes after shutdown"
+    _assert_all_gone(kids)
 
 
 def test_nearby_run_and_token_work_from_any_folder_of_the_checkout(
@@ -447,12 +457,9 @@ def test_a_second_signal_a_moment_later_skips_the_grace(
     env = _env(redis_url, database_url, tmp_path / "home")
     env["SHUTDOWN_GRACE_S"] = "60"  # presence, frozen below, would hold the stop for 65 s
     out = tmp_path / "out.txt"
-    args = ["--port", str(_free_block(1)), "--admin-port", str(_free_block(1))]
-    proc = _run([*args, "--fanout-replicas", "1", "--listen", "127.0.0.1"], env, out)
-    launched.append(proc)
-    _wait_running(proc, out)
+    proc = _small_stack(env, out, launched)
     kids = _children(proc.pid)
-    presence = next(k for k in kids if b"presence_svc" in Path(f"/proc/{k}/cmdline").read_bytes())
+    presence = _pid_of(kids, "presence_svc")
     os.kill(presence, signal.SIGSTOP)  # a service that does not stop by itself
     first = time.monotonic()
     proc.send_signal(signal.SIGINT)
@@ -464,7 +471,4 @@ def test_a_second_signal_a_moment_later_skips_the_grace(
     proc.send_signal(signal.SIGINT)
     assert proc.wait(30) == 1, out.read_text()
     assert "stopping now (second signal)" in out.read_text()
-    deadline = time.monotonic() + 10
-    while any(_alive(k) for k in kids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [k for k in kids if _alive(k)], "orphaned processes"
+    _assert_all_gone(kids)
