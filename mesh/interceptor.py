@@ -16,6 +16,7 @@ from prometheus_client import Counter, Histogram
 
 from mesh import logs
 from mesh.errors import ServiceError
+from mesh.identity import USER_HEADER
 from mesh.outages import as_unavailable
 from mesh.types import Context
 
@@ -63,7 +64,7 @@ class _Call:
         self.context = context
         md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         self.request_id = md.get("x-request-id") or uuid.uuid4().hex
-        self.user = md.get("x-nearby-user-id", "")
+        self.user = md.get(USER_HEADER, "")
         self.start = time.perf_counter()
         self.token = logs.request_id.set(self.request_id)
         RPC_STARTED.labels(service, name).inc()

@@ -1,7 +1,8 @@
-"""Private Redis, Postgres and helper processes, for `make run` and the tests.
+"""Private Redis, Redis Cluster and Postgres servers, for `make run` and the tests.
 
-Each process gets its own port and data folder so that runs never collide,
-and is stopped (and its folder removed, when temporary) at the end.
+Each server gets its own free port and data folder so that runs never
+collide; stop() ends it. The folder stays (a temporary one is removed by
+whoever made it).
 """
 
 from __future__ import annotations

@@ -4,9 +4,16 @@ Order: Redis and Postgres (the ones at REDIS_URL / DATABASE_URL when reachable,
 else private ones with their data in NEARBY_HOME), the `nearby` database,
 friend/location/presence and N fan-out replicas (each `python -m <svc>` in its
 own process group, waited on until its gRPC health is SERVING), then Envoy.
-Ctrl-C or SIGTERM stops everything in reverse order; if any process dies, the
-launcher says which and stops the rest. Problems that stop the start (a port in
-use, a missing binary, an unreachable database) are reported as one line.
+It runs from any folder of the checkout: the services start in the checkout's
+root and a relative NEARBY_HOME is taken from there (stack/paths.py).
+
+One Ctrl-C or SIGTERM, however many processes of the group it reaches, is one
+graceful stop (stack/signals.py): the fan-out replicas drain first, while
+Envoy still carries their Reconnect to the clients, then Envoy, the other
+services and the private servers stop; a second signal more than a second
+later kills what is left. If any process dies, the launcher says which and
+stops the rest. Problems that stop the start (a port in use, a missing binary,
+an unreachable database) are reported as one line.
 """
 
 from __future__ import annotations
@@ -30,8 +37,9 @@ import psycopg
 import redis
 
 from mesh.settings import Settings
-from stack import envoy_config, infra, procs, tokens
+from stack import envoy_config, infra, paths, procs, tokens
 from stack.edge import Envoy, envoy_binary
+from stack.signals import SignalBurst, Verdict
 
 
 class StartError(Exception):
@@ -96,17 +104,18 @@ def check_ports(wanted: list[tuple[str, int, str, str]]) -> None:
 def check_modules() -> None:
     import importlib.util
 
+    root = paths.checkout()
     for spec in procs.SERVICES.values():
         try:
             found = importlib.util.find_spec(f"{spec.module}.__main__") is not None
         except ModuleNotFoundError:
             found = False
-        # `python -m` also finds packages in the working directory
-        found = found or (Path.cwd() / spec.module / "__main__.py").is_file()
+        # the services start in the checkout's root, where `python -m` finds them
+        found = found or (root is not None and (root / spec.module / "__main__.py").is_file())
         if not found:
             raise StartError(
-                f"`python -m {spec.module}` is not available: run from the repository root "
-                "after `make run` installed it (or reinstall with `pip install -e .`)"
+                f"`python -m {spec.module}` is not available: run `make run` once in the "
+                "checkout to install the project (or reinstall with `pip install -e .`)"
             )
 
 
@@ -148,36 +157,45 @@ def _dbname(url: str) -> str:
 
 @dataclass
 class Stack:
-    """Everything `nearby run` started, stopped in reverse order."""
+    """Everything `nearby run` started; stop() ends it, the fan-out first."""
 
     redis_server: infra.RedisServer | None = None
     postgres_server: infra.PostgresServer | None = None
     children: list[procs.Child] = field(default_factory=list)
     envoy: Envoy | None = None
 
-    def stop(self, settings: Settings, say: Callable[[str], None]) -> None:
-        if self.envoy is not None and self.envoy.running:
-            say("stopping Envoy")
-            self.envoy.stop()
+    def stop(self, settings: Settings, say: Callable[[str], None]) -> list[str]:
+        """Stops everything; returns the processes that did not exit with 0
+        ("name (code N)"), a killed one included."""
         grace = settings.shutdown_grace_s + 5
         fanouts = [c for c in self.children if c.spec.module == "fanout_svc"]
         others = [c for c in self.children if c.spec.module != "fanout_svc"]
-        if fanouts:
-            say(f"stopping {len(fanouts)} fan-out replica(s) (drain)")
-            _parallel([functools.partial(c.stop, settings.drain_s + grace) for c in fanouts])
+        running = [c for c in fanouts if c.exited() is None]
+        if running:
+            # before Envoy: a draining replica's Reconnect reaches the clients through it
+            say(f"stopping {len(running)} fan-out replica(s) (drain)")
+            _parallel([functools.partial(c.stop, settings.drain_s + grace) for c in running])
+        if self.envoy is not None and self.envoy.running:
+            say("stopping Envoy")
+            self.envoy.stop()
         for child in reversed(others):
             if child.exited() is None:
                 say(f"stopping {child.name}")
             child.stop(grace)
+        codes = {c.name: c.exited() for c in self.children}
+        if self.envoy is not None and self.envoy.proc is not None:
+            codes["Envoy"] = self.envoy.proc.returncode
+        unclean = [f"{name} (code {code})" for name, code in codes.items() if code != 0]
         if self.postgres_server is not None:
             say("stopping the private Postgres")
             self.postgres_server.stop()
         if self.redis_server is not None:
             say("stopping the private Redis")
             self.redis_server.stop()
+        return unclean
 
     def kill(self) -> None:
-        """Second Ctrl-C: no more grace."""
+        """A deliberate second signal: no more grace."""
         for child in self.children:
             child.signal(signal.SIGKILL)
         if self.envoy is not None and self.envoy.proc is not None:
@@ -277,7 +295,7 @@ def _relative_command(name: str) -> str:
 def banner(settings: Settings, stack: Stack, listen: str, home: Path, redis_url: str) -> str:
     host = "localhost"
     nearby, grpcurl = _relative_command("nearby"), _relative_command("grpcurl")
-    if home != (Path.cwd() / ".nearby").resolve():
+    if home != paths.home(Settings()):  # another shell would not find it by itself
         nearby = f"NEARBY_HOME={home} {nearby}"
     lines = [
         "",
@@ -330,15 +348,19 @@ def main(args: argparse.Namespace) -> int:
         overrides["fanout_replicas"] = args.fanout_replicas
     settings = settings.replace(**overrides)
     replicas = envoy_config.replica_count(settings)
-    home = Path(settings.nearby_home).resolve()
+    home = paths.home(settings)
     stack = Stack()
     stopping = threading.Event()
-    signals = {"count": 0}
+    burst = SignalBurst()
+    killed = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        signals["count"] += 1
-        if signals["count"] > 1:
-            say("stopping now (second signal)")
+        # Runs between two bytecodes of the main thread, maybe inside a
+        # print(): write the line with one system call instead.
+        verdict = burst.receive()
+        if verdict is Verdict.NOW and not killed.is_set():
+            killed.set()
+            os.write(sys.stdout.fileno(), b"nearby: stopping now (second signal)\n")
             stack.kill()
         stopping.set()
 
@@ -350,9 +372,16 @@ def main(args: argparse.Namespace) -> int:
         print(f"nearby run: {exc}", file=sys.stderr, flush=True)
         code = 2
     finally:
-        stack.stop(settings, say)
+        unclean = stack.stop(settings, say)
         for s, handler in old.items():
             signal.signal(s, handler)
+    if killed.is_set():
+        return code or 1
+    if unclean:
+        say(f"stopped; not cleanly: {', '.join(unclean)}")
+        return code or 1
+    if code == 0:
+        say("stopped; every process exited cleanly")
     return code
 
 
@@ -400,6 +429,7 @@ def _run(
     elif not Path(jwks_path).is_file():
         raise StartError(f"JWKS_PATH={jwks_path} does not exist: point it at the issuer's JWKS")
     settings = settings.replace(
+        nearby_home=str(home),
         redis_url=redis_url,
         database_url=database_url,
         friend_addr=f"{loopback}:{settings.friend_port}",
@@ -417,7 +447,14 @@ def _run(
         spec = procs.SERVICES[name.split("#")[0]]
         stack.children.append(
             procs.spawn(
-                name, spec, settings, port, port + 1000, log_path=log_path, die_with_parent=True
+                name,
+                spec,
+                settings,
+                port,
+                port + 1000,
+                log_path=log_path,
+                die_with_parent=True,
+                cwd=paths.checkout(),
             )
         )
     try:

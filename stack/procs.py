@@ -1,7 +1,8 @@
 """The mesh's service processes: spawn `python -m <svc>`, wait until healthy, stop.
 
 Each child runs in its own session (process group), so a Ctrl-C in the
-terminal reaches only the launcher, which then stops the children in order;
+terminal reaches only the launcher (and `make` above it), which then stops the
+children in order;
 stopping a child signals its whole group, so nothing it started survives.
 """
 
@@ -117,6 +118,7 @@ def spawn(
     *,
     log_path: Path | None = None,
     die_with_parent: bool = False,
+    cwd: Path | None = None,
 ) -> Child:
     env = settings_env(settings)
     env["PORT"] = str(port)
@@ -132,6 +134,7 @@ def spawn(
         proc = subprocess.Popen(
             [sys.executable, "-m", spec.module],
             env=env,
+            cwd=cwd,
             stdout=out,  # type: ignore[arg-type]
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

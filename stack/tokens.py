@@ -1,8 +1,8 @@
 """`nearby token USER_ID [--admin] [--ttl 1h]`: a JWT the local Envoy accepts.
 
 Development only. The signing key (EC P-256, ES256) is created on first use in
-NEARBY_HOME (`.nearby/`, gitignored) next to its public JWKS, which `nearby
-run` hands to Envoy. In production nothing here is used: Envoy is pointed at
+NEARBY_HOME (`.nearby/` in the checkout's root, gitignored; see stack/paths.py)
+next to its public JWKS, which `nearby run` hands to Envoy. In production nothing here is used: Envoy is pointed at
 the real issuer's JWKS (JWKS_PATH, JWT_ISSUER, JWT_AUDIENCE; see docs/edge.md).
 """
 
@@ -28,6 +28,7 @@ from jwt.algorithms import ECAlgorithm
 
 from mesh.identity import USER_ID_RE
 from mesh.settings import Settings
+from stack import paths
 
 KEY_FILE = "dev-signing-key.pem"
 JWKS_FILE = "jwks.json"
@@ -145,7 +146,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"nearby token: {exc}", file=sys.stderr)
         return 2
-    key = load_or_create(Path(settings.nearby_home))
+    key = load_or_create(paths.home(settings))
     if settings.jwks_path and Path(settings.jwks_path).resolve() != key.jwks_path.resolve():
         print(
             f"nearby token: note: JWKS_PATH={settings.jwks_path} is set, so an Envoy started "

@@ -4,8 +4,8 @@
     nearby watch --user alice --lat 52.52 --lng 13.405     # mints a local dev token
 
 It holds one NearbyService.Connect stream through the SDK (so it reconnects by
-itself) and redraws a rich table: name, distance, "updated 12 s ago", the
-total count and the connection state. `--walk` moves the user a little every
+itself) and redraws a rich table: name, distance, when each friend was last
+updated ("12 s ago"), the total count and the connection state. `--walk` moves the user a little every
 few seconds, which makes demos lively. Ctrl-C exits cleanly.
 """
 
@@ -22,7 +22,6 @@ import sys
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
 from nearby import (
     AuthError,
@@ -64,7 +63,7 @@ def format_distance(meters: float) -> str:
 
 
 def format_age(then: datetime, at: datetime) -> str:
-    """ "just now", "updated 12 s ago", "3 min ago", "2 h ago"."""
+    """ "just now", "12 s ago", "3 min ago", "2 h ago"."""
     seconds = max(0.0, (at - then).total_seconds())
     if seconds < 1:
         return "just now"
@@ -188,10 +187,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _token(args: argparse.Namespace) -> tuple[str, str]:
     """(token, who) from --token or --user."""
     if args.user:
-        from stack import tokens
+        from stack import paths, tokens
 
         settings = Settings.from_env()
-        key = tokens.load_or_create(Path(settings.nearby_home))
+        key = tokens.load_or_create(paths.home(settings))
         token = key.sign(args.user, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
         return token, args.user
     if not args.token:

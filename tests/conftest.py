@@ -5,6 +5,7 @@ test (on the local server when reachable, otherwise on a private cluster),
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -96,3 +97,16 @@ def redis_cluster(tmp_root: Path) -> Iterator[infra.RedisCluster]:
     cluster = infra.RedisCluster(tmp_root / "redis-cluster", masters=3, replicas=1).start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture
+def private_pg() -> Iterator[infra.PostgresServer]:
+    """A Postgres server of this test alone, that it may stop and start."""
+    root = Path(tempfile.mkdtemp(prefix="nearby-pg-"))
+    os.chmod(root, 0o755)  # the server may run as the postgres user
+    server = infra.PostgresServer(root / "pg", fast=True).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)

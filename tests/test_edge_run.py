@@ -3,6 +3,7 @@ start-up problems reported as one line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,16 +12,27 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import psycopg
 import pytest
 import redis
+from nearby.v1 import (
+    friend_service_pb2,
+    friend_service_pb2_grpc,
+    geo_pb2,
+    nearby_service_pb2,
+    nearby_service_pb2_grpc,
+)
 
 from mesh.settings import Settings
 from stack import infra, launcher
+from stack.signals import SignalBurst, Verdict
 from tests.support.edge_stack import grpcurl_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +93,15 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        kids = _children(todo.pop())
+        found += kids
+        todo += kids
+    return found
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -89,16 +110,61 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _run(args: list[str], env: dict[str, str], out: Path) -> subprocess.Popen[bytes]:
+def _start(
+    command: list[str], env: dict[str, str], out: Path, cwd: Path = ROOT
+) -> subprocess.Popen[bytes]:
+    """`command` as the leader of its own process group, output to `out`."""
     with open(out, "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "stack", "run", *args],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
+
+
+def _run(args: list[str], env: dict[str, str], out: Path) -> subprocess.Popen[bytes]:
+    return _start([sys.executable, "-m", "stack", "run", *args], env, out)
+
+
+def _wait_running(proc: subprocess.Popen[bytes], out: Path) -> None:
+    deadline = time.monotonic() + 120
+    while "nearby is running" not in out.read_text():
+        assert proc.poll() is None, out.read_text()
+        assert time.monotonic() < deadline, out.read_text()
+        time.sleep(0.2)
+
+
+def _token(env: dict[str, str], cwd: Path, user: str, *flags: str) -> str:
+    nearby = Path(sys.executable).parent / "nearby"
+    return subprocess.run(
+        [str(nearby), "token", user, *flags],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.strip()
+
+
+def _small_stack(
+    env: dict[str, str], out: Path, launched: list[subprocess.Popen[bytes]]
+) -> subprocess.Popen[bytes]:
+    """`nearby run` with one fan-out replica on free ports, running."""
+    args = ["--port", str(_free_block(1)), "--admin-port", str(_free_block(1))]
+    proc = _run([*args, "--fanout-replicas", "1", "--listen", "127.0.0.1"], env, out)
+    launched.append(proc)
+    _wait_running(proc, out)
+    return proc
+
+
+def _pid_of(pids: list[int], module: str) -> int:
+    return next(p for p in pids if module.encode() in Path(f"/proc/{p}/cmdline").read_bytes())
+
+
+def _assert_all_gone(pids: list[int]) -> None:
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in pids if _alive(p)], "orphaned processes after shutdown"
 
 
 @pytest.fixture
@@ -108,9 +174,12 @@ def launched() -> Iterator[list[subprocess.Popen[bytes]]]:
     yield procs
     for proc in procs:
         if proc.poll() is None:
-            for kid in _children(proc.pid):
-                os.killpg(kid, signal.SIGKILL)
-            proc.kill()
+            for kid in _descendants(proc.pid):  # services and Envoy lead their own groups
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(kid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(kid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)  # it leads its own group too
             proc.wait()
 
 
@@ -138,11 +207,7 @@ def test_nearby_run_serves_through_envoy_and_stops_cleanly(
         out,
     )
     launched.append(proc)
-    deadline = time.monotonic() + 90
-    while "nearby is running" not in out.read_text():
-        assert proc.poll() is None, out.read_text()
-        assert time.monotonic() < deadline, out.read_text()
-        time.sleep(0.2)
+    _wait_running(proc, out)
     banner = out.read_text()
     assert f"localhost:{port}" in banner
     assert f"http://127.0.0.1:{admin}/" in banner
@@ -159,27 +224,16 @@ def test_nearby_run_serves_through_envoy_and_stops_cleanly(
             timeout=30,
         )
 
-    def token(user: str, *flags: str) -> str:
-        return subprocess.run(
-            [sys.executable, "-m", "stack", "token", user, *flags],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout.strip()
-
     listed = grpcurl("list")
     assert listed.returncode == 0, listed.stderr
     for service in ("FriendService", "LocationService", "PresenceService", "NearbyService"):
         assert f"nearby.v1.{service}" in listed.stdout
     body = json.dumps({"user_id": "alice", "display_name": "Alice"})
     created = grpcurl(
-        "-d", body, "nearby.v1.FriendService/CreateUser", token=token("ops", "--admin")
+        "-d", body, "nearby.v1.FriendService/CreateUser", token=_token(env, ROOT, "ops", "--admin")
     )
     assert created.returncode == 0, created.stderr
-    me = grpcurl("-d", "{}", "nearby.v1.FriendService/GetUser", token=token("alice"))
+    me = grpcurl("-d", "{}", "nearby.v1.FriendService/GetUser", token=_token(env, ROOT, "alice"))
     assert me.returncode == 0, me.stderr
     assert json.loads(me.stdout)["user"]["user_id"] == "alice"
     denied = grpcurl("-d", "{}", "nearby.v1.FriendService/GetUser")
@@ -188,10 +242,7 @@ def test_nearby_run_serves_through_envoy_and_stops_cleanly(
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0, out.read_text()
     assert "stopping Envoy" in out.read_text()
-    deadline = time.monotonic() + 10
-    while any(_alive(k) for k in kids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [k for k in kids if _alive(k)], "orphaned processes after shutdown"
+    _assert_all_gone(kids)
 
 
 def _one_line_failure(
@@ -252,23 +303,13 @@ def test_a_dying_service_is_named_and_everything_stops(
 ) -> None:
     env = _env(redis_url, database_url, tmp_path / "home")
     out = tmp_path / "out.txt"
-    args = ["--port", str(_free_block(1)), "--admin-port", str(_free_block(1))]
-    proc = _run([*args, "--fanout-replicas", "1", "--listen", "127.0.0.1"], env, out)
-    launched.append(proc)
-    deadline = time.monotonic() + 90
-    while "nearby is running" not in out.read_text():
-        assert proc.poll() is None, out.read_text()
-        assert time.monotonic() < deadline, out.read_text()
-        time.sleep(0.2)
+    proc = _small_stack(env, out, launched)
     kids = _children(proc.pid)
-    presence = next(k for k in kids if b"presence_svc" in Path(f"/proc/{k}/cmdline").read_bytes())
+    presence = _pid_of(kids, "presence_svc")
     os.kill(presence, signal.SIGKILL)
     assert proc.wait(60) == 1, out.read_text()
     assert "presence_svc was killed by signal 9; stopping everything" in out.read_text()
-    deadline = time.monotonic() + 10
-    while any(_alive(k) for k in kids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [k for k in kids if _alive(k)], "orphaned processes"
+    _assert_all_gone(kids)
 
 
 def test_private_redis_and_postgres_when_the_defaults_are_unreachable(tmp_path: Path) -> None:
@@ -297,3 +338,143 @@ def test_private_redis_and_postgres_when_the_defaults_are_unreachable(tmp_path: 
         shutil.rmtree(home, ignore_errors=True)
     with pytest.raises(launcher.StartError, match=r"REDIS_URL=.* is not reachable"):
         launcher.resolve_redis(settings, home, True, launcher.Stack(), said.append)
+
+
+class _Stream:
+    """One NearbyService.Connect through Envoy, kept open until close()."""
+
+    def __init__(self, port: int, token: str) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self._done = threading.Event()
+        stub = nearby_service_pb2_grpc.NearbyServiceStub(self.channel)
+        self.responses = stub.Connect(
+            self._requests(), metadata=(("authorization", f"Bearer {token}"),), timeout=120
+        )
+
+    def _requests(self) -> Iterator[nearby_service_pb2.ConnectRequest]:
+        yield nearby_service_pb2.ConnectRequest(
+            location=nearby_service_pb2.LocationUpdate(
+                position=geo_pb2.LatLng(latitude=52.52, longitude=13.405)
+            )
+        )
+        self._done.wait(120)
+
+    def kinds(self) -> Iterator[str]:
+        """The kind of each message until the stream ends (its status is not raised)."""
+        with contextlib.suppress(grpc.RpcError):
+            for response in self.responses:
+                yield str(response.WhichOneof("kind"))
+
+    def close(self) -> None:
+        self._done.set()
+        self.channel.close()
+
+
+def _create_user(port: int, admin_token: str, user: str) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        friend_service_pb2_grpc.FriendServiceStub(channel).CreateUser(
+            friend_service_pb2.CreateUserRequest(user_id=user, display_name=user.title()),
+            metadata=(("authorization", f"Bearer {admin_token}"),),
+            timeout=30,
+        )
+
+
+def test_one_ctrl_c_to_the_process_group_of_make_run_drains_the_fanout(
+    redis_url: str, database_url: str, tmp_path: Path, launched: list[subprocess.Popen[bytes]]
+) -> None:
+    """A terminal's Ctrl-C reaches make and the launcher, and copies of it may
+    follow a moment later: still one graceful stop, the fan-out drained."""
+    env = _env(redis_url, database_url, tmp_path / "home")
+    port, admin = _free_block(1), _free_block(1)
+    venv = Path(sys.executable).parent.parent
+    args = f"--port {port} --admin-port {admin} --fanout-replicas 1 --listen 127.0.0.1"
+    out = tmp_path / "out.txt"
+    # -o: never reinstall from inside a test, even if pyproject.toml is newer
+    make_run = ["make", "run", f"VENV={venv}", "-o", f"{venv}/.installed-stamp", f"ARGS={args}"]
+    make = _start(make_run, env, out)
+    launched.append(make)
+    _wait_running(make, out)
+    (launcher_pid,) = [
+        k for k in _children(make.pid) if b"run" in Path(f"/proc/{k}/cmdline").read_bytes()
+    ]
+    kids = _descendants(make.pid)
+    _create_user(port, _token(env, ROOT, "ops", "--admin"), "gina")
+    stream = _Stream(port, _token(env, ROOT, "gina"))
+    try:
+        kinds = stream.kinds()
+        assert next(kinds) == "snapshot"
+        os.killpg(make.pid, signal.SIGINT)  # what the terminal does
+        time.sleep(0.3)
+        os.kill(launcher_pid, signal.SIGINT)  # the same stop, delivered again
+        rest = list(kinds)
+    finally:
+        stream.close()
+    assert "reconnect" in rest, (rest, out.read_text())
+    make.wait(90)
+    text = out.read_text()
+    assert "stopping now" not in text, text
+    assert "nearby: stopped; every process exited cleanly" in text, text
+    assert "draining 1 streams" in (tmp_path / "home" / "logs" / "fanout_svc-0.log").read_text()
+    _assert_all_gone(kids)
+
+
+def test_nearby_run_and_token_work_from_any_folder_of_the_checkout(
+    redis_url: str, database_url: str, launched: list[subprocess.Popen[bytes]]
+) -> None:
+    """A relative NEARBY_HOME is the checkout's, whichever folder a command runs in."""
+    relative_home = f".nearby/test-{uuid.uuid4().hex[:8]}"
+    home = ROOT / relative_home
+    env = _env(redis_url, database_url, Path(relative_home))
+    port, admin = _free_block(1), _free_block(1)
+    out = home.parent / f"{home.name}.out"
+    flags = ["--port", str(port), "--admin-port", str(admin), "--fanout-replicas", "1"]
+    flags += ["--listen", "127.0.0.1"]
+    home.parent.mkdir(exist_ok=True)
+    try:
+        nearby = str(Path(sys.executable).parent / "nearby")
+        proc = _start([nearby, "run", *flags], env, out, cwd=ROOT / "docs")
+        launched.append(proc)
+        _wait_running(proc, out)
+        assert (home / "logs" / "fanout_svc-0.log").is_file()
+        assert not (ROOT / "docs" / ".nearby").exists()
+        # minted in another folder, with the same key
+        _create_user(port, _token(env, ROOT / "sdk" / "nearby", "ops", "--admin"), "hal")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(90) == 0, out.read_text()
+        assert "every process exited cleanly" in out.read_text()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        out.unlink(missing_ok=True)
+
+
+def test_copies_of_one_signal_are_one_stop_and_a_later_signal_stops_now() -> None:
+    at = [0.0]
+    burst = SignalBurst(window_s=1.0, clock=lambda: at[0])
+    verdicts = []
+    for t in (100.0, 100.01, 100.3, 101.0, 101.2, 103.0):
+        at[0] = t
+        verdicts.append(burst.receive())
+    assert verdicts == [Verdict.GRACEFUL] + [Verdict.REPEAT] * 3 + [Verdict.NOW] * 2
+
+
+def test_a_second_signal_a_moment_later_skips_the_grace(
+    redis_url: str, database_url: str, tmp_path: Path, launched: list[subprocess.Popen[bytes]]
+) -> None:
+    env = _env(redis_url, database_url, tmp_path / "home")
+    env["SHUTDOWN_GRACE_S"] = "60"  # presence, frozen below, would hold the stop for 65 s
+    out = tmp_path / "out.txt"
+    proc = _small_stack(env, out, launched)
+    kids = _children(proc.pid)
+    presence = _pid_of(kids, "presence_svc")
+    os.kill(presence, signal.SIGSTOP)  # a service that does not stop by itself
+    first = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    deadline = first + 60
+    while "stopping presence_svc" not in out.read_text():
+        assert time.monotonic() < deadline, out.read_text()
+        time.sleep(0.1)
+    time.sleep(max(0.0, first + 1.5 - time.monotonic()))  # clearly a second request
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 1, out.read_text()
+    assert "stopping now (second signal)" in out.read_text()
+    _assert_all_gone(kids)

@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -30,64 +26,13 @@ from prometheus_client import REGISTRY
 from location_svc import store
 from location_svc.app import LocationApp
 from mesh import keys
+from mesh.clock import now_ms
 from mesh.settings import Settings
 from stack import infra
+from tests.support.history import batch, buffered, count_rows, fast, wait_rows
 from tests.support.services import running
 
 DAY = dt.timedelta(days=1)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def batch(
-    users: list[str], t0: int, per_user: int
-) -> location_ingest_service_pb2.ReportLocationsRequest:
-    """per_user reports for each user, 1 ms apart (distinct history keys)."""
-    return location_ingest_service_pb2.ReportLocationsRequest(
-        reports=[
-            location_ingest_service_pb2.LocationReport(
-                user_id=u,
-                fix=events_pb2.PositionFix(
-                    latitude=40.0 + i / 1000, longitude=-3.7, recorded_at_ms=t0 + i
-                ),
-            )
-            for i in range(per_user)
-            for u in users
-        ]
-    )
-
-
-async def count_rows(url: str) -> tuple[int, int]:
-    """(rows, distinct keys) in location_history."""
-    async with await psycopg.AsyncConnection.connect(url) as conn:
-        cur = await conn.execute(
-            "SELECT count(*), count(DISTINCT (user_id, recorded_at)) FROM location_history"
-        )
-        row = await cur.fetchone()
-        assert row is not None
-        return int(row[0]), int(row[1])
-
-
-async def wait_rows(url: str, expected: int, within_s: float = 30.0) -> tuple[int, int]:
-    deadline = time.monotonic() + within_s
-    while True:
-        try:
-            got = await count_rows(url)
-        except psycopg.OperationalError:
-            got = (-1, -1)
-        if got[0] >= expected or time.monotonic() > deadline:
-            return got
-        await asyncio.sleep(0.1)
-
-
-async def buffered(r: aioredis.Redis) -> int:
-    return sum([await r.xlen(keys.history_stream(s)) for s in range(keys.HISTORY_SHARDS)])
-
-
-def fast(settings: Settings, **changes: Any) -> Settings:
-    return settings.replace(min_report_interval_s=0.0, history_claim_idle_s=0.5, **changes)
 
 
 async def test_n_updates_make_exactly_n_rows(
@@ -126,19 +71,6 @@ async def test_two_writer_replicas_share_the_work_without_double_writes(
         assert await wait_rows(settings.database_url, 2000) == (2000, 2000)
     after = REGISTRY.get_sample_value("location_history_batches_total", {"path": "merge"}) or 0
     assert after == merges  # no entry was delivered to both writers
-
-
-@pytest.fixture
-def private_pg() -> Iterator[infra.PostgresServer]:
-    """A Postgres of this test alone, that it may stop and start."""
-    root = Path(tempfile.mkdtemp(prefix="nearby-pg-"))
-    os.chmod(root, 0o755)  # the server may run as the postgres user
-    server = infra.PostgresServer(root / "pg", fast=True).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 async def test_postgres_outage_loses_nothing_and_duplicates_nothing(

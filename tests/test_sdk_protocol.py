@@ -129,6 +129,16 @@ async def take(session: AsyncIterator[object], n: int) -> list[object]:
     return out
 
 
+async def until_it_gives_up(session: AsyncIterator[object]) -> tuple[list[object], NearbyError]:
+    """Every event of a session that ends by giving up, and the error it raised."""
+    seen: list[object] = []
+    with pytest.raises(NearbyError) as info:
+        async with asyncio.timeout(20):
+            async for event in session:
+                seen.append(event)
+    return seen, info.value
+
+
 async def first_location(it: Requests) -> pb.ConnectRequest:
     return await anext(aiter(it))
 
@@ -285,17 +295,46 @@ async def test_unreachable_server_backs_off_then_gives_up() -> None:
     target = f"127.0.0.1:{free_port()}"
     policy = BackoffPolicy(initial_s=0.01, multiplier=2, max_s=0.04, max_attempts=3)
     async with NearbyClient(target, "t", secure=False, backoff=policy) as client:
-        session = client.connect(0.0, 0.0)
-        seen: list[Reconnecting] = []
-        with pytest.raises(NearbyError) as info:
-            async with asyncio.timeout(20):
-                async for event in session:
-                    assert isinstance(event, Reconnecting)
-                    seen.append(event)
-        assert [e.attempt for e in seen] == [1, 2, 3]
-        assert all(0 <= e.delay_s <= policy.ceiling(e.attempt) for e in seen)
-        assert info.value.code == grpc.StatusCode.UNAVAILABLE
-        assert "gave up after 3" in info.value.message
+        events, error = await until_it_gives_up(client.connect(0.0, 0.0))
+    seen = [e for e in events if isinstance(e, Reconnecting)]
+    assert seen == events
+    assert [e.attempt for e in seen] == [1, 2, 3]
+    assert all(0 <= e.delay_s <= policy.ceiling(e.attempt) for e in seen)
+    assert error.code == grpc.StatusCode.UNAVAILABLE
+    assert "gave up after 3" in error.message
+
+
+async def test_a_healthy_connection_resets_the_count_of_failed_attempts(
+    server: tuple[Scripted, str],
+) -> None:
+    """max_attempts counts breaks in a row: a session whose every reconnect
+    gets a snapshot survives any number of breaks, and gives up only after
+    max_attempts failures with no snapshot in between."""
+    servicer, target = server
+
+    async def healthy_then_break(
+        stream: Stream, it: Requests, ctx: Context
+    ) -> AsyncIterator[pb.ConnectResponse]:
+        await first_location(it)
+        yield snap(nf("x", 1))
+        await ctx.abort(grpc.StatusCode.UNAVAILABLE, "replica restarting")
+
+    async def refused(
+        stream: Stream, it: Requests, ctx: Context
+    ) -> AsyncIterator[pb.ConnectResponse]:
+        await first_location(it)
+        await ctx.abort(grpc.StatusCode.UNAVAILABLE, "still restarting")
+        yield pb.ConnectResponse()  # pragma: no cover
+
+    policy = BackoffPolicy(initial_s=0.01, multiplier=2, max_s=0.04, max_attempts=2)
+    servicer.scripts += [healthy_then_break] * 5 + [refused] * 2
+    async with NearbyClient(target, "t", secure=False, backoff=policy) as client:
+        seen, error = await until_it_gives_up(client.connect(0.0, 0.0))
+    reconnects = [e for e in seen if isinstance(e, Reconnecting)]
+    assert sum(isinstance(e, Snapshot) for e in seen) == 5
+    assert [e.attempt for e in reconnects] == [1, 1, 1, 1, 1, 2]
+    assert "gave up after 2 reconnect attempts" in error.message
+    assert len(servicer.streams) == 7
 
 
 async def test_close_from_another_task_ends_a_blocked_iteration(
