@@ -119,8 +119,7 @@ class Envoy:
             raise RuntimeError("Envoy was not started")
         if self.proc.poll() is not None:
             raise RuntimeError(f"Envoy exited with code {self.proc.returncode}{self._log_tail()}")
-        status, body = self.admin("/ready", timeout=0.5)
-        return status == 200 and body.strip() == "LIVE"
+        return self.ready()
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -158,6 +157,23 @@ class Envoy:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def exit_code(self) -> int | None:
+        """None while running (or never started); else how it exited."""
+        return None if self.proc is None else self.proc.poll()
+
+    def ready(self) -> bool:
+        """True when running and LIVE (never raises)."""
+        if not self.running:
+            return False
+        status, body = self.admin("/ready", timeout=0.5)
+        return status == 200 and body.strip() == "LIVE"
+
+    def respawn(self) -> None:
+        """Start Envoy again with the same config after it exited."""
+        if self.running:
+            raise RuntimeError("Envoy is still running")
+        self.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the process group, SIGKILL after `timeout`; reaps."""

@@ -11,9 +11,12 @@ One Ctrl-C or SIGTERM, however many processes of the group it reaches, is one
 graceful stop (stack/signals.py): the fan-out replicas drain first, while
 Envoy still carries their Reconnect to the clients, then Envoy, the other
 services and the private servers stop; a second signal more than a second
-later kills what is left. If any process dies, the launcher says which and
-stops the rest. Problems that stop the start (a port in use, a missing binary,
-an unreachable database) are reported as one line.
+later kills what is left. Once everything is up, a process that exits
+unexpectedly (killed, crashed, or a replica that drained after a SIGTERM from
+outside) is restarted with backoff, up to a cap, while the rest keeps running
+(stack/supervisor.py). Problems that stop the start (a port in use, a missing
+binary, an unreachable database, a service that dies while starting) are
+reported as one line and stop everything.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from mesh.settings import Settings
 from stack import envoy_config, infra, paths, procs, tokens
 from stack.edge import Envoy, envoy_binary
 from stack.signals import SignalBurst, Verdict
+from stack.supervisor import Supervisor
 
 
 class StartError(Exception):
@@ -163,6 +167,8 @@ class Stack:
     postgres_server: infra.PostgresServer | None = None
     children: list[procs.Child] = field(default_factory=list)
     envoy: Envoy | None = None
+    #: restarts the children and Envoy once everything is up
+    supervisor: Supervisor | None = None
 
     def stop(self, settings: Settings, say: Callable[[str], None]) -> list[str]:
         """Stops everything; returns the processes that did not exit with 0
@@ -170,7 +176,7 @@ class Stack:
         grace = settings.shutdown_grace_s + 5
         fanouts = [c for c in self.children if c.spec.module == "fanout_svc"]
         others = [c for c in self.children if c.spec.module != "fanout_svc"]
-        running = [c for c in fanouts if c.exited() is None]
+        running = [c for c in fanouts if c.exit_code() is None]
         if running:
             # before Envoy: a draining replica's Reconnect reaches the clients through it
             say(f"stopping {len(running)} fan-out replica(s) (drain)")
@@ -179,13 +185,18 @@ class Stack:
             say("stopping Envoy")
             self.envoy.stop()
         for child in reversed(others):
-            if child.exited() is None:
+            if child.exit_code() is None:
                 say(f"stopping {child.name}")
             child.stop(grace)
-        codes = {c.name: c.exited() for c in self.children}
+        codes = {c.name: c.exit_code() for c in self.children}
         if self.envoy is not None and self.envoy.proc is not None:
             codes["Envoy"] = self.envoy.proc.returncode
-        unclean = [f"{name} (code {code})" for name, code in codes.items() if code != 0]
+        given_up = {w.name for w in self.supervisor.given_up} if self.supervisor else set()
+        unclean = [
+            f"{name} (given up)" if name in given_up else f"{name} (code {code})"
+            for name, code in codes.items()
+            if code != 0 or name in given_up
+        ]
         if self.postgres_server is not None:
             say("stopping the private Postgres")
             self.postgres_server.stop()
@@ -489,18 +500,11 @@ def _run(
         raise StartError(f"{exc} (log: {logs / 'envoy.log'})") from exc
     print(banner(settings, stack, listen, home, redis_url), flush=True)
 
-    while not stopping.wait(0.5):
-        for child in stack.children:
-            code = child.exited()
-            if code is not None:
-                how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-                say(f"{child.name} {how}; stopping everything")
-                tail = child.log_tail()
-                if tail:
-                    print(f"  {tail}\n  (log: {child.log_path})", file=sys.stderr)
-                return 1
-        if not stack.envoy.running:
-            say(f"Envoy exited; stopping everything (log: {logs / 'envoy.log'})")
-            return 1
+    stack.supervisor = Supervisor(say)
+    for child in stack.children:
+        stack.supervisor.watch(child.name, child, child.log_path)
+    stack.supervisor.watch("Envoy", stack.envoy, logs / "envoy.log")
+    while not stopping.wait(0.2):
+        stack.supervisor.poll(stopping.is_set)
     say("stopping (signal)")
     return 0

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,7 @@ def parent_death_signal() -> None:  # pragma: no cover - runs in the child
 
 @dataclass
 class Child:
-    """One running service process."""
+    """One service process; `respawn()` starts it again in the same place."""
 
     name: str
     spec: ServiceSpec
@@ -80,13 +80,28 @@ class Child:
     metrics_port: int
     log_path: Path | None
     proc: subprocess.Popen[bytes]
+    #: starts the process (again), with the same command, environment and log
+    launch: Callable[[], subprocess.Popen[bytes]] = field(repr=False)
 
     @property
     def addr(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def exited(self) -> int | None:
+    def exit_code(self) -> int | None:
         return self.proc.poll()
+
+    def ready(self) -> bool:
+        return self.proc.poll() is None and check_health(
+            self.addr, self.spec.health_service, timeout=0.5
+        )
+
+    def respawn(self) -> None:
+        """A fresh process for one that exited (its log goes on in the same
+        file). Anything the dead one left in its process group goes first."""
+        if self.proc.poll() is None:
+            raise RuntimeError(f"{self.name} is still running")
+        signal_group(self.proc.pid, signal.SIGKILL)
+        self.proc = self.launch()
 
     def log_tail(self, lines: int = 5) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -124,27 +139,30 @@ def spawn(
     env["PORT"] = str(port)
     env["METRICS_PORT"] = str(metrics_port)
     env["PYTHONUNBUFFERED"] = "1"
-    log = None
-    out: int | object = subprocess.DEVNULL
-    if log_path is not None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
-        out = log
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", spec.module],
-            env=env,
-            cwd=cwd,
-            stdout=out,  # type: ignore[arg-type]
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=parent_death_signal if die_with_parent else None,
-        )
-    finally:
-        if log is not None:
-            log.close()
-    return Child(name, spec, port, metrics_port, log_path, proc)
+
+    def launch() -> subprocess.Popen[bytes]:
+        log = None
+        out: int | object = subprocess.DEVNULL
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+            out = log
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-m", spec.module],
+                env=env,
+                cwd=cwd,
+                stdout=out,  # type: ignore[arg-type]
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=parent_death_signal if die_with_parent else None,
+            )
+        finally:
+            if log is not None:
+                log.close()
+
+    return Child(name, spec, port, metrics_port, log_path, launch(), launch)
 
 
 def check_health(addr: str, service: str, timeout: float = 1.0) -> bool:
@@ -167,7 +185,7 @@ def wait_healthy(
     deadline = time.monotonic() + timeout
     while pending and not cancelled():
         for child in list(pending):
-            code = child.exited()
+            code = child.exit_code()
             if code is not None:
                 tail = child.log_tail()
                 raise ChildFailed(

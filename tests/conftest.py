@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +18,7 @@ import redis.asyncio as aioredis
 
 from mesh.settings import Settings
 from stack import infra
+from tests.support import nearby_run
 
 SYSTEM_PG = os.environ.get(
     "NEARBY_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -110,3 +112,12 @@ def private_pg() -> Iterator[infra.PostgresServer]:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def launched() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """`nearby run`s started by a test; killed (by pid) if the test did not stop them."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        nearby_run.kill_tree(proc)

@@ -31,156 +31,23 @@ from nearby.v1 import (
 )
 
 from mesh.settings import Settings
-from stack import infra, launcher
+from stack import launcher
 from stack.signals import SignalBurst, Verdict
 from tests.support.edge_stack import grpcurl_binary
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def _free_block(width: int) -> int:
-    """A port p with p..p+width-1 and their metrics ports (+1000) all free, and
-    none of them handed out before (blocks for one stack must not overlap: a
-    service's metrics port would otherwise land on another's gRPC port)."""
-    for _ in range(200):
-        base = infra.free_port()
-        wanted = [base + i for i in range(width)] + [base + 1000 + i for i in range(width)]
-        if all(p < 65536 and p not in _HANDED_OUT and _free(p) for p in wanted):
-            _HANDED_OUT.update(wanted)
-            return base
-    raise RuntimeError("no free block of ports")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _env(redis_url: str, database_url: str, home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        REDIS_URL=redis_url,
-        DATABASE_URL=database_url,
-        NEARBY_HOME=str(home),
-        JWKS_PATH="",
-        FRIEND_PORT=str(_free_block(1)),
-        LOCATION_PORT=str(_free_block(1)),
-        PRESENCE_PORT=str(_free_block(1)),
-        FANOUT_PORT=str(_free_block(2)),
-        SHUTDOWN_GRACE_S="2",
-        DRAIN_S="1",
-    )
-    return env
-
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                kids.append(int(entry.name))
-    return kids
-
-
-def _descendants(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        kids = _children(todo.pop())
-        found += kids
-        todo += kids
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def _start(
-    command: list[str], env: dict[str, str], out: Path, cwd: Path = ROOT
-) -> subprocess.Popen[bytes]:
-    """`command` as the leader of its own process group, output to `out`."""
-    with open(out, "wb") as log:
-        return subprocess.Popen(
-            command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def _run(args: list[str], env: dict[str, str], out: Path) -> subprocess.Popen[bytes]:
-    return _start([sys.executable, "-m", "stack", "run", *args], env, out)
-
-
-def _wait_running(proc: subprocess.Popen[bytes], out: Path) -> None:
-    deadline = time.monotonic() + 120
-    while "nearby is running" not in out.read_text():
-        assert proc.poll() is None, out.read_text()
-        assert time.monotonic() < deadline, out.read_text()
-        time.sleep(0.2)
-
-
-def _token(env: dict[str, str], cwd: Path, user: str, *flags: str) -> str:
-    nearby = Path(sys.executable).parent / "nearby"
-    return subprocess.run(
-        [str(nearby), "token", user, *flags],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    ).stdout.strip()
-
-
-def _small_stack(
-    env: dict[str, str], out: Path, launched: list[subprocess.Popen[bytes]]
-) -> subprocess.Popen[bytes]:
-    """`nearby run` with one fan-out replica on free ports, running."""
-    args = ["--port", str(_free_block(1)), "--admin-port", str(_free_block(1))]
-    proc = _run([*args, "--fanout-replicas", "1", "--listen", "127.0.0.1"], env, out)
-    launched.append(proc)
-    _wait_running(proc, out)
-    return proc
-
-
-def _pid_of(pids: list[int], module: str) -> int:
-    return next(p for p in pids if module.encode() in Path(f"/proc/{p}/cmdline").read_bytes())
-
-
-def _assert_all_gone(pids: list[int]) -> None:
-    deadline = time.monotonic() + 10
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [p for p in pids if _alive(p)], "orphaned processes after shutdown"
-
-
-@pytest.fixture
-def launched() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Launchers started by a test; killed (by pid) if the test did not stop them."""
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            for kid in _descendants(proc.pid):  # services and Envoy lead their own groups
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(kid, signal.SIGKILL)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(kid, signal.SIGKILL)
-            os.killpg(proc.pid, signal.SIGKILL)  # it leads its own group too
-            proc.wait()
+from tests.support.nearby_run import (
+    ROOT,
+    assert_all_gone,
+    children,
+    descendants,
+    free_block,
+    pid_of,
+    run,
+    run_env,
+    small_stack,
+    start,
+    token,
+    wait_running,
+)
 
 
 def test_nearby_run_serves_through_envoy_and_stops_cleanly(
@@ -189,10 +56,10 @@ def test_nearby_run_serves_through_envoy_and_stops_cleanly(
     tmp_path: Path,
     launched: list[subprocess.Popen[bytes]],
 ) -> None:
-    env = _env(redis_url, database_url, tmp_path / "home")
-    port, admin = _free_block(1), _free_block(1)
+    env = run_env(redis_url, database_url, tmp_path / "home")
+    port, admin = free_block(1), free_block(1)
     out = tmp_path / "out.txt"
-    proc = _run(
+    proc = run(
         [
             "--port",
             str(port),
@@ -207,12 +74,12 @@ def test_nearby_run_serves_through_envoy_and_stops_cleanly(
         out,
     )
     launched.append(proc)
-    _wait_running(proc, out)
+    wait_running(proc, out)
     banner = out.read_text()
     assert f"localhost:{port}" in banner
     assert f"http://127.0.0.1:{admin}/" in banner
     assert banner.count("/metrics") == 5  # friend, location, presence, 2 fan-out
-    kids = _children(proc.pid)
+    kids = children(proc.pid)
     assert len(kids) == 6  # the five services and Envoy
 
     def grpcurl(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -230,10 +97,10 @@ def test_nearby_run_serves_through_envoy_and_stops_cleanly(
         assert f"nearby.v1.{service}" in listed.stdout
     body = json.dumps({"user_id": "alice", "display_name": "Alice"})
     created = grpcurl(
-        "-d", body, "nearby.v1.FriendService/CreateUser", token=_token(env, ROOT, "ops", "--admin")
+        "-d", body, "nearby.v1.FriendService/CreateUser", token=token(env, ROOT, "ops", "--admin")
     )
     assert created.returncode == 0, created.stderr
-    me = grpcurl("-d", "{}", "nearby.v1.FriendService/GetUser", token=_token(env, ROOT, "alice"))
+    me = grpcurl("-d", "{}", "nearby.v1.FriendService/GetUser", token=token(env, ROOT, "alice"))
     assert me.returncode == 0, me.stderr
     assert json.loads(me.stdout)["user"]["user_id"] == "alice"
     denied = grpcurl("-d", "{}", "nearby.v1.FriendService/GetUser")
@@ -242,32 +109,32 @@ def test_nearby_run_serves_through_envoy_and_stops_cleanly(
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0, out.read_text()
     assert "stopping Envoy" in out.read_text()
-    _assert_all_gone(kids)
+    assert_all_gone(kids)
 
 
 def _one_line_failure(
     args: list[str], env: dict[str, str], tmp_path: Path, launched: list[subprocess.Popen[bytes]]
 ) -> str:
     out = tmp_path / "fail.txt"
-    proc = _run(args, env, out)
+    proc = run(args, env, out)
     launched.append(proc)
     assert proc.wait(60) == 2
     lines = [line for line in out.read_text().splitlines() if line.startswith("nearby run:")]
     assert len(lines) == 1, out.read_text()
-    assert not _children(proc.pid)
+    assert not children(proc.pid)
     return lines[0]
 
 
 def test_port_in_use_is_one_clear_line(
     redis_url: str, database_url: str, tmp_path: Path, launched: list[subprocess.Popen[bytes]]
 ) -> None:
-    env = _env(redis_url, database_url, tmp_path / "home")
+    env = run_env(redis_url, database_url, tmp_path / "home")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         line = _one_line_failure(
-            ["--port", str(port), "--admin-port", str(_free_block(1)), "--listen", "127.0.0.1"],
+            ["--port", str(port), "--admin-port", str(free_block(1)), "--listen", "127.0.0.1"],
             env,
             tmp_path,
             launched,
@@ -279,14 +146,14 @@ def test_port_in_use_is_one_clear_line(
 def test_unreachable_database_is_one_clear_line(
     redis_url: str, tmp_path: Path, launched: list[subprocess.Popen[bytes]]
 ) -> None:
-    closed = _free_block(1)
-    env = _env(redis_url, f"postgresql://postgres@127.0.0.1:{closed}/nearby", tmp_path / "home")
+    closed = free_block(1)
+    env = run_env(redis_url, f"postgresql://postgres@127.0.0.1:{closed}/nearby", tmp_path / "home")
     line = _one_line_failure(
         [
             "--port",
-            str(_free_block(1)),
+            str(free_block(1)),
             "--admin-port",
-            str(_free_block(1)),
+            str(free_block(1)),
             "--fanout-replicas",
             "1",
         ],
@@ -298,25 +165,11 @@ def test_unreachable_database_is_one_clear_line(
     assert "not reachable" in line
 
 
-def test_a_dying_service_is_named_and_everything_stops(
-    redis_url: str, database_url: str, tmp_path: Path, launched: list[subprocess.Popen[bytes]]
-) -> None:
-    env = _env(redis_url, database_url, tmp_path / "home")
-    out = tmp_path / "out.txt"
-    proc = _small_stack(env, out, launched)
-    kids = _children(proc.pid)
-    presence = _pid_of(kids, "presence_svc")
-    os.kill(presence, signal.SIGKILL)
-    assert proc.wait(60) == 1, out.read_text()
-    assert "presence_svc was killed by signal 9; stopping everything" in out.read_text()
-    _assert_all_gone(kids)
-
-
 def test_private_redis_and_postgres_when_the_defaults_are_unreachable(tmp_path: Path) -> None:
     """A fresh machine: nothing on the default ports, no variables set."""
     home = Path(tempfile.mkdtemp(prefix="nearby-home-"))
     home.chmod(0o755)  # as root, Postgres runs as `postgres` and must reach its folder
-    closed = _free_block(1)
+    closed = free_block(1)
     settings = Settings(
         redis_url=f"redis://127.0.0.1:{closed}/0",
         database_url=f"postgresql://postgres@127.0.0.1:{closed}/nearby",
@@ -384,22 +237,22 @@ def test_one_ctrl_c_to_the_process_group_of_make_run_drains_the_fanout(
 ) -> None:
     """A terminal's Ctrl-C reaches make and the launcher, and copies of it may
     follow a moment later: still one graceful stop, the fan-out drained."""
-    env = _env(redis_url, database_url, tmp_path / "home")
-    port, admin = _free_block(1), _free_block(1)
+    env = run_env(redis_url, database_url, tmp_path / "home")
+    port, admin = free_block(1), free_block(1)
     venv = Path(sys.executable).parent.parent
     args = f"--port {port} --admin-port {admin} --fanout-replicas 1 --listen 127.0.0.1"
     out = tmp_path / "out.txt"
     # -o: never reinstall from inside a test, even if pyproject.toml is newer
     make_run = ["make", "run", f"VENV={venv}", "-o", f"{venv}/.installed-stamp", f"ARGS={args}"]
-    make = _start(make_run, env, out)
+    make = start(make_run, env, out)
     launched.append(make)
-    _wait_running(make, out)
+    wait_running(make, out)
     (launcher_pid,) = [
-        k for k in _children(make.pid) if b"run" in Path(f"/proc/{k}/cmdline").read_bytes()
+        k for k in children(make.pid) if b"run" in Path(f"/proc/{k}/cmdline").read_bytes()
     ]
-    kids = _descendants(make.pid)
-    _create_user(port, _token(env, ROOT, "ops", "--admin"), "gina")
-    stream = _Stream(port, _token(env, ROOT, "gina"))
+    kids = descendants(make.pid)
+    _create_user(port, token(env, ROOT, "ops", "--admin"), "gina")
+    stream = _Stream(port, token(env, ROOT, "gina"))
     try:
         kinds = stream.kinds()
         assert next(kinds) == "snapshot"
@@ -415,7 +268,7 @@ def test_one_ctrl_c_to_the_process_group_of_make_run_drains_the_fanout(
     assert "stopping now" not in text, text
     assert "nearby: stopped; every process exited cleanly" in text, text
     assert "draining 1 streams" in (tmp_path / "home" / "logs" / "fanout_svc-0.log").read_text()
-    _assert_all_gone(kids)
+    assert_all_gone(kids)
 
 
 def test_nearby_run_and_token_work_from_any_folder_of_the_checkout(
@@ -424,21 +277,21 @@ def test_nearby_run_and_token_work_from_any_folder_of_the_checkout(
     """A relative NEARBY_HOME is the checkout's, whichever folder a command runs in."""
     relative_home = f".nearby/test-{uuid.uuid4().hex[:8]}"
     home = ROOT / relative_home
-    env = _env(redis_url, database_url, Path(relative_home))
-    port, admin = _free_block(1), _free_block(1)
+    env = run_env(redis_url, database_url, Path(relative_home))
+    port, admin = free_block(1), free_block(1)
     out = home.parent / f"{home.name}.out"
     flags = ["--port", str(port), "--admin-port", str(admin), "--fanout-replicas", "1"]
     flags += ["--listen", "127.0.0.1"]
     home.parent.mkdir(exist_ok=True)
     try:
         nearby = str(Path(sys.executable).parent / "nearby")
-        proc = _start([nearby, "run", *flags], env, out, cwd=ROOT / "docs")
+        proc = start([nearby, "run", *flags], env, out, cwd=ROOT / "docs")
         launched.append(proc)
-        _wait_running(proc, out)
+        wait_running(proc, out)
         assert (home / "logs" / "fanout_svc-0.log").is_file()
         assert not (ROOT / "docs" / ".nearby").exists()
         # minted in another folder, with the same key
-        _create_user(port, _token(env, ROOT / "sdk" / "nearby", "ops", "--admin"), "hal")
+        _create_user(port, token(env, ROOT / "sdk" / "nearby", "ops", "--admin"), "hal")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(90) == 0, out.read_text()
         assert "every process exited cleanly" in out.read_text()
@@ -460,12 +313,12 @@ def test_copies_of_one_signal_are_one_stop_and_a_later_signal_stops_now() -> Non
 def test_a_second_signal_a_moment_later_skips_the_grace(
     redis_url: str, database_url: str, tmp_path: Path, launched: list[subprocess.Popen[bytes]]
 ) -> None:
-    env = _env(redis_url, database_url, tmp_path / "home")
+    env = run_env(redis_url, database_url, tmp_path / "home")
     env["SHUTDOWN_GRACE_S"] = "60"  # presence, frozen below, would hold the stop for 65 s
     out = tmp_path / "out.txt"
-    proc = _small_stack(env, out, launched)
-    kids = _children(proc.pid)
-    presence = _pid_of(kids, "presence_svc")
+    proc = small_stack(env, out, launched)
+    kids = children(proc.pid)
+    presence = pid_of(kids, "presence_svc")
     os.kill(presence, signal.SIGSTOP)  # a service that does not stop by itself
     first = time.monotonic()
     proc.send_signal(signal.SIGINT)
@@ -477,4 +330,4 @@ def test_a_second_signal_a_moment_later_skips_the_grace(
     proc.send_signal(signal.SIGINT)
     assert proc.wait(30) == 1, out.read_text()
     assert "stopping now (second signal)" in out.read_text()
-    _assert_all_gone(kids)
+    assert_all_gone(kids)
