@@ -6,11 +6,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: run test lint typecheck proto envoy-config bench sim clean help
+.PHONY: run test chaos lint typecheck proto envoy-config bench sim clean help
 
 help:
 	@echo "make run    - start Redis/Postgres (if needed), the four services and Envoy"
 	@echo "make test   - stubs/protos/envoy checks, ruff, mypy and the test suite"
+	@echo "make chaos  - the chaos tests at full size (CHAOS_SESSIONS=1000 SDK sessions)"
 	@echo "make bench  - the benchmark suite (writes docs/benchmarks.md)"
 	@echo "make proto  - regenerate the Python stubs after editing protos/"
 
@@ -46,6 +47,11 @@ typecheck: $(STAMP)
 
 test: lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The chaos tests alone, with more sessions than make test gives them (200).
+CHAOS_SESSIONS ?= 1000
+chaos: $(STAMP)
+	NEARBY_CHAOS_SESSIONS=$(CHAOS_SESSIONS) $(BIN)/pytest -q -s -p no:cacheprovider tests/test_chaos_*.py $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)
