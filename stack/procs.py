@@ -82,13 +82,21 @@ class Child:
     proc: subprocess.Popen[bytes]
     #: starts the process (again), with the same command, environment and log
     launch: Callable[[], subprocess.Popen[bytes]] = field(repr=False)
+    _group_killed: bool = field(default=False, init=False, repr=False)
 
     @property
     def addr(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def exit_code(self) -> int | None:
-        return self.proc.poll()
+        """None while running. The first time an exit is seen, anything the
+        process left in its group is killed too, right after the reap (long
+        before its pid could come round again as another group's id)."""
+        code = self.proc.poll()
+        if code is not None and not self._group_killed:
+            self._group_killed = True
+            signal_group(self.proc.pid, signal.SIGKILL)
+        return code
 
     def ready(self) -> bool:
         return self.proc.poll() is None and check_health(
@@ -96,12 +104,10 @@ class Child:
         )
 
     def respawn(self) -> None:
-        """A fresh process for one that exited (its log goes on in the same
-        file). Anything the dead one left in its process group goes first."""
-        if self.proc.poll() is None:
+        """A fresh process for one that exited (its log goes on in the same file)."""
+        if self.exit_code() is None:
             raise RuntimeError(f"{self.name} is still running")
-        signal_group(self.proc.pid, signal.SIGKILL)
-        self.proc = self.launch()
+        self.proc, self._group_killed = self.launch(), False
 
     def log_tail(self, lines: int = 5) -> str:
         if self.log_path is None or not self.log_path.exists():
