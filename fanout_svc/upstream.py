@@ -45,32 +45,39 @@ def upstream_error(exc: grpc.aio.AioRpcError, what: str) -> ServiceError:
     """The error our caller sees when a service we depend on failed.
 
     Non-retryable codes (PASSED_ON) reach the caller as themselves, with the
-    upstream's ErrorInfo reason; anything else (unreachable, deadline,
-    overloaded, internal) is UNAVAILABLE: retry with backoff.
+    upstream's ErrorInfo reason; the upstream's field path (a field of an
+    internal request, not of our caller's) is left out of the message. Any
+    other code (unreachable, deadline, overloaded, internal) is UNAVAILABLE:
+    retry with backoff.
     """
     code = exc.code()
     cls = PASSED_ON.get(code)
-    if cls is not None:
-        return cls(f"{what}: {exc.details()}", reason=error_reason(exc) or code.name)
-    return Unavailable(
-        f"{what} failed ({code.name}); retry with backoff", reason="UPSTREAM_UNAVAILABLE"
-    )
+    if cls is None:
+        return Unavailable(
+            f"{what} failed ({code.name}); retry with backoff", reason="UPSTREAM_UNAVAILABLE"
+        )
+    info = error_info(exc)
+    details = exc.details() or code.name
+    field = info.metadata.get("field", "") if info is not None else ""
+    if field:
+        details = details.removeprefix(f"{field}: ")
+    return cls(f"{what}: {details}", reason=(info.reason if info is not None else "") or code.name)
 
 
-def error_reason(exc: grpc.aio.AioRpcError) -> str:
-    """The google.rpc.ErrorInfo reason of a failed call ('' when it has none)."""
+def error_info(exc: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
+    """The google.rpc.ErrorInfo of a failed call, if it carries one."""
     for key, value in exc.trailing_metadata() or ():
         if key != "grpc-status-details-bin" or not isinstance(value, bytes):
             continue
         try:
             status = status_pb2.Status.FromString(value)
         except DecodeError:
-            return ""
+            return None
         for detail in status.details:
             info = error_details_pb2.ErrorInfo()
             if detail.Unpack(info):
-                return str(info.reason)
-    return ""
+                return info
+    return None
 
 
 class Upstream:
