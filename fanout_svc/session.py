@@ -15,6 +15,7 @@ registry) come from the coordinator (streams.py), passed in explicitly.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import sys
@@ -116,6 +117,7 @@ class Session:
         "last_write",
         "on_gone",
         "on_moved",
+        "owed",
         "process",
         "resync_wanted",
         "stalled",
@@ -132,6 +134,9 @@ class Session:
         self.process = process
         self.user_id = user_id
         self.context = context
+        # view.Owner.owed: the queue went from empty to not empty -> flush tick
+        # (a partial: no Python frame of our own on the push path)
+        self.owed: Callable[[], None] = functools.partial(process.mark, self)
         self.view = view = FriendView(
             user_id,
             self,
@@ -154,10 +159,7 @@ class Session:
         self.tasks: set[asyncio.Task[None]] | None = None
         self.resync_wanted = False
 
-    # --- the view's owner (view.Owner) -----------------------------------
-    def owed(self) -> None:
-        self.process.mark(self)
-
+    # --- the view's owner (view.Owner; owed: the coordinator's mark) --------
     def dropped(self) -> None:
         metrics.HOT.drops += 1
 
