@@ -276,10 +276,18 @@ async def test_report_locations_validates_each_report(
     resp = await stub.ReportLocations(req)
     r = resp.results
     assert [x.disposition for x in r] == [ACCEPTED, 0, 0, 0, ACCEPTED]
-    assert r[0].error == "" and r[0].fix.recorded_at_ms >= t
-    assert "reports[1].fix.latitude" in r[1].error
-    assert "reports[2].user_id" in r[2].error
-    assert "reports[3].fix.recorded_at_ms" in r[3].error
+    assert not r[0].HasField("rejection") and r[0].fix.recorded_at_ms >= t
+    # structured rejections: the field relative to the report, and a description
+    # without it (the caller says it in its own client's words)
+    rejections = [(x.rejection.field, x.rejection.reason) for x in r[1:4]]
+    assert rejections == [
+        ("fix.latitude", "INVALID_FIELD"),
+        ("user_id", "INVALID_FIELD"),
+        ("fix.recorded_at_ms", "INVALID_FIELD"),
+    ]
+    assert "outside [-90, 90]" in r[1].rejection.description
+    assert "in the future" in r[3].rejection.description
+    assert "fix" not in r[3].rejection.description
     assert r[4].fix.recorded_at_ms == t
     assert await cached(redis_client, "u2") is None
     assert await cached(redis_client, "u3") is None
