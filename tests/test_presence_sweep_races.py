@@ -89,7 +89,7 @@ class Reporter:
                 ]
             )
         )
-        assert [r.error for r in resp.results] == [""], resp
+        assert not any(r.HasField("rejection") for r in resp.results), resp
         self.sent[user], self.answered[user] = before, now_ms()
 
     async def until_stale(self, user: str) -> None:
