@@ -1,96 +1,51 @@
-"""The hub on a real 3-master Redis Cluster with sharded pub/sub (SSUBSCRIBE /
-SPUBLISH): the same hub, only the Subscriber differs."""
+"""The hub on a real Redis Cluster (3 masters + 3 replicas) with sharded
+pub/sub: one connection per master, and no subscription lost when slots
+migrate, a SSUBSCRIBE meets MOVED, a master dies or masters are added.
+
+Publishers use SPUBLISH through redis-py's RedisCluster. Tests that kill or
+reshard nodes start their own cluster; the others share `redis_cluster`.
+Blocking cluster operations (redis-cli) run in a thread so that the hub keeps
+running meanwhile.
+"""
 
 from __future__ import annotations
 
-import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 from nearby.internal.v1 import events_pb2
 from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 
+from fanout_svc import metrics
 from fanout_svc.hub import Hub, loc_channel
-from fanout_svc.subscriber import ShardedSubscriber
+from fanout_svc.sharded import ShardedSubscriber
+from mesh.settings import Settings
 from stack import infra
 from tests.support.fanout import until
 
-
-def _cluster_ports(n: int) -> list[int]:
-    """Free ports whose cluster bus port (+10000) is valid and free too."""
-    ports: list[int] = []
-    while len(ports) < n:
-        p = infra.free_port()
-        if p + 10000 < 65536 and not infra.port_open("127.0.0.1", p + 10000) and p not in ports:
-            ports.append(p)
-    return ports
-
-
-@pytest.fixture(scope="module")
-def cluster_url(tmp_root: Path) -> Iterator[str]:
-    server = infra.find_binary("redis-server")
-    cli = infra.find_binary("redis-cli")
-    ports = _cluster_ports(3)
-    procs = []
-    for port in ports:
-        d = tmp_root / f"cluster-{port}"
-        d.mkdir()
-        procs.append(
-            subprocess.Popen(
-                [
-                    server,
-                    *("--port", str(port), "--bind", "127.0.0.1", "--save", ""),
-                    *("--appendonly", "no", "--cluster-enabled", "yes"),
-                    *("--cluster-config-file", str(d / "nodes.conf"), "--dir", str(d)),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-    try:
-        for port in ports:
-            infra.wait_port("127.0.0.1", port, 10)
-        subprocess.run(
-            [
-                cli,
-                "--cluster",
-                "create",
-                *(f"127.0.0.1:{p}" for p in ports),
-                "--cluster-replicas",
-                "0",
-                "--cluster-yes",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        for _ in range(100):
-            out = subprocess.run(
-                [cli, "-p", str(ports[0]), "cluster", "info"], capture_output=True, text=True
-            ).stdout
-            if "cluster_state:ok" in out:
-                break
-            time.sleep(0.1)
-        yield f"redis://127.0.0.1:{ports[0]}"
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(10)
+RECOVERY_S = 30.0
+"""Bound on the time from a cluster change (promotion, end of a reshard) until
+every listener hears fresh updates again; generous for a loaded 2-core box."""
 
 
 class Recorder:
     """A listener that remembers what the hub handed it."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "") -> None:
+        self.name = name
         self.moved: list[tuple[str, float]] = []
+        self.latest: dict[str, float] = {}
         self.resyncs = 0
 
     def on_moved(self, user_id: str, lat: float, lng: float, t_ms: int, pub_ms: int) -> None:
         self.moved.append((user_id, lat))
+        self.latest[user_id] = lat
 
     def on_gone(self, user_id: str, reason: int) -> None:
         pass
@@ -102,52 +57,160 @@ class Recorder:
         self.resyncs += 1
 
 
-@pytest.fixture
-async def cluster(cluster_url: str) -> AsyncIterator[RedisCluster]:
-    rc = RedisCluster.from_url(cluster_url)
-    await rc.initialize()
-    yield rc
-    await rc.aclose()
+def _payload(user: str, lat: float) -> bytes:
+    ev = events_pb2.LocationEvent(
+        user_id=user, moved=events_pb2.PositionFix(latitude=lat, longitude=1.0)
+    )
+    return ev.SerializeToString()
 
 
-async def _publish(rc: RedisCluster, users: list[str], lat: float) -> None:
+async def _publish(rc: RedisCluster, users: Iterable[str], lat: float) -> None:
     for u in users:
-        ev = events_pb2.LocationEvent(
-            user_id=u, moved=events_pb2.PositionFix(latitude=lat, longitude=1.0)
-        )
-        await rc.spublish(loc_channel(u), ev.SerializeToString())
+        await rc.spublish(loc_channel(u), _payload(u, lat))
 
 
-async def _shard_channels(host: str, port: int | str) -> list[bytes]:
-    async with aioredis.Redis(host=host, port=int(port)) as client:
-        return list(await client.execute_command("PUBSUB SHARDCHANNELS"))  # type: ignore[no-untyped-call]
+def _owners(cluster: infra.RedisCluster) -> list[int | None]:
+    """slot -> port of its master, from CLUSTER NODES."""
+    owners: list[int | None] = [None] * 16384
+    for n in cluster.nodes():
+        if n["role"] != "master" or n["failed"] == "yes":
+            continue
+        for rng in n["slots"].split():
+            if rng.startswith("["):  # a slot being migrated or imported
+                continue
+            a, _, b = rng.partition("-")
+            for slot in range(int(a), int(b or a) + 1):
+                owners[slot] = int(n["port"])
+    return owners
 
 
-async def test_sharded_hub_dispatches_resubscribes_and_releases(
-    cluster_url: str, cluster: RedisCluster
-) -> None:
-    hub = Hub(cluster_url, subscriber_factory=lambda: ShardedSubscriber(cluster_url))
+def _users_by_master(
+    owners: list[int | None], per_master: int, prefix: str
+) -> dict[int, list[str]]:
+    groups: dict[int, list[str]] = {p: [] for p in set(owners) if p is not None}
+    for i in itertools.count():
+        if all(len(us) >= per_master for us in groups.values()):
+            return groups
+        u = f"{prefix}{i}"
+        port = owners[key_slot(loc_channel(u))]
+        assert port is not None
+        if len(groups[port]) < per_master:
+            groups[port].append(u)
+    raise AssertionError("unreachable")
+
+
+def _in_slot(slot: int, prefix: str) -> str:
+    return next(
+        f"{prefix}{i}" for i in itertools.count() if key_slot(loc_channel(f"{prefix}{i}")) == slot
+    )
+
+
+async def _client_list(port: int) -> list[str]:
+    async with aioredis.Redis(port=port) as r:
+        out: bytes = await r.execute_command("CLIENT LIST TYPE pubsub")  # type: ignore[no-untyped-call]
+    return [line for line in out.decode().splitlines() if "name=nearby-fanout-hub" in line]
+
+
+async def _shard_channels(port: int) -> list[bytes]:
+    async with aioredis.Redis(port=port) as r:
+        return list(await r.execute_command("PUBSUB SHARDCHANNELS"))  # type: ignore[no-untyped-call]
+
+
+@contextlib.asynccontextmanager
+async def _hub(url: str, poll_s: float = 2.0) -> AsyncIterator[tuple[Hub, ShardedSubscriber]]:
+    transports: list[ShardedSubscriber] = []
+
+    def factory() -> ShardedSubscriber:
+        transports.append(ShardedSubscriber(url, poll_s=poll_s))
+        return transports[-1]
+
+    hub = Hub(url, factory)
     await hub.open()
     try:
+        yield hub, transports[-1]
+    finally:
+        await hub.close()
+
+
+@contextlib.asynccontextmanager
+async def _publisher(url: str) -> AsyncIterator[RedisCluster]:
+    rc = RedisCluster.from_url(url, socket_connect_timeout=0.5, socket_timeout=1.0)
+    await rc.initialize()
+    try:
+        yield rc
+    finally:
+        await rc.aclose()
+
+
+class Mover:
+    """Publishes a move of every user every ~0.2 s; the latitude is a tick
+    number, so a listener's latest latitude tells when it last heard."""
+
+    def __init__(self, rc: RedisCluster, users: list[str]) -> None:
+        self.rc, self.users = rc, users
+        self.tick = 0
+        self.errors = 0
+        self._task = asyncio.create_task(self._run())
+
+    async def _one(self, u: str, tick: int) -> None:
+        try:
+            await self.rc.spublish(loc_channel(u), _payload(u, float(tick)))
+        except Exception:  # a master is down or moving: the next tick retries
+            self.errors += 1
+
+    async def _run(self) -> None:
+        while True:
+            self.tick += 1
+            tick = self.tick
+            await asyncio.gather(*(self._one(u, tick) for u in self.users))
+            await asyncio.sleep(0.2)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+def _heard_since(listeners: Iterable[tuple[Recorder, list[str]]], tick: int) -> bool:
+    return all(rec.latest.get(u, -1.0) > tick for rec, users in listeners for u in users)
+
+
+# --- on the shared cluster --------------------------------------------------
+@pytest.fixture
+async def cluster_url(redis_cluster: infra.RedisCluster) -> str:
+    return redis_cluster.url
+
+
+async def test_one_connection_per_master_dispatch_resubscribe_and_release(
+    redis_cluster: infra.RedisCluster,
+) -> None:
+    url = redis_cluster.url
+    async with _hub(url) as (hub, sub), _publisher(url) as rc:
         users = [f"user-{i}" for i in range(60)]
         one, two = Recorder(), Recorder()
         hub.subscribe([loc_channel(u) for u in users], one)
         hub.subscribe([loc_channel(u) for u in users[:10]], two)
         await hub.barrier()
-        # the channels are spread over the three masters, one subscription each
-        per_node = [await _shard_channels(n.host, n.port) for n in cluster.get_primaries()]
-        assert len(per_node) == 3 and all(per_node)
+        masters = redis_cluster.master_ports()
+        # one hub connection per master, each channel subscribed once, on its slot's owner
+        assert [len(await _client_list(p)) for p in masters] == [1, 1, 1]
+        per_node = [await _shard_channels(p) for p in masters]
+        assert all(per_node)
         assert sorted(c for cs in per_node for c in cs) == sorted(loc_channel(u) for u in users)
-        await _publish(cluster, users, 1.0)
+        await _publish(rc, users, 1.0)
         await until(lambda: len(one.moved) == 60 and len(two.moved) == 10)
         assert {u for u, _ in one.moved} == set(users)
 
-        # every node drops the hub's connections: it reconnects, resubscribes, resyncs
-        for node in cluster.get_primaries():
-            async with aioredis.Redis(host=node.host, port=int(node.port)) as client:
+        # every node drops the hub's connections: each reconnects and resubscribes,
+        # and the listeners of the lost channels resync
+        reconnects = metrics.HUB_NODE_RECONNECTS._value.get()
+        for p in masters:
+            async with aioredis.Redis(port=p) as client:
                 await client.client_kill_filter(_type="pubsub")
-        await until(lambda: one.resyncs == 1 and two.resyncs == 1)
-        await _publish(cluster, users[:5], 2.0)
+        await until(lambda: one.resyncs >= 1 and two.resyncs >= 1)
+        assert metrics.HUB_NODE_RECONNECTS._value.get() == reconnects + 3
+        await until(lambda: len(sub.connections()) == 3)
+        await _publish(rc, users[:5], 2.0)
         await until(lambda: sum(1 for _, lat in one.moved if lat == 2.0) == 5)
 
         hub.unsubscribe([loc_channel(u) for u in users], one)
@@ -155,9 +218,161 @@ async def test_sharded_hub_dispatches_resubscribes_and_releases(
         assert hub.channel_count() == 0
 
         async def released() -> bool:
-            nodes = cluster.get_primaries()
-            return not any([await _shard_channels(n.host, n.port) for n in nodes])
+            return not any([await _shard_channels(p) for p in masters])
 
         await until(released)
+
+
+async def test_settings_pick_the_sharded_transport(redis_cluster: infra.RedisCluster) -> None:
+    hub = Hub.for_settings(Settings(redis_url=redis_cluster.url, redis_cluster=True))
+    await hub.open()
+    try:
+        rec = Recorder()
+        users = [f"pick-{i}" for i in range(20)]
+        hub.subscribe([loc_channel(u) for u in users], rec)
+        await hub.barrier()
+        async with _publisher(redis_cluster.url) as rc:
+            await _publish(rc, users, 3.0)
+        await until(lambda: len(rec.moved) == 20)
     finally:
         await hub.close()
+
+
+# --- on clusters of their own (destructive) ------------------------------
+@pytest.fixture
+def own_cluster(tmp_root: Path, request: pytest.FixtureRequest) -> Iterator[infra.RedisCluster]:
+    cluster = infra.RedisCluster(tmp_root / request.node.name, masters=3, replicas=1).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def test_moved_on_subscribe_follows_the_slot(own_cluster: infra.RedisCluster) -> None:
+    url = own_cluster.url
+    # no periodic map reads: the hub only learns of the move from MOVED
+    async with _hub(url, poll_s=3600) as (hub, sub), _publisher(url) as rc:
+        before = _owners(own_cluster)
+        src, dst = own_cluster.master_ports()[:2]
+        slot = before.index(src)  # redis-cli moves a master's lowest slots first
+        await asyncio.to_thread(own_cluster.reshard, src, dst, 1)
+        assert _owners(own_cluster)[slot] == dst
+        user = _in_slot(slot, "moved-")
+        moved = metrics.HUB_MOVED._value.get()
+        rec = Recorder()
+        hub.subscribe([loc_channel(user)], rec)
+        await hub.barrier()
+        assert metrics.HUB_MOVED._value.get() >= moved + 1
+        assert sub.node_of(loc_channel(user)) == f"127.0.0.1:{dst}"
+        assert loc_channel(user) in await _shard_channels(dst)
+        await rc.initialize()
+        await _publish(rc, [user], 4.0)
+        await until(lambda: rec.moved == [(user, 4.0)])
+        assert rec.resyncs == 0  # nothing had been lost: it was never subscribed before
+
+
+async def test_failover_under_load_resyncs_only_the_dead_masters_listeners(
+    own_cluster: infra.RedisCluster,
+) -> None:
+    url = own_cluster.url
+    groups = _users_by_master(_owners(own_cluster), 6, "fo-")
+    # three listeners per master, each on the channels of that master's users
+    listeners = {
+        port: [(Recorder(f"{port}/{i}"), users[i::3] + users[:1]) for i in range(3)]
+        for port, users in groups.items()
+    }
+    all_users = [u for us in groups.values() for u in us]
+    everyone = [pair for pairs in listeners.values() for pair in pairs]
+    async with _hub(url) as (hub, sub), _publisher(url) as rc:
+        for rec, users in everyone:
+            hub.subscribe([loc_channel(u) for u in users], rec)
+        await hub.barrier()
+        mover = Mover(rc, all_users)
+        try:
+            start = mover.tick
+            await until(lambda: _heard_since(everyone, start), within=RECOVERY_S)
+            victim = sorted(groups)[0]
+            reconnects = metrics.HUB_NODE_RECONNECTS._value.get()
+            new_master = await asyncio.to_thread(own_cluster.fail_master, victim)
+            promoted = mover.tick
+            await until(lambda: _heard_since(everyone, promoted), within=RECOVERY_S)
+        finally:
+            await mover.stop()
+        assert metrics.HUB_NODE_RECONNECTS._value.get() >= reconnects + 1
+        for port, pairs in listeners.items():
+            for rec, _ in pairs:
+                if port == victim:
+                    assert rec.resyncs >= 1, rec.name
+                else:
+                    assert rec.resyncs == 0, rec.name
+        # the dead master's channels now live on the promoted replica, one connection each
+        assert {sub.node_of(loc_channel(u)) for u in groups[victim]} == {f"127.0.0.1:{new_master}"}
+        assert f"127.0.0.1:{victim}" not in sub.connections()
+        assert len(await _client_list(new_master)) == 1
+
+
+async def test_live_resharding_and_a_new_master(own_cluster: infra.RedisCluster) -> None:
+    url = own_cluster.url
+    before = _owners(own_cluster)
+    groups = _users_by_master(before, 12, "rs-")
+    all_users = [u for us in groups.values() for u in us]
+    # one listener per user (and one on everything), so "who was affected" is exact
+    per_user = {u: Recorder(u) for u in all_users}
+    watch_all = Recorder("all")
+    everyone = [(rec, [u]) for u, rec in per_user.items()] + [(watch_all, all_users)]
+    src, dst = sorted(groups)[:2]
+    async with _hub(url) as (hub, sub), _publisher(url) as rc:
+        for u, rec in per_user.items():
+            hub.subscribe([loc_channel(u)], rec)
+        hub.subscribe([loc_channel(u) for u in all_users], watch_all)
+        await hub.barrier()
+        mover = Mover(rc, all_users)
+        try:
+            await until(lambda: _heard_since(everyone, 1), within=RECOVERY_S)
+            pushes = metrics.HUB_SUNSUBSCRIBE_PUSHES._value.get()
+            half = before.count(src) // 2
+            await asyncio.to_thread(own_cluster.reshard, src, dst, half)
+            done = mover.tick
+            await until(lambda: _heard_since(everyone, done), within=RECOVERY_S)
+            after = _owners(own_cluster)
+            moved = {
+                u
+                for u in all_users
+                if after[key_slot(loc_channel(u))] != before[key_slot(loc_channel(u))]
+            }
+            assert moved and moved < set(groups[src])  # some of src's users, no one else's
+            assert metrics.HUB_SUNSUBSCRIBE_PUSHES._value.get() >= pushes + len(moved)
+            for u, rec in per_user.items():
+                assert (rec.resyncs >= 1) == (u in moved), u
+            await until(
+                lambda: all(
+                    sub.node_of(loc_channel(u)) == f"127.0.0.1:{after[key_slot(loc_channel(u))]}"
+                    for u in all_users
+                )
+            )
+
+            # a fourth master takes a share of every master's slots
+            resynced = {u: rec.resyncs for u, rec in per_user.items()}
+            fourth = await asyncio.to_thread(own_cluster.add_master)
+            await asyncio.to_thread(own_cluster.rebalance)
+            done = mover.tick
+            await until(lambda: _heard_since(everyone, done), within=RECOVERY_S)
+            final = _owners(own_cluster)
+            moved = {
+                u
+                for u in all_users
+                if final[key_slot(loc_channel(u))] != after[key_slot(loc_channel(u))]
+            }
+            assert any(final[key_slot(loc_channel(u))] == fourth for u in moved)
+            for u, rec in per_user.items():
+                assert (rec.resyncs > resynced[u]) == (u in moved), u
+            await until(
+                lambda: all(
+                    sub.node_of(loc_channel(u)) == f"127.0.0.1:{final[key_slot(loc_channel(u))]}"
+                    for u in all_users
+                )
+            )
+            assert len(await _client_list(fourth)) == 1
+        finally:
+            await mover.stop()
+        assert watch_all.resyncs >= 2
