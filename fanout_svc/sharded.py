@@ -105,6 +105,7 @@ class _NodeLink(RespConnection):
         self.sent: deque[_Command] = deque()  # waiting for their PONG, in order
         self._out: list[bytes] = []
         self._write_soon = False
+        self.on_message = owner.on_message
 
     def send(self, sub: bool, channels: list[bytes]) -> None:
         self.sent.append(_Command(sub, channels))
@@ -125,37 +126,27 @@ class _NodeLink(RespConnection):
             self.transport.write(b"".join(self._out))
         self._out.clear()
 
-    def data_received(self, data: bytes) -> None:
-        reader = self.reader
-        reader.feed(data)
-        owner = self.owner
-        on_message = owner.on_message
-        while True:
-            reply: Any = reader.gets()
-            if reply is False:
+    def on_reply(self, reply: Any) -> None:
+        if type(reply) is list:
+            n = len(reply)
+            if n == 3:
+                kind = reply[0]
+                if kind == b"ssubscribe":
+                    self.owner.confirmed(self, reply[1])
+                elif kind == b"sunsubscribe":
+                    self._unsubscribed(reply[1])
                 return
-            if type(reply) is list:
-                n = len(reply)
-                if n == 3:
-                    kind = reply[0]
-                    if kind == b"smessage":
-                        on_message(reply[1], reply[2])
-                    elif kind == b"ssubscribe":
-                        owner.confirmed(self, reply[1])
-                    elif kind == b"sunsubscribe":
-                        self._unsubscribed(reply[1])
-                    continue
-                if n == 2 and reply[0] == b"pong":
-                    self._pong()
-                    continue
-            if not self.ready:
-                self.on_reply(reply)
-            elif reply == b"PONG":
+            if n == 2 and reply[0] == b"pong":
                 self._pong()
-            elif isinstance(reply, hiredis.ReplyError):
-                self._error(reply)
-            else:
-                log.warning("unexpected reply from %s: %r", self.name, reply)
+                return
+        if not self.ready:
+            super().on_reply(reply)
+        elif reply == b"PONG":
+            self._pong()
+        elif isinstance(reply, hiredis.ReplyError):
+            self._error(reply)
+        else:
+            log.warning("unexpected reply from %s: %r", self.name, reply)
 
     def _pong(self) -> None:
         if not self.sent:

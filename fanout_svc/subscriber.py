@@ -40,6 +40,10 @@ OnRecovered = Callable[[Sequence[bytes]], None]
 again: whatever was published on them in between is lost."""
 
 
+def _ignore(channel: bytes, data: bytes) -> None:
+    pass
+
+
 class Subscriber(Protocol):
     """A pub/sub transport owned by exactly one hub."""
 
@@ -76,6 +80,7 @@ class RespConnection(asyncio.Protocol):
         self.connect_timeout_s = connect_timeout_s
         self.reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
+        self.on_message: OnMessage = _ignore  # set by the subscriber that owns it
         self._replies: asyncio.Queue[Any] = asyncio.Queue()
 
     async def open(self, name: bytes = b"nearby-fanout-hub") -> None:
@@ -122,13 +127,24 @@ class RespConnection(asyncio.Protocol):
         return reply
 
     def data_received(self, data: bytes) -> None:
-        """Plain commands only; subscribing subclasses replace this."""
-        self.reader.feed(data)
-        while (reply := self.reader.gets()) is not False:
+        """The hot loop: a published message is one parse and one synchronous
+        `on_message` call; every other reply goes to `on_reply`."""
+        reader = self.reader
+        reader.feed(data)
+        on_message = self.on_message
+        while True:
+            reply: Any = reader.gets()
+            if reply is False:
+                return
+            if type(reply) is list and len(reply) == 3:
+                kind = reply[0]
+                if kind == b"message" or kind == b"smessage":
+                    on_message(reply[1], reply[2])
+                    continue
             self.on_reply(reply)
 
     def on_reply(self, reply: Any) -> None:
-        """A reply to `call` (errors included)."""
+        """A reply to `call` (errors included); subclasses handle subscription replies."""
         self._replies.put_nowait(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -142,31 +158,21 @@ class RespConnection(asyncio.Protocol):
 
 
 class _Protocol(RespConnection):
-    """The standalone connection: the hot loop is `data_received`."""
+    """The standalone connection: confirmations in order, any error is fatal."""
 
     def __init__(self, owner: RedisSubscriber) -> None:
         super().__init__(owner.url, owner.connect_timeout_s)
         self.owner = owner
+        self.on_message = owner.on_message
 
-    def data_received(self, data: bytes) -> None:
-        reader = self.reader
-        reader.feed(data)
-        owner = self.owner
-        on_message = owner.on_message
-        while True:
-            reply: Any = reader.gets()
-            if reply is False:
-                return
-            if isinstance(reply, list) and len(reply) == 3:
-                kind = reply[0]
-                if kind == b"message" or kind == b"smessage":
-                    on_message(reply[1], reply[2])
-                elif kind == b"subscribe" or kind == b"ssubscribe":
-                    owner.on_subscribed(reply[1])
-            elif isinstance(reply, hiredis.ReplyError):
-                owner.fail(ConnectionError(f"redis replied with an error: {reply}"))
-            else:
-                self.on_reply(reply)
+    def on_reply(self, reply: Any) -> None:
+        if type(reply) is list and len(reply) == 3:
+            if reply[0] == b"subscribe":
+                self.owner.on_subscribed(reply[1])
+        elif isinstance(reply, hiredis.ReplyError):
+            self.owner.fail(ConnectionError(f"redis replied with an error: {reply}"))
+        else:
+            super().on_reply(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

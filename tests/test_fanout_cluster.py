@@ -171,6 +171,13 @@ class Mover:
             await self._task
 
 
+def _held_by_owners(sub: ShardedSubscriber, owners: list[int | None], users: list[str]) -> bool:
+    return all(
+        sub.node_of(loc_channel(u)) == f"127.0.0.1:{owners[key_slot(loc_channel(u))]}"
+        for u in users
+    )
+
+
 def _heard_since(listeners: Iterable[tuple[Recorder, list[str]]], tick: int) -> bool:
     return all(rec.latest.get(u, -1.0) > tick for rec, users in listeners for u in users)
 
@@ -239,9 +246,27 @@ async def test_settings_pick_the_sharded_transport(redis_cluster: infra.RedisClu
 
 
 # --- on clusters of their own (destructive) ------------------------------
+class _Cluster(infra.RedisCluster):
+    """`nodes()` asks a node of the original cluster: the lowest live port may
+    belong to a node `add_master` has just started and not joined yet (whose
+    CLUSTER NODES knows only itself, so `add_master` found no master)."""
+
+    def nodes(self, port: int | None = None) -> list[dict[str, str]]:
+        if port is None:
+            first = getattr(self, "first_ports", [])
+            alive = [p for p in first if self.procs[p].poll() is None]
+            port = alive[0] if alive else None
+        return super().nodes(port)
+
+    def start(self, timeout: float = 60) -> _Cluster:
+        super().start(timeout)
+        self.first_ports = self.ports
+        return self
+
+
 @pytest.fixture
 def own_cluster(tmp_root: Path, request: pytest.FixtureRequest) -> Iterator[infra.RedisCluster]:
-    cluster = infra.RedisCluster(tmp_root / request.node.name, masters=3, replicas=1).start()
+    cluster = _Cluster(tmp_root / request.node.name, masters=3, replicas=1).start()
     try:
         yield cluster
     finally:
@@ -265,10 +290,26 @@ async def test_moved_on_subscribe_follows_the_slot(own_cluster: infra.RedisClust
         assert metrics.HUB_MOVED._value.get() >= moved + 1
         assert sub.node_of(loc_channel(user)) == f"127.0.0.1:{dst}"
         assert loc_channel(user) in await _shard_channels(dst)
-        await rc.initialize()
         await _publish(rc, [user], 4.0)
         await until(lambda: rec.moved == [(user, 4.0)])
         assert rec.resyncs == 0  # nothing had been lost: it was never subscribed before
+
+        # a subscribed channel's slot migrates: the node pushes sunsubscribe, and
+        # (still without periodic map reads) the hub resubscribes at the new owner
+        slot = _owners(own_cluster).index(src)
+        other = _in_slot(slot, "pushed-")
+        rec2 = Recorder()
+        hub.subscribe([loc_channel(other)], rec2)
+        await hub.barrier()
+        assert sub.node_of(loc_channel(other)) == f"127.0.0.1:{src}"
+        pushes = metrics.HUB_SUNSUBSCRIBE_PUSHES._value.get()
+        await asyncio.to_thread(own_cluster.reshard, src, dst, 1)
+        await until(lambda: rec2.resyncs == 1)
+        assert metrics.HUB_SUNSUBSCRIBE_PUSHES._value.get() == pushes + 1
+        assert sub.node_of(loc_channel(other)) == f"127.0.0.1:{dst}"
+        assert rec.resyncs == 0  # its slot did not move
+        await _publish(rc, [other], 5.0)
+        await until(lambda: rec2.moved == [(other, 5.0)])
 
 
 async def test_failover_under_load_resyncs_only_the_dead_masters_listeners(
@@ -311,18 +352,44 @@ async def test_failover_under_load_resyncs_only_the_dead_masters_listeners(
         assert len(await _client_list(new_master)) == 1
 
 
+class _Resharded:
+    """Per-user listeners on a cluster whose slots move under them."""
+
+    def __init__(self, cluster: infra.RedisCluster, users: list[str]) -> None:
+        self.cluster, self.users = cluster, users
+        self.owners = _owners(cluster)
+        self.per_user = {u: Recorder(u) for u in users}
+        self.resynced = dict.fromkeys(users, 0)
+
+    def slot_owner(self, owners: list[int | None], user: str) -> int | None:
+        return owners[key_slot(loc_channel(user))]
+
+    async def after_move(self, sub: ShardedSubscriber) -> set[str]:
+        """Users whose slot changed owner; asserts that exactly their listeners
+        resynced and that every channel is held by its slot's owner."""
+        new = _owners(self.cluster)
+        moved = {
+            u for u in self.users if self.slot_owner(new, u) != self.slot_owner(self.owners, u)
+        }
+        for u, rec in self.per_user.items():
+            assert (rec.resyncs > self.resynced[u]) == (u in moved), u
+            self.resynced[u] = rec.resyncs
+        await until(lambda: _held_by_owners(sub, new, self.users))
+        self.owners = new
+        return moved
+
+
 async def test_live_resharding_and_a_new_master(own_cluster: infra.RedisCluster) -> None:
     url = own_cluster.url
-    before = _owners(own_cluster)
-    groups = _users_by_master(before, 12, "rs-")
+    groups = _users_by_master(_owners(own_cluster), 12, "rs-")
     all_users = [u for us in groups.values() for u in us]
     # one listener per user (and one on everything), so "who was affected" is exact
-    per_user = {u: Recorder(u) for u in all_users}
+    state = _Resharded(own_cluster, all_users)
     watch_all = Recorder("all")
-    everyone = [(rec, [u]) for u, rec in per_user.items()] + [(watch_all, all_users)]
+    everyone = [(rec, [u]) for u, rec in state.per_user.items()] + [(watch_all, all_users)]
     src, dst = sorted(groups)[:2]
     async with _hub(url) as (hub, sub), _publisher(url) as rc:
-        for u, rec in per_user.items():
+        for u, rec in state.per_user.items():
             hub.subscribe([loc_channel(u)], rec)
         hub.subscribe([loc_channel(u) for u in all_users], watch_all)
         await hub.barrier()
@@ -330,48 +397,22 @@ async def test_live_resharding_and_a_new_master(own_cluster: infra.RedisCluster)
         try:
             await until(lambda: _heard_since(everyone, 1), within=RECOVERY_S)
             pushes = metrics.HUB_SUNSUBSCRIBE_PUSHES._value.get()
-            half = before.count(src) // 2
+            # half of one master's slots move to another, live
+            half = state.owners.count(src) // 2
             await asyncio.to_thread(own_cluster.reshard, src, dst, half)
             done = mover.tick
             await until(lambda: _heard_since(everyone, done), within=RECOVERY_S)
-            after = _owners(own_cluster)
-            moved = {
-                u
-                for u in all_users
-                if after[key_slot(loc_channel(u))] != before[key_slot(loc_channel(u))]
-            }
+            moved = await state.after_move(sub)
             assert moved and moved < set(groups[src])  # some of src's users, no one else's
             assert metrics.HUB_SUNSUBSCRIBE_PUSHES._value.get() >= pushes + len(moved)
-            for u, rec in per_user.items():
-                assert (rec.resyncs >= 1) == (u in moved), u
-            await until(
-                lambda: all(
-                    sub.node_of(loc_channel(u)) == f"127.0.0.1:{after[key_slot(loc_channel(u))]}"
-                    for u in all_users
-                )
-            )
 
-            # a fourth master takes a share of every master's slots
-            resynced = {u: rec.resyncs for u, rec in per_user.items()}
+            # a fourth master joins and takes a share of every master's slots
             fourth = await asyncio.to_thread(own_cluster.add_master)
             await asyncio.to_thread(own_cluster.rebalance)
             done = mover.tick
             await until(lambda: _heard_since(everyone, done), within=RECOVERY_S)
-            final = _owners(own_cluster)
-            moved = {
-                u
-                for u in all_users
-                if final[key_slot(loc_channel(u))] != after[key_slot(loc_channel(u))]
-            }
-            assert any(final[key_slot(loc_channel(u))] == fourth for u in moved)
-            for u, rec in per_user.items():
-                assert (rec.resyncs > resynced[u]) == (u in moved), u
-            await until(
-                lambda: all(
-                    sub.node_of(loc_channel(u)) == f"127.0.0.1:{final[key_slot(loc_channel(u))]}"
-                    for u in all_users
-                )
-            )
+            moved = await state.after_move(sub)
+            assert any(state.slot_owner(state.owners, u) == fourth for u in moved)
             assert len(await _client_list(fourth)) == 1
         finally:
             await mover.stop()
