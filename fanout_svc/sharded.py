@@ -459,7 +459,10 @@ class ShardedSubscriber:
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
-            self._apply(new)
+            try:
+                self._apply(new)
+            except Exception:  # a bug here must not stop the repairs for good
+                log.exception("applying the cluster's slot map failed")
             backoff = min(backoff * 2, BACKOFF_MAX_S) if self._homeless else BACKOFF_MIN_S
             await asyncio.sleep(REFRESH_GAP_S)
 
