@@ -11,6 +11,7 @@ running meanwhile.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,8 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from fanout_svc import metrics
-from fanout_svc.hub import Hub, loc_channel
+from fanout_svc.app import FanoutApp
+from fanout_svc.hub import loc_channel
 from fanout_svc.sharded import ShardedSubscriber
 from mesh.settings import Settings
 from stack import infra
@@ -39,6 +41,7 @@ from tests.support.cluster import (
     users_by_master,
 )
 from tests.support.fanout import until
+from tests.support.services import running
 
 RECOVERY_S = 30.0
 """Bound on the time from a cluster change (promotion, end of a reshard) until
@@ -88,19 +91,20 @@ async def test_one_connection_per_master_dispatch_resubscribe_and_release(
         await until(released)
 
 
-async def test_settings_pick_the_sharded_transport(redis_cluster: infra.RedisCluster) -> None:
-    hub = Hub.for_settings(Settings(redis_url=redis_cluster.url, redis_cluster=True))
-    await hub.open()
-    try:
+async def test_fanout_app_on_a_cluster_from_settings(redis_cluster: infra.RedisCluster) -> None:
+    """REDIS_CLUSTER=1 with REDIS_URL = a seed node: the app's hub is sharded."""
+    settings = Settings(redis_url=redis_cluster.url, redis_cluster=True)
+    app = FanoutApp(settings)
+    async with running(app):
         rec = Recorder()
         users = [f"pick-{i}" for i in range(20)]
-        hub.subscribe([loc_channel(u) for u in users], rec)
-        await hub.barrier()
+        app.hub.subscribe([loc_channel(u) for u in users], rec)
+        await app.hub.barrier()
+        assert [len(await client_list(p)) for p in redis_cluster.master_ports()] == [1, 1, 1]
         async with publisher(redis_cluster.url) as rc:
             await publish(rc, users, 3.0)
         await until(lambda: len(rec.moved) == 20)
-    finally:
-        await hub.close()
+        app.hub.unsubscribe([loc_channel(u) for u in users], rec)
 
 
 # --- on clusters of their own (destructive) ------------------------------
@@ -156,7 +160,16 @@ async def test_failover_under_load_resyncs_only_the_dead_masters_listeners(
     own_cluster: infra.RedisCluster,
 ) -> None:
     url = own_cluster.url
-    groups = users_by_master(slot_owners(own_cluster), 6, "fo-")
+    owners = slot_owners(own_cluster)
+    groups = users_by_master(owners, 6, "fo-")
+    victim = sorted(groups)[0]
+    # subscribed while the victim is down: its barrier must wait for the new owner
+    late = next(
+        u
+        for u in (f"late-{i}" for i in itertools.count())
+        if owners[key_slot(loc_channel(u))] == victim
+    )
+    late_rec = Recorder("late")
     # three listeners per master, each on the channels of that master's users
     listeners = {
         port: [(Recorder(f"{port}/{i}"), users[i::3] + users[:1]) for i in range(3)]
@@ -172,13 +185,22 @@ async def test_failover_under_load_resyncs_only_the_dead_masters_listeners(
         try:
             start = mover.tick
             await until(lambda: heard_since(everyone, start), within=RECOVERY_S)
-            victim = sorted(groups)[0]
             reconnects = metrics.HUB_NODE_RECONNECTS._value.get()
-            new_master = await asyncio.to_thread(own_cluster.fail_master, victim)
+            failover = asyncio.ensure_future(asyncio.to_thread(own_cluster.fail_master, victim))
+            await until(lambda: f"127.0.0.1:{victim}" not in sub.connections(), within=RECOVERY_S)
+            hub.subscribe([loc_channel(late)], late_rec)
+            late_barrier = hub.barrier()
+            mover.users.append(late)
+            new_master = await failover
             promoted = mover.tick
+            await asyncio.wait_for(late_barrier, RECOVERY_S)
+            assert sub.node_of(loc_channel(late)) == f"127.0.0.1:{new_master}"
+            assert loc_channel(late) in await shard_channels(new_master)
+            everyone.append((late_rec, [late]))
             await until(lambda: heard_since(everyone, promoted), within=RECOVERY_S)
         finally:
             await mover.stop()
+        assert late_rec.resyncs == 0  # a fresh subscription: its barrier covered it
         assert metrics.HUB_NODE_RECONNECTS._value.get() >= reconnects + 1
         for port, pairs in listeners.items():
             for rec, _ in pairs:
@@ -219,6 +241,14 @@ class _Resharded:
         return moved
 
 
+async def _subscribed_in_redis(cluster: infra.RedisCluster) -> list[bytes]:
+    """Every shard channel some master holds a subscription of (with repeats)."""
+    held: list[bytes] = []
+    for port in cluster.master_ports():
+        held.extend(await shard_channels(port))
+    return sorted(held)
+
+
 async def test_live_resharding_and_a_new_master(own_cluster: infra.RedisCluster) -> None:
     url = own_cluster.url
     groups = users_by_master(slot_owners(own_cluster), 12, "rs-")
@@ -228,11 +258,20 @@ async def test_live_resharding_and_a_new_master(own_cluster: infra.RedisCluster)
     watch_all = Recorder("all")
     everyone = [(rec, [u]) for u, rec in state.per_user.items()] + [(watch_all, all_users)]
     src, dst = sorted(groups)[:2]
+    # and many channels over many slots, to check Redis's side of every move
+    bulk = [loc_channel(f"bulk-{i}") for i in range(1500)]
+    wanted = sorted([*bulk, *(loc_channel(u) for u in all_users)])
+
+    async def all_subscribed_once() -> bool:
+        return await _subscribed_in_redis(own_cluster) == wanted
+
     async with sharded_hub(url) as (hub, sub), publisher(url) as rc:
         for u, rec in state.per_user.items():
             hub.subscribe([loc_channel(u)], rec)
         hub.subscribe([loc_channel(u) for u in all_users], watch_all)
+        hub.subscribe(bulk, Recorder("bulk"))
         await hub.barrier()
+        assert await all_subscribed_once()
         mover = Mover(rc, all_users)
         try:
             await until(lambda: heard_since(everyone, 1), within=RECOVERY_S)
@@ -245,6 +284,7 @@ async def test_live_resharding_and_a_new_master(own_cluster: infra.RedisCluster)
             moved = await state.after_move(sub)
             assert moved and moved < set(groups[src])  # some of src's users, no one else's
             assert metrics.HUB_SUNSUBSCRIBE_PUSHES._value.get() >= pushes + len(moved)
+            await until(all_subscribed_once)
 
             # a fourth master joins and takes a share of every master's slots
             fourth = await asyncio.to_thread(own_cluster.add_master)
@@ -254,6 +294,7 @@ async def test_live_resharding_and_a_new_master(own_cluster: infra.RedisCluster)
             moved = await state.after_move(sub)
             assert any(state.slot_owner(state.owners, u) == fourth for u in moved)
             assert len(await client_list(fourth)) == 1
+            await until(all_subscribed_once)
         finally:
             await mover.stop()
         assert watch_all.resyncs >= 2
