@@ -275,6 +275,10 @@ class ShardedSubscriber:
     def connections(self) -> list[str]:
         return sorted(name for name, link in self._links.items() if link.ready)
 
+    def quiet(self) -> bool:
+        """No command sent to a node waits for its replies."""
+        return all(not link.sent for link in self._links.values())
+
     # --- routing ----------------------------------------------------------
     def _link(self, name: str) -> _NodeLink | None:
         """The connection to a node, opened if needed; None while it is down."""

@@ -81,6 +81,7 @@ async def test_one_connection_per_master_dispatch_resubscribe_and_release(
         await publish(rc, users[:5], 2.0)
         await until(lambda: sum(1 for _, lat in one.moved if lat == 2.0) == 5)
 
+        pushes, resyncs = metrics.HUB_SUNSUBSCRIBE_PUSHES._value.get(), one.resyncs
         hub.unsubscribe([loc_channel(u) for u in users], one)
         hub.unsubscribe([loc_channel(u) for u in users[:10]], two)
         assert hub.channel_count() == 0
@@ -89,6 +90,10 @@ async def test_one_connection_per_master_dispatch_resubscribe_and_release(
             return not any([await shard_channels(p) for p in masters])
 
         await until(released)
+        # the replies to our own SUNSUBSCRIBE are not taken for server pushes
+        await until(sub.quiet)
+        assert metrics.HUB_SUNSUBSCRIBE_PUSHES._value.get() == pushes
+        assert one.resyncs == resyncs
 
 
 async def test_fanout_app_on_a_cluster_from_settings(redis_cluster: infra.RedisCluster) -> None:
