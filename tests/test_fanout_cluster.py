@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+import uvloop
 from redis.crc import key_slot
 
 from fanout_svc import metrics
 from fanout_svc.app import FanoutApp
-from fanout_svc.hub import loc_channel
+from fanout_svc.hub import Hub, loc_channel
 from fanout_svc.sharded import ShardedSubscriber
 from mesh.settings import Settings
 from stack import infra
@@ -33,6 +34,7 @@ from tests.support.cluster import (
     heard_since,
     held_by_owners,
     in_slot,
+    payload,
     publish,
     publisher,
     shard_channels,
@@ -110,6 +112,37 @@ async def test_fanout_app_on_a_cluster_from_settings(redis_cluster: infra.RedisC
             await publish(rc, users, 3.0)
         await until(lambda: len(rec.moved) == 20)
         app.hub.unsubscribe([loc_channel(u) for u in users], rec)
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["standalone", "cluster"])
+def test_both_transports_run_on_uvloop(
+    cluster: bool, redis_server: infra.RedisServer, redis_cluster: infra.RedisCluster
+) -> None:
+    """The services run on uvloop, whose transports are not asyncio's classes."""
+    url = redis_cluster.url if cluster else redis_server.url
+
+    async def scenario() -> None:
+        hub = Hub.for_settings(Settings(redis_url=url, redis_cluster=cluster))
+        await hub.open()
+        try:
+            rec = Recorder()
+            users = [f"uv-{i}" for i in range(10)]
+            hub.subscribe([loc_channel(u) for u in users], rec)
+            await hub.barrier()
+            if cluster:
+                async with publisher(url) as rc:
+                    await publish(rc, users, 6.0)
+            else:
+                async with aioredis.Redis.from_url(url) as r:
+                    for u in users:
+                        await r.publish(loc_channel(u), payload(u, 6.0))
+            await until(lambda: len(rec.moved) == 10)
+        finally:
+            await hub.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert isinstance(runner.get_loop(), uvloop.Loop)
+        runner.run(scenario())
 
 
 # --- on clusters of their own (destructive) ------------------------------
