@@ -336,3 +336,33 @@ async def test_live_resharding_and_a_new_master(own_cluster: infra.RedisCluster)
         finally:
             await mover.stop()
         assert watch_all.resyncs >= 2
+
+
+async def test_whole_cluster_restart(own_cluster: infra.RedisCluster) -> None:
+    """Every node dies and comes back (AOF on): the hub waits it out and resubscribes."""
+    url = own_cluster.url
+    users = [f"ar-{i}" for i in range(30)]
+    rec = Recorder()
+    async with sharded_hub(url) as (hub, sub), publisher(url) as rc:
+        hub.subscribe([loc_channel(u) for u in users], rec)
+        await hub.barrier()
+        mover = Mover(rc, users)
+        try:
+            await until(lambda: heard_since([(rec, users)], 1), within=RECOVERY_S)
+            ports = own_cluster.ports
+            for port in ports:
+                own_cluster.kill(port)
+            await until(lambda: not sub.connections())
+
+            def restart_all() -> None:
+                for port in ports:
+                    own_cluster.restart(port)
+                own_cluster.wait_ok()
+
+            await asyncio.to_thread(restart_all)
+            back = mover.tick
+            await until(lambda: heard_since([(rec, users)], back), within=RECOVERY_S)
+        finally:
+            await mover.stop()
+        assert rec.resyncs >= 1
+        assert len(sub.connections()) == 3
