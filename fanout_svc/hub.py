@@ -1,4 +1,5 @@
-"""The process-wide pub/sub hub: one Redis connection shared by every stream.
+"""The process-wide pub/sub hub: one Redis connection (one per master on a
+Redis Cluster) shared by every stream.
 
 - Reference-counted subscriptions: N streams watching friend X are one
   `SUBSCRIBE loc:{X}`; the last one leaving sends the UNSUBSCRIBE.
@@ -99,7 +100,6 @@ class Hub:
         self._lost: asyncio.Future[None] | None = None
         self._closing = False
         self.reconnects = 0
-        self.recoveries = 0
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Hub:
@@ -318,7 +318,6 @@ class Hub:
 
     def _on_recovered(self, channels: Sequence[bytes]) -> None:
         """Lost channels are subscribed again: their listeners (only) resync."""
-        self.recoveries += 1
         n = self._resync(channels)
         log.info("%d channels resubscribed after a loss; %d streams resync", len(channels), n)
 
