@@ -114,6 +114,13 @@ async def test_fanout_app_on_a_cluster_from_settings(redis_cluster: infra.RedisC
         app.hub.unsubscribe([loc_channel(u) for u in users], rec)
 
 
+async def test_cluster_mode_on_a_standalone_redis_says_so(redis_url: str) -> None:
+    hub = Hub.for_settings(Settings(redis_url=redis_url, redis_cluster=True))
+    with pytest.raises(OSError, match="cluster support disabled"):
+        await hub.open()
+    await hub.close()
+
+
 @pytest.mark.parametrize("cluster", [False, True], ids=["standalone", "cluster"])
 def test_both_transports_run_on_uvloop(
     cluster: bool, redis_server: infra.RedisServer, redis_cluster: infra.RedisCluster
