@@ -1,6 +1,6 @@
 """The hot path shared by ReportLocation and ReportLocations: validate, then
-two pipelined Redis round trips for the whole batch (cache + publish +
-presence, then history)."""
+two pipelined Redis round trips per node for the whole batch (cache +
+publish + presence, then history)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from location_svc import metrics, store
 from location_svc.cache import ACCEPTED, COALESCED, STALE, LocationCache, Report
 from location_svc.history import HistoryBuffer
 from mesh.clock import now_ms
-from mesh.errors import invalid_field
+from mesh.errors import Unavailable, invalid_field
 from mesh.geo import check_position
+from mesh.redis import is_unavailable
 from mesh.settings import Settings
 
 DAY_MS = 86_400_000
@@ -103,7 +104,7 @@ class Ingestor:
         try:
             reports = [r for group, _ in batch for r in group]
             try:
-                dispositions = await self._write(reports, now_ms())
+                outcomes = await self._write(reports, now_ms())
             except asyncio.CancelledError:
                 for _, fut in batch:
                     fut.cancel()
@@ -115,28 +116,63 @@ class Ingestor:
                 return
             i = 0
             for group, fut in batch:
-                if not fut.done():
-                    fut.set_result(dispositions[i : i + len(group)])
+                mine = outcomes[i : i + len(group)]
                 i += len(group)
+                if fut.done():
+                    continue
+                failed = next((o for o in mine if isinstance(o, Exception)), None)
+                if failed is None:
+                    fut.set_result([o for o in mine if isinstance(o, int)])
+                else:
+                    fut.set_exception(_failure(failed))
         finally:
             self._flushes -= 1
             self._schedule()
 
-    async def _write(self, reports: Sequence[Report], now: int) -> list[int]:
-        dispositions = await self.cache.record(reports, now)
-        entries = [
-            (r.user_id, store.encode_row(r.user_id, r.recorded_at_ms, r.latitude, r.longitude))
-            for r, d in zip(reports, dispositions, strict=True)
-            if d != COALESCED
+    async def _write(self, reports: Sequence[Report], now: int) -> list[int | Exception]:
+        """Each report's disposition, or the error that failed it.
+
+        A node that fails fails only its own reports: the others are cached,
+        published and buffered for history as usual. The caller of a failed
+        report retries it; if it was cached before the failure, the retry is
+        STALE (the same fix) and is buffered then (history is deduplicated).
+        """
+        outcomes = await self.cache.record(reports, now)
+        kept = [
+            (i, r)
+            for i, (r, d) in enumerate(zip(reports, outcomes, strict=True))
+            if isinstance(d, int) and d != COALESCED
         ]
-        accepted = dispositions.count(ACCEPTED)
-        stale = dispositions.count(STALE)
+        done = [d for d in outcomes if isinstance(d, int)]
+        accepted = done.count(ACCEPTED)
+        stale = done.count(STALE)
         metrics.ACCEPTED.inc(accepted)
         metrics.STALE.inc(stale)
-        metrics.COALESCED.inc(len(dispositions) - accepted - stale)
-        if entries:
-            if self.buffer.accepting:
-                await self.cache.buffer_history(entries)
-            else:
-                self.buffer.dropped(len(entries))
-        return dispositions
+        metrics.COALESCED.inc(len(done) - accepted - stale)
+        if not kept:
+            return outcomes
+        if not self.buffer.accepting:
+            self.buffer.dropped(len(kept))
+            return outcomes
+        entries = [
+            (r.user_id, store.encode_row(r.user_id, r.recorded_at_ms, r.latitude, r.longitude))
+            for _, r in kept
+        ]
+        errors, unconfirmed = await self.cache.buffer_history(entries)
+        if unconfirmed:
+            self.buffer.unreplicated(unconfirmed)
+        for (i, _), error in zip(kept, errors, strict=True):
+            if error is not None:
+                outcomes[i] = error
+        return outcomes
+
+
+def _failure(exc: Exception) -> Exception:
+    """What the caller of a failed report gets: UNAVAILABLE when Redis (a node
+    of it) was out of reach, else the error itself."""
+    if is_unavailable(exc):
+        return Unavailable(
+            f"the location store is unavailable for this report ({exc}): retry",
+            reason="REDIS_UNAVAILABLE",
+        )
+    return exc

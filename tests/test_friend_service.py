@@ -25,6 +25,7 @@ from prometheus_client import REGISTRY
 from friend_svc.app import FriendApp
 from friend_svc.inbox import Inbox
 from mesh import db, keys
+from mesh.redis import RedisEngine
 from mesh.settings import Settings
 from stack import infra
 from tests.support.services import running
@@ -685,7 +686,7 @@ async def test_inbox_events_on_accept_and_remove(
 
 
 async def test_inbox_publish_failure_is_counted_not_raised() -> None:
-    dead = aioredis.Redis.from_url(f"redis://127.0.0.1:{infra.free_port()}")
+    dead = RedisEngine(f"redis://127.0.0.1:{infra.free_port()}")
     before = REGISTRY.get_sample_value("friend_inbox_publish_failures_total") or 0
     try:
         await Inbox(dead).friends_removed("alice", "bob")
