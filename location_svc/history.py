@@ -157,7 +157,7 @@ class HistoryBuffer:
             last = next(
                 (
                     fields[b"last-delivered-id"]
-                    for fields in (dict(zip(g[0::2], g[1::2], strict=True)) for g in groups)
+                    for fields in (_fields(g) for g in groups)
                     if fields[b"name"] == keys.HISTORY_GROUP.encode()
                 ),
                 None,
@@ -182,6 +182,13 @@ class HistoryBuffer:
             except RedisError as exc:
                 log.warning("cannot read the history buffer size: %s", exc)
             await asyncio.sleep(self.interval_s)
+
+
+def _fields(group: Any) -> dict[bytes, Any]:
+    """One group of XINFO GROUPS: a map (RESP3) or a flat list (RESP2)."""
+    if isinstance(group, dict):
+        return group
+    return dict(zip(group[0::2], group[1::2], strict=True))
 
 
 def _text(value: bytes | str) -> str:

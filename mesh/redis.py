@@ -274,25 +274,18 @@ class RedisEngine:
             )
 
     async def masters_all_replicated(self) -> bool:
-        """True on a cluster in which every master has at least one replica."""
+        """True on a cluster in which every master (with slots) has a replica."""
         if self._cluster is None:
             return False
-        node = self._cluster.get_random_node()
-        raw: Any = await self._cluster.execute_command("CLUSTER NODES", target_nodes=node)
-        text = _text(raw if not isinstance(raw, dict) else next(iter(raw.values())))
-        masters: dict[str, int] = {}
-        replicas_of: list[str] = []
-        for line in text.splitlines():
-            parts = line.split()
-            if len(parts) < 8 or "fail" in parts[2]:
-                continue
-            if "master" in parts[2] and len(parts) > 8:
-                masters.setdefault(parts[0], 0)
-            elif "slave" in parts[2]:
-                replicas_of.append(parts[3])
-        for master in replicas_of:
-            if master in masters:
-                masters[master] += 1
+        nodes: dict[str, Any] = await self._cluster.cluster_nodes()
+        masters = {
+            n["node_id"]: 0
+            for n in nodes.values()
+            if "master" in n["flags"] and "fail" not in n["flags"] and n["slots"]
+        }
+        for n in nodes.values():
+            if "slave" in n["flags"] and "fail" not in n["flags"] and n["master_id"] in masters:
+                masters[n["master_id"]] += 1
         return bool(masters) and min(masters.values()) >= 1
 
     async def aclose(self) -> None:

@@ -78,6 +78,9 @@ def _candidates(shard: int, cutoff: int) -> Routed:
 
 
 def _pairs(reply: Any) -> list[tuple[bytes, float]]:
+    """(member, score) from WITHSCORES: pairs (RESP3) or a flat list (RESP2)."""
+    if reply and isinstance(reply[0], list):
+        return [(member, float(score)) for member, score in reply]
     return [(reply[i], float(reply[i + 1])) for i in range(0, len(reply), 2)]
 
 
