@@ -25,10 +25,12 @@ from redis.asyncio.cluster import RedisCluster
 
 from location_svc.app import LocationApp
 from mesh import keys
+from mesh import redis as mesh_redis
 from mesh.clock import now_ms
+from mesh.redis import RedisEngine
 from mesh.settings import Settings
 from presence_svc.cache import PresenceCache
-from stack import infra
+from stack import infra, launcher
 from tests.support.fanout import until
 from tests.support.services import running
 
@@ -290,3 +292,38 @@ def test_shards_of_users_are_what_the_contract_says() -> None:
             < (k + 1) * keys.SLOTS // keys.HISTORY_SHARDS
         )
     assert keys.history_stream_of("ann") == keys.history_stream(zlib.crc32(b"ann") % 12)
+
+
+# --- start-up checks: one clear line -----------------------------------------
+
+
+@pytest.mark.parametrize("own_cluster", [0], indirect=True)
+async def test_an_unusable_cluster_is_named_in_one_line(
+    own_cluster: infra.RedisCluster, redis_server: infra.RedisServer, tmp_path: Path
+) -> None:
+    closed = f"redis://127.0.0.1:{infra.free_port()}"
+    assert "is unreachable" in (mesh_redis.cluster_problem(closed) or "")
+    assert "standalone Redis" in (mesh_redis.cluster_problem(redis_server.url) or "")
+    with pytest.raises(OSError, match="set REDIS_CLUSTER=1"):
+        await RedisEngine(own_cluster.url).open()  # a cluster node, as if standalone
+    assert mesh_redis.cluster_problem(own_cluster.url) is None
+    await RedisEngine(own_cluster.url, cluster=True).open()
+
+    seed = own_cluster.ports[0]
+    own_cluster.cli("cluster", "delslotsrange", "0", "99", port=seed)
+    problem = mesh_redis.cluster_problem(own_cluster.url) or ""
+    assert "uncovered slots: 100 of 16384" in problem
+    settings = Settings(redis_url=own_cluster.url, redis_cluster=True)
+    with pytest.raises(launcher.StartError, match="uncovered slots"):
+        launcher.resolve_redis_cluster(settings, tmp_path, True, 3, launcher.Stack(), print)
+    with pytest.raises(OSError, match="uncovered slots"):
+        await RedisEngine(own_cluster.url, cluster=True).open()
+    own_cluster.cli("cluster", "addslotsrange", "0", "99", port=seed)
+    own_cluster.wait_ok()
+
+    own_cluster.kill(own_cluster.master_ports()[-1])  # no replica to take over
+
+    def failed() -> bool:
+        return "`fail` state" in (mesh_redis.cluster_problem(own_cluster.url) or "")
+
+    await until(failed, within=60)
