@@ -113,30 +113,41 @@ class LocationCache:
         calls: list[Routed] = []
         touches: dict[str, tuple[list[int | str], list[int]]] = {}
         ttl, gap = self.ttl_ms, self.gap_ms
-        call = self.script.call
+        sha, command, moved = self.script.sha, resp.command, keys.moved_event
         for i, r in enumerate(reports):
+            uid = r.user_id
             fix = events_pb2.PositionFix(
                 latitude=r.latitude, longitude=r.longitude, recorded_at_ms=r.recorded_at_ms
             )
+            key = keys.location(uid)
             calls.append(
-                call(
-                    (keys.location(r.user_id), keys.hidden(r.user_id)),
-                    fix.SerializeToString(),
-                    r.recorded_at_ms,
-                    now_ms,
-                    ttl,
-                    gap,
-                    keys.moved_event(r.user_id, fix, now_ms),
+                (
+                    key,
+                    command(
+                        b"EVALSHA",
+                        sha,
+                        2,
+                        key,
+                        keys.hidden(uid),
+                        fix.SerializeToString(),
+                        r.recorded_at_ms,
+                        now_ms,
+                        ttl,
+                        gap,
+                        moved(uid, fix, now_ms),
+                    ),
                 )
             )
-            members, owners = touches.setdefault(keys.presence_index_of(r.user_id), ([], []))
-            members.extend((now_ms, r.user_id))
+            members, owners = touches.setdefault(keys.presence_index_of(uid), ([], []))
+            members.extend((now_ms, uid))
             owners.append(i)
         zadds: list[Routed] = [
             (index, resp.command(b"ZADD", index, *m)) for index, (m, _) in touches.items()
         ]
         replies = await self.engine.execute(calls + zadds, partial=True)
-        out: list[Outcome] = [_outcome(reply) for reply in replies[: len(calls)]]
+        out: list[Outcome] = [
+            reply if type(reply) is int else _outcome(reply) for reply in replies[: len(calls)]
+        ]
         for (_, owners), reply in zip(touches.values(), replies[len(calls) :], strict=True):
             if isinstance(reply, Exception):
                 # not in the presence index: the user would never be swept offline

@@ -91,6 +91,7 @@ PRESENCE_SHARDS = 48
 """Presence index shards: 16 per master on 3 masters, 12 on 4, 8 on 6."""
 
 
+@functools.cache
 def presence_index(shard: int) -> str:
     """Sorted set: member = user id, score = last active (server ms)."""
     return f"presence:{{{shard_tag(shard, PRESENCE_SHARDS)}}}"
@@ -122,6 +123,7 @@ HISTORY_SHARDS = 12
 """History buffer streams: 4 per master on 3 masters, 3 on 4, 2 on 6."""
 
 
+@functools.cache
 def history_stream(shard: int) -> str:
     """Redis Stream buffering history rows until they are committed to Postgres."""
     return f"history:{{{shard_tag(shard, HISTORY_SHARDS)}}}"

@@ -307,8 +307,11 @@ class RedisEngine:
 
         A node that could not be reached: with `partial`, its commands hold
         the exception; without, it is raised (after every node answered)."""
-        units = [_Unit(i, key, [packed]) for i, (key, packed) in enumerate(commands)]
-        results, _ = await self._run(units, None, timeout_s)
+        if self._cluster is None:
+            results, _ = await self._standalone(commands, None, timeout_s)
+        else:
+            units = [_Unit(i, key, [packed]) for i, (key, packed) in enumerate(commands)]
+            results, _ = await self._run(units, None, timeout_s)
         return results if partial else _raise_failures(results)
 
     async def execute_durable(
@@ -317,8 +320,49 @@ class RedisEngine:
         """`execute(partial=True)` plus `WAIT replicas timeout_ms` on each node
         after its writes; also returns how many commands that succeeded were
         not confirmed by `replicas` replicas within the timeout."""
+        if self._cluster is None:
+            return await self._standalone(commands, (replicas, timeout_ms), None)
         units = [_Unit(i, key, [packed]) for i, (key, packed) in enumerate(commands)]
         return await self._run(units, (replicas, timeout_ms), None)
+
+    async def _standalone(
+        self,
+        commands: Sequence[Routed],
+        durable: tuple[int, int] | None,
+        timeout_s: float | None,
+    ) -> tuple[list[Any], int]:
+        """One Redis: all commands in one round trip, without per-command
+        bookkeeping (the hot path); only replies that ask for a re-send go
+        through the general loop."""
+        frames = [packed for _, packed in commands]
+        timeout = timeout_s or self.command_timeout_s
+        if durable is not None:
+            frames.append(resp.command(b"WAIT", durable[0], durable[1]))
+            timeout += durable[1] / 1000
+        if not frames:
+            return [], 0
+        try:
+            replies = await self._roundtrip(None, frames, timeout)
+        except Exception as exc:
+            return [_as_redis_error(exc, None)] * len(commands), 0
+        unconfirmed = 0
+        if durable is not None:
+            acks = replies.pop()
+            if not isinstance(acks, int) or acks < durable[0]:
+                unconfirmed = sum(1 for r in replies if not _failed(r))
+        again = [
+            _Unit(i, commands[i][0], [commands[i][1]])
+            for i, r in enumerate(replies)
+            if isinstance(r, hiredis.ReplyError) and _redirect_error(r, False) is not None
+        ]
+        if again:
+            for unit in again:
+                await self._classify(unit, replies[unit.index])
+            retried, more = await self._run(again, durable, timeout_s)
+            for unit, reply in zip(again, retried, strict=True):
+                replies[unit.index] = reply
+            unconfirmed += more
+        return replies, unconfirmed
 
     async def transactions(
         self, blocks: Sequence[tuple[bytes | str, Sequence[bytes]]]
@@ -372,7 +416,7 @@ class RedisEngine:
     async def _run(
         self, units: list[_Unit], durable: tuple[int, int] | None, timeout_s: float | None
     ) -> tuple[list[Any], int]:
-        results: list[Any] = [None] * len(units)
+        results: dict[int, Any] = {}
         unconfirmed = 0
         pending = units
         loop = asyncio.get_running_loop()
@@ -427,7 +471,7 @@ class RedisEngine:
                 await asyncio.sleep(backoff)
                 backoff = min(_MAX_BACKOFF_S, backoff * 2)
             pending = retry
-        return results, unconfirmed
+        return [results[unit.index] for unit in units], unconfirmed
 
     async def _classify(self, unit: _Unit, reply: Any) -> str | None:
         """None: done (the reply stands); "now": re-send at once; "wait": re-send
