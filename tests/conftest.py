@@ -15,6 +15,7 @@ import psycopg
 import pytest
 import redis.asyncio as aioredis
 
+from mesh.redis import RedisEngine
 from mesh.settings import Settings
 from stack import infra
 from tests.support.redis import CLUSTER, STANDALONE, RedisTarget
@@ -133,3 +134,12 @@ async def engine_client(redis_target: RedisTarget) -> AsyncIterator[Any]:
         await client.initialize()
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def engine(redis_target: RedisTarget) -> AsyncIterator[RedisEngine]:
+    """An open RedisEngine on `redis_target`."""
+    opened = redis_target.engine()
+    await opened.open()
+    yield opened
+    await opened.aclose()

@@ -19,10 +19,11 @@ from nearby.internal.v1 import (
 
 from location_svc.app import LocationApp
 from mesh import keys
+from mesh.redis import RedisEngine
 from mesh.settings import Settings
 from presence_svc.app import PresenceApp
 from presence_svc.sweeper import Sweeper
-from tests.support.redis import RedisTarget, subscription
+from tests.support.redis import subscription
 from tests.support.services import running
 
 TIMEOUT_S = 1.0
@@ -155,11 +156,9 @@ async def test_two_sweepers_miss_nobody(engine_settings: Settings, engine_client
 
 
 async def test_crash_between_publish_and_remove_repeats_the_event(
-    redis_target: RedisTarget, engine_client: Any
+    engine: RedisEngine, engine_client: Any
 ) -> None:
     """The user stays in the index until removed, so the next sweep publishes again."""
-    engine = redis_target.engine()
-    await engine.open()
     sweeper = Sweeper(engine, TIMEOUT_S, 0.1)
     stale = time.time_ns() // 1_000_000 - 5_000
     await engine_client.zadd(keys.presence_index_of("pat"), {"pat": stale})
@@ -180,4 +179,3 @@ async def test_crash_between_publish_and_remove_repeats_the_event(
     assert [e.user_id for _, e in got] == ["pat", "pat"]
     assert await engine_client.zscore(keys.presence_index_of("pat"), "pat") is None
     await sub.aclose()
-    await engine.aclose()

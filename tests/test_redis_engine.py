@@ -18,48 +18,35 @@ def _retries(reason: str) -> float:
     return REGISTRY.get_sample_value("redis_retries_total", {"reason": reason}) or 0.0
 
 
-async def test_replies_come_back_in_command_order(redis_target: RedisTarget) -> None:
-    engine = redis_target.engine()
-    await engine.open()
-    try:
-        users = [f"u{i}" for i in range(300)]  # their keys span every master
-        sets = [(keys.hidden(u), resp.command(b"SET", keys.hidden(u), u)) for u in users]
-        assert await engine.execute(sets) == [b"OK"] * len(users)
-        gets = [(keys.hidden(u), resp.command(b"GET", keys.hidden(u))) for u in users]
-        assert await engine.execute(gets) == [u.encode() for u in users]
-        wrong = await engine.execute(
-            [(keys.hidden("u1"), resp.command(b"HGET", keys.hidden("u1"), b"f"))]
-        )
-        assert isinstance(wrong[0], hiredis.ReplyError)  # a refused command stays in place
-    finally:
-        await engine.aclose()
+async def test_replies_come_back_in_command_order(engine: RedisEngine) -> None:
+    users = [f"u{i}" for i in range(300)]  # their keys span every master
+    sets = [(keys.hidden(u), resp.command(b"SET", keys.hidden(u), u)) for u in users]
+    assert await engine.execute(sets) == [b"OK"] * len(users)
+    gets = [(keys.hidden(u), resp.command(b"GET", keys.hidden(u))) for u in users]
+    assert await engine.execute(gets) == [u.encode() for u in users]
+    wrong = await engine.execute(
+        [(keys.hidden("u1"), resp.command(b"HGET", keys.hidden("u1"), b"f"))]
+    )
+    assert isinstance(wrong[0], hiredis.ReplyError)  # a refused command stays in place
 
 
 async def test_a_connection_redis_closed_is_retried_once(
-    redis_target: RedisTarget, engine_client: object
+    redis_target: RedisTarget, engine: RedisEngine
 ) -> None:
-    engine = redis_target.engine()
-    await engine.open()
-    try:
-        cmds = [
-            (keys.hidden(f"k{i}"), resp.command(b"SET", keys.hidden(f"k{i}"), b"1"))
-            for i in range(50)
-        ]
-        await engine.execute(cmds)
-        before = _retries("closed")
-        ports = [int(redis_target.url.rsplit(":", 1)[1].split("/")[0])]
-        if redis_target.cluster:
-            ports = await _master_ports(engine)
-        for port in ports:  # Redis drops every client connection (as on a restart)
-            infra_cli = RedisEngine(f"redis://127.0.0.1:{port}")
-            await infra_cli.client.execute_command(
-                "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"
-            )
-            await infra_cli.aclose()
-        assert await engine.execute(cmds) == [b"OK"] * 50
-        assert _retries("closed") > before
-    finally:
-        await engine.aclose()
+    cmds = [
+        (keys.hidden(f"k{i}"), resp.command(b"SET", keys.hidden(f"k{i}"), b"1")) for i in range(50)
+    ]
+    await engine.execute(cmds)
+    before = _retries("closed")
+    ports = [int(redis_target.url.rsplit(":", 1)[1].split("/")[0])]
+    if redis_target.cluster:
+        ports = await _master_ports(engine)
+    for port in ports:  # Redis drops every client connection (as on a restart)
+        infra_cli = RedisEngine(f"redis://127.0.0.1:{port}")
+        await infra_cli.client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        await infra_cli.aclose()
+    assert await engine.execute(cmds) == [b"OK"] * 50
+    assert _retries("closed") > before
 
 
 async def _master_ports(engine: RedisEngine) -> list[int]:
@@ -68,25 +55,20 @@ async def _master_ports(engine: RedisEngine) -> list[int]:
 
 
 async def test_scripts_are_loaded_where_missing_and_transactions_run(
-    redis_target: RedisTarget, engine_client: object
+    redis_target: RedisTarget, engine: RedisEngine
 ) -> None:
-    engine = redis_target.engine()
-    await engine.open()
-    try:
-        script = engine.script("return redis.call('INCR', KEYS[1])")
-        users = [f"s{i}" for i in range(30)]
-        calls = [script.call([keys.hidden(u)]) for u in users]
-        assert await engine.execute(calls) == [1] * 30  # NOSCRIPT everywhere first
-        assert _retries("noscript") > 0
-        flag, channel = keys.hidden("tx"), keys.location_channel("tx")
-        (replies,) = await engine.transactions(
-            [
-                (
-                    flag,
-                    [resp.command(b"SET", flag, b"1"), resp.command(engine.publish, channel, b"x")],
-                )
-            ]
-        )
-        assert replies == [b"OK", 0]
-    finally:
-        await engine.aclose()
+    script = engine.script("return redis.call('INCR', KEYS[1])")
+    users = [f"s{i}" for i in range(30)]
+    calls = [script.call([keys.hidden(u)]) for u in users]
+    assert await engine.execute(calls) == [1] * 30  # NOSCRIPT everywhere first
+    assert _retries("noscript") > 0
+    flag, channel = keys.hidden("tx"), keys.location_channel("tx")
+    (replies,) = await engine.transactions(
+        [
+            (
+                flag,
+                [resp.command(b"SET", flag, b"1"), resp.command(engine.publish, channel, b"x")],
+            )
+        ]
+    )
+    assert replies == [b"OK", 0]
