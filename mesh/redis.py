@@ -242,8 +242,10 @@ class RedisEngine:
         self.publish = keys.publish_verb(cluster)
         self.client: aioredis.Redis | RedisCluster
         if cluster:
+            # headroom above the engine's own round trips (at most
+            # max_connections per node) for the client's ordinary commands
             self._cluster: RedisCluster | None = cluster_client(
-                url, max_connections=max_connections
+                url, max_connections=max_connections + 16
             )
             self.client = self._cluster
         else:
@@ -251,6 +253,11 @@ class RedisEngine:
             self.client = client(url, max_connections=max_connections)
         self._scripts: dict[bytes, str] = {}
         self._refresh: asyncio.Task[None] | None = None
+        # redis-py's cluster nodes fail (MaxConnectionsError) when their pool
+        # is exhausted; round trips to a node queue here instead, like the
+        # standalone BlockingConnectionPool.
+        self._max_connections = max_connections
+        self._per_node: dict[str, asyncio.Semaphore] = {}
 
     async def open(self) -> None:
         """Check the server; raises OSError with one clear line when unusable."""
@@ -542,6 +549,17 @@ class RedisEngine:
         return out, acks
 
     async def _roundtrip(
+        self, node: ClusterNode | None, frames: list[bytes], timeout_s: float
+    ) -> list[Any]:
+        if node is None:
+            return await self._roundtrip_on(node, frames, timeout_s)
+        limit = self._per_node.get(node.name)
+        if limit is None:
+            limit = self._per_node[node.name] = asyncio.Semaphore(self._max_connections)
+        async with limit:
+            return await self._roundtrip_on(node, frames, timeout_s)
+
+    async def _roundtrip_on(
         self, node: ClusterNode | None, frames: list[bytes], timeout_s: float
     ) -> list[Any]:
         payload = b"".join(frames)
