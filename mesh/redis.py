@@ -429,10 +429,9 @@ class RedisEngine:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry_s
         backoff = 0.01
-        rounds = 0
+        redirected = 0  # rounds that followed a redirect (waits are bounded by time)
         timeout = timeout_s or self.command_timeout_s
         while pending:
-            rounds += 1
             groups: dict[str, tuple[ClusterNode | None, list[_Unit]]] = {}
             for unit in pending:
                 try:
@@ -448,7 +447,7 @@ class RedisEngine:
                 return_exceptions=True,
             )
             retry: list[_Unit] = []
-            wait = False
+            wait = now = False
             for (node, group), outcome in zip(groups.values(), outcomes, strict=True):
                 if isinstance(outcome, BaseException):
                     if not isinstance(outcome, Exception):
@@ -468,9 +467,11 @@ class RedisEngine:
                         continue
                     retry.append(unit)
                     wait = wait or verdict == "wait"
+                    now = now or verdict == "now"
             if not retry:
                 break
-            if rounds > _MAX_REDIRECTS or (wait and loop.time() + backoff > deadline):
+            redirected += now
+            if redirected > _MAX_REDIRECTS or (wait and loop.time() + backoff > deadline):
                 for unit in retry:
                     results[unit.index] = unit.last
                 break

@@ -4,6 +4,8 @@ where missing, transactions stay on their slot."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import hiredis
@@ -11,6 +13,7 @@ from prometheus_client import REGISTRY
 
 from mesh import keys, resp
 from mesh.redis import RedisEngine
+from stack import infra
 from tests.support.redis import RedisTarget
 
 
@@ -72,3 +75,49 @@ async def test_scripts_are_loaded_where_missing_and_transactions_run(
         ]
     )
     assert replies == [b"OK", 0]
+
+
+def _redis_server(data: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [
+            infra.find_binary("redis-server"),
+            *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)),
+            *("--save", "", "--appendonly", "no", "--logfile", str(data / "redis.log")),
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    infra.wait_port("127.0.0.1", port, 10, proc, "redis-server")
+    return proc
+
+
+async def test_loading_is_waited_out(tmp_path: Path) -> None:
+    """A Redis restarted on a dump answers LOADING while it reads it: the
+    call waits (with backoff, up to retry_s) and then succeeds."""
+    port = infra.free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    proc = _redis_server(tmp_path, port)
+    try:
+        seed = RedisEngine(url)
+        script = "for i = 1, 20000 do redis.call('SET', 'k' .. i, 'v') end return 1"
+        assert await seed.execute([(b"k", resp.command(b"EVAL", script, 0))]) == [1]
+        assert await seed.execute([(b"k", resp.command(b"SAVE"))]) == [b"OK"]
+        await seed.aclose()
+    finally:
+        infra.stop_process(proc)
+    before = _retries("loading")
+    # about 2 s of loading (a debug delay per key), answering while it loads
+    proc = _redis_server(
+        tmp_path,
+        port,
+        *("--key-load-delay", "100", "--loading-process-events-interval-bytes", "1024"),
+    )
+    engine = RedisEngine(url, retry_s=120)
+    try:
+        got = await engine.execute([(b"k1", resp.command(b"GET", b"k1"))])
+        assert got == [b"v"]
+        assert _retries("loading") > before
+    finally:
+        await engine.aclose()
+        infra.stop_process(proc)
