@@ -327,3 +327,22 @@ async def test_an_unusable_cluster_is_named_in_one_line(
         return "`fail` state" in (mesh_redis.cluster_problem(own_cluster.url) or "")
 
     await until(failed, within=60)
+
+
+def test_the_launcher_starts_and_stops_a_private_cluster(tmp_path: Path) -> None:
+    said: list[str] = []
+    with pytest.raises(launcher.StartError, match="at least 3 masters"):
+        launcher.resolve_redis_cluster(
+            Settings(), tmp_path, False, 2, launcher.Stack(), said.append
+        )
+    stack = launcher.Stack()
+    try:
+        url = launcher.resolve_redis_cluster(Settings(), tmp_path, False, 3, stack, said.append)
+        assert stack.redis_cluster is not None
+        assert len(stack.redis_cluster.master_ports()) == 3
+        assert all(stack.redis_cluster.replicas_of(p) for p in stack.redis_cluster.master_ports())
+        assert mesh_redis.cluster_problem(url) is None
+    finally:
+        stack.stop(Settings(), said.append)
+    assert "stopping the private Redis Cluster" in said
+    assert mesh_redis.cluster_problem(url) is not None  # gone
