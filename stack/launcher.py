@@ -31,7 +31,7 @@ from types import FrameType
 import psycopg
 import redis
 
-from mesh import redis as mesh_redis
+from mesh import redis_checks
 from mesh.settings import Settings
 from stack import envoy_config, infra, procs, tokens
 from stack.edge import Envoy, envoy_binary
@@ -244,7 +244,7 @@ def resolve_redis_cluster(
     """The cluster named by REDIS_CLUSTER=1 + REDIS_URL (checked), else a
     private one of `masters` masters and a replica each (fresh on each run)."""
     if settings.redis_cluster and explicit:
-        problem = mesh_redis.cluster_problem(settings.redis_url)
+        problem = redis_checks.cluster_problem(settings.redis_url)
         if problem is not None:
             raise StartError(problem)
         say(f"using the Redis Cluster at {settings.redis_url}")
@@ -266,7 +266,7 @@ def resolve_redis_cluster(
         raise StartError(
             f"could not start a private Redis Cluster: {exc} (logs: {folder}/<port>/redis.log)"
         ) from exc
-    problem = mesh_redis.cluster_problem(stack.redis_cluster.url)
+    problem = redis_checks.cluster_problem(stack.redis_cluster.url)
     if problem is not None:
         raise StartError(problem)
     return stack.redis_cluster.url

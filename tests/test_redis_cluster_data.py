@@ -24,8 +24,7 @@ from prometheus_client import REGISTRY
 from redis.asyncio.cluster import RedisCluster
 
 from location_svc.app import LocationApp
-from mesh import keys
-from mesh import redis as mesh_redis
+from mesh import keys, redis_checks
 from mesh.clock import now_ms
 from mesh.redis import RedisEngine
 from mesh.settings import Settings
@@ -121,8 +120,9 @@ async def test_keys_and_channels_of_10000_users_spread_evenly_over_the_masters(
 @pytest.fixture
 def own_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[infra.RedisCluster]:
     replicas = getattr(request, "param", 1)
-    cluster = infra.RedisCluster(tmp_path / "cluster", masters=3, replicas=replicas).start()
+    cluster = infra.RedisCluster(tmp_path / "cluster", masters=3, replicas=replicas)
     try:
+        cluster.start(timeout=300)  # generous: the machine may be busy
         yield cluster
     finally:
         cluster.stop()
@@ -302,16 +302,16 @@ async def test_an_unusable_cluster_is_named_in_one_line(
     own_cluster: infra.RedisCluster, redis_server: infra.RedisServer, tmp_path: Path
 ) -> None:
     closed = f"redis://127.0.0.1:{infra.free_port()}"
-    assert "is unreachable" in (mesh_redis.cluster_problem(closed) or "")
-    assert "standalone Redis" in (mesh_redis.cluster_problem(redis_server.url) or "")
+    assert "is unreachable" in (redis_checks.cluster_problem(closed) or "")
+    assert "standalone Redis" in (redis_checks.cluster_problem(redis_server.url) or "")
     with pytest.raises(OSError, match="set REDIS_CLUSTER=1"):
         await RedisEngine(own_cluster.url).open()  # a cluster node, as if standalone
-    assert mesh_redis.cluster_problem(own_cluster.url) is None
+    assert redis_checks.cluster_problem(own_cluster.url) is None
     await RedisEngine(own_cluster.url, cluster=True).open()
 
     seed = own_cluster.ports[0]
     own_cluster.cli("cluster", "delslotsrange", "0", "99", port=seed)
-    problem = mesh_redis.cluster_problem(own_cluster.url) or ""
+    problem = redis_checks.cluster_problem(own_cluster.url) or ""
     assert "uncovered slots: 100 of 16384" in problem
     settings = Settings(redis_url=own_cluster.url, redis_cluster=True)
     with pytest.raises(launcher.StartError, match="uncovered slots"):
@@ -324,7 +324,7 @@ async def test_an_unusable_cluster_is_named_in_one_line(
     own_cluster.kill(own_cluster.master_ports()[-1])  # no replica to take over
 
     def failed() -> bool:
-        return "`fail` state" in (mesh_redis.cluster_problem(own_cluster.url) or "")
+        return "`fail` state" in (redis_checks.cluster_problem(own_cluster.url) or "")
 
     await until(failed, within=60)
 
@@ -341,8 +341,8 @@ def test_the_launcher_starts_and_stops_a_private_cluster(tmp_path: Path) -> None
         assert stack.redis_cluster is not None
         assert len(stack.redis_cluster.master_ports()) == 3
         assert all(stack.redis_cluster.replicas_of(p) for p in stack.redis_cluster.master_ports())
-        assert mesh_redis.cluster_problem(url) is None
+        assert redis_checks.cluster_problem(url) is None
     finally:
         stack.stop(Settings(), said.append)
     assert "stopping the private Redis Cluster" in said
-    assert mesh_redis.cluster_problem(url) is not None  # gone
+    assert redis_checks.cluster_problem(url) is not None  # gone
