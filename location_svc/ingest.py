@@ -1,6 +1,6 @@
 """The hot path shared by ReportLocation and ReportLocations: the fix rules
 (mesh/fixes.py) the servicers validate with, then two pipelined Redis round
-trips per batch (cache + publish + presence, then history)."""
+trips per node for the whole batch (cache + publish + presence, then history)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from location_svc.cache import ACCEPTED, COALESCED, STALE, LocationCache, Report
 from location_svc.history import HistoryBuffer
 from mesh.batcher import Batcher
 from mesh.clock import now_ms
+from mesh.errors import Unavailable
 from mesh.fixes import FixRules
+from mesh.outages import RETRY_AFTER_S
+from mesh.redis import is_unavailable
 from mesh.settings import Settings
 
 MAX_FLUSHES = 4  # pipelines in flight at once
@@ -23,7 +26,7 @@ class Ingestor:
         self.cache = cache
         self.buffer = buffer
         self.rules = FixRules(settings)
-        self._batcher: Batcher[Report, int] = Batcher(
+        self._batcher: Batcher[Report, int | Exception] = Batcher(
             self._write_now, max_batch=MAX_FLUSH_REPORTS, max_in_flight=MAX_FLUSHES
         )
 
@@ -34,28 +37,63 @@ class Ingestor:
         while MAX_FLUSHES pipelines are in flight, new reports queue up and go
         in the next one, so the per-round-trip cost is shared under load and
         no call waits for a timer when the service is idle. A call's reports
-        are never split over two pipelines.
+        are never split over two pipelines. A call fails (UNAVAILABLE when a
+        Redis node was out of reach) when one of its own reports failed.
         """
-        return await self._batcher.submit_all(reports)
+        outcomes = await self._batcher.submit_all(reports)
+        failed = next((o for o in outcomes if isinstance(o, Exception)), None)
+        if failed is not None:
+            raise _failure(failed)
+        return [o for o in outcomes if isinstance(o, int)]
 
-    async def _write_now(self, reports: list[Report]) -> list[int]:
+    async def _write_now(self, reports: list[Report]) -> list[int | Exception]:
         return await self._write(reports, now_ms())
 
-    async def _write(self, reports: Sequence[Report], now: int) -> list[int]:
-        dispositions = await self.cache.record(reports, now)
-        entries = [
-            (r.user_id, store.encode_row(r.user_id, r.recorded_at_ms, r.latitude, r.longitude))
-            for r, d in zip(reports, dispositions, strict=True)
-            if d != COALESCED
+    async def _write(self, reports: Sequence[Report], now: int) -> list[int | Exception]:
+        """Each report's disposition, or the error that failed it.
+
+        A node that fails fails only its own reports: the others are cached,
+        published and buffered for history as usual. The caller of a failed
+        report retries it; if it was cached before the failure, the retry is
+        STALE (the same fix) and is buffered then (history is deduplicated).
+        """
+        outcomes = await self.cache.record(reports, now)
+        kept = [
+            (i, r)
+            for i, (r, d) in enumerate(zip(reports, outcomes, strict=True))
+            if isinstance(d, int) and d != COALESCED
         ]
-        accepted = dispositions.count(ACCEPTED)
-        stale = dispositions.count(STALE)
+        done = [d for d in outcomes if isinstance(d, int)]
+        accepted = done.count(ACCEPTED)
+        stale = done.count(STALE)
         metrics.ACCEPTED.inc(accepted)
         metrics.STALE.inc(stale)
-        metrics.COALESCED.inc(len(dispositions) - accepted - stale)
-        if entries:
-            if self.buffer.accepting:
-                await self.cache.buffer_history(entries)
-            else:
-                self.buffer.dropped(len(entries))
-        return dispositions
+        metrics.COALESCED.inc(len(done) - accepted - stale)
+        if not kept:
+            return outcomes
+        if not self.buffer.accepting:
+            self.buffer.dropped(len(kept))
+            return outcomes
+        entries = [
+            (r.user_id, store.encode_row(r.user_id, r.recorded_at_ms, r.latitude, r.longitude))
+            for _, r in kept
+        ]
+        errors, unconfirmed = await self.cache.buffer_history(entries)
+        if unconfirmed:
+            self.buffer.unreplicated(unconfirmed)
+        for (i, _), error in zip(kept, errors, strict=True):
+            if error is not None:
+                outcomes[i] = error
+        return outcomes
+
+
+def _failure(exc: Exception) -> Exception:
+    """What the caller of a failed report gets: UNAVAILABLE when Redis (a node
+    of it) was out of reach, else the error itself."""
+    if is_unavailable(exc):
+        return Unavailable(
+            f"the location store is unavailable for this report ({exc}): retry",
+            reason="REDIS_UNAVAILABLE",
+            retry_after_s=RETRY_AFTER_S,
+        )
+    return exc
