@@ -34,7 +34,7 @@ from bench.harness import harness
 from bench.procstat import machine
 from bench.stats import not_measured
 
-ORDER = ("history", "ingest", "fanout", "latency", "streams")
+ORDER = ("history", "ingest", "fanout", "brief", "latency", "streams")
 
 
 def _cmd_version(argv: list[str], pattern: str) -> str:
@@ -98,12 +98,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=report.RESULTS, help="JSON output")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/ (JSON only)")
     p.add_argument("--keep", action="store_true", help="keep the data folder (logs) afterwards")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a size of bench/config.py, e.g. --set idle_streams=2000 (repeatable)",
+    )
     args = p.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()] or list(ORDER)
     unknown = set(only) - set(ORDER)
     if unknown:
         p.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     cfg = Config.make(quick=args.quick, runs=args.runs)
+    try:
+        cfg.override(args.set)
+    except ValueError as exc:
+        p.error(str(exc))
     console = Console()
     started = time.monotonic()
     results: dict[str, Any] = {

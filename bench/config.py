@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from mesh.settings import Settings
+
 
 @dataclass
 class Config:
@@ -17,6 +19,16 @@ class Config:
     fanout_friends: int = 10
     fanout_rounds: int = 20
     fanout_single_rounds: int = 100  # rounds of the one-update-per-stream variant
+    # 1b. the brief's shape: streams, nearby friends each, seconds between a
+    # friend's reports, local subscribers per friend, flush windows (ms; the
+    # first is the services' default), seconds of warm-up and of measurement
+    brief_streams: int = 4000
+    brief_friends: int = 40
+    brief_period_s: float = 30.0
+    brief_share: int = 1
+    brief_windows: tuple[float, ...] = (Settings().fanout_flush_ms, 50.0, 250.0, 1000.0)
+    brief_warmup_s: float = 5.0
+    brief_seconds: float = 15.0
     # 2. latency: seconds per load level, probe senders, probe interval
     latency_levels: tuple[int, ...] = (10, 25, 50, 75)
     latency_seconds: float = 8.0
@@ -45,6 +57,9 @@ class Config:
                 fanout_movers=500,
                 fanout_rounds=12,
                 fanout_single_rounds=40,
+                brief_streams=1500,
+                brief_seconds=8.0,
+                brief_warmup_s=3.0,
                 latency_seconds=4.0,
                 idle_streams=2000,
                 ingest_streams=500,
@@ -56,6 +71,22 @@ class Config:
         if runs:
             c.runs = runs
         return c
+
+    def override(self, assignments: list[str]) -> None:
+        """Apply `field=value` strings (a tuple field takes comma-separated values)."""
+        for item in assignments:
+            name, sep, raw = item.partition("=")
+            current = getattr(self, name, None)
+            if not sep or name in ("results", "h_logs") or current is None:
+                raise ValueError(f"--set {item}: not a FIELD=VALUE of bench/config.py")
+            if isinstance(current, tuple):
+                kind = type(current[0]) if current else float
+                value: Any = tuple(kind(v) for v in raw.split(",") if v)
+            elif isinstance(current, bool):
+                value = raw.lower() in ("1", "true", "yes")
+            else:
+                value = type(current)(raw)
+            setattr(self, name, value)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from bench import ceilings, graph
 from bench import profile as prof
 from bench.config import Config
-from bench.harness import Harness, LoadClient, metric
+from bench.harness import Harness, LoadClient, measured, metric
 from bench.procstat import CpuMeter
 from bench.stats import scenario
 from mesh import keys
@@ -48,14 +48,16 @@ async def ingest_once(h: Harness, cfg: Config, profile: bool = False) -> dict[st
             raise RuntimeError(f"{conn['failed']} streams failed to connect: {conn['errors']}")
         await asyncio.sleep(1.0)
         a0 = await accepted(loc)
-        procs = [fan.measured(), loc.measured(), mesh.children["presence"].measured(), redis_proc]
+        procs = [measured(fan), measured(loc), measured(mesh.children["presence"]), redis_proc]
         meter = CpuMeter(procs).start()
         t0 = time.monotonic()
         profiles: list[asyncio.Task[dict[str, Any]]] = []
         if profile:
             secs = max(1.0, cfg.ingest_seconds - 2)
             profiles = [
-                asyncio.create_task(prof.profile(c.pid, secs, Path(h.logs) / f"{c.name}.pyspy"))
+                asyncio.create_task(
+                    prof.profile(c.proc.pid, secs, Path(h.logs) / f"{c.name}.pyspy")
+                )
                 for c in (fan, loc)
             ]
         sent = await load.call(

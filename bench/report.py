@@ -21,6 +21,7 @@ CHART = ROOT / "docs" / "bench-latency.png"
 
 TITLES = {
     "fanout": "1. Fan-out throughput",
+    "brief": "1b. Fan-out at the brief's shape",
     "latency": "2. End-to-end latency through Envoy",
     "streams": "3. Streams per fan-out process",
     "ingest": "4. Ingest",
@@ -82,8 +83,63 @@ def _single_rows(s: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _brief_rows(s: dict[str, Any]) -> list[Row]:
+    """Scenario 1b: one group of rows per flush window."""
+    sh, c = s.get("shape", {}), get(s, "ceiling", "median") or {}
+    lat_c = c.get("latency_ms", {})
+    out: list[Row] = [
+        (
+            "streams / nearby friends per stream / s between a friend's reports / subscribers "
+            "per friend channel",
+            f"{fmt(sh.get('streams'))} / {fmt(sh.get('friends_per_stream'))} / "
+            f"{sh.get('period_s', 0):g} / {fmt(sh.get('subscribers_per_friend'))}",
+            f"{fmt(c.get('streams'))} streams",
+            None,
+        ),
+        (
+            "friend updates owed / s (per stream / s)",
+            f"{fmt(sh.get('updates_per_s'))} ({fmt(sh.get('updates_per_stream_per_s'), 2)})",
+            f"{fmt(sh.get('updates_per_s'))} messages / s",
+            None,
+        ),
+    ]
+    for lv in s.get("levels", []):
+        m, r = lv.get("median", {}), lv.get("ratios", {})
+        lat = m.get("latency_ms", {})
+        default = " (default)" if lv.get("flush_ms") == s.get("default_flush_ms") else ""
+        head = f"window {lv.get('flush_ms', 0):g} ms{default}:"
+        out += [
+            (
+                f"{head} friend updates per fan-out CPU-second (process busy "
+                f"{(m.get('process_busy') or 0):.0%} of a core; bare "
+                f"{(c.get('process_busy') or 0):.0%})",
+                m.get("updates_per_cpu_s"),
+                c.get("updates_per_cpu_s"),
+                r.get("per_cpu_s"),
+            ),
+            (f"{head} updates per stream message", m.get("updates_per_message"), 1.0, None),
+            (
+                f"{head} latency publish → client p50 / p99 (ms; ratio = nearby / bare)",
+                f"{fmt(lat.get('p50'), 1)} / {fmt(lat.get('p99'), 1)}",
+                f"{fmt(lat_c.get('p50'), 1)} / {fmt(lat_c.get('p99'), 1)}",
+                f"{fmt(r.get('latency_p50'), 1)} / {fmt(r.get('latency_p99'), 1)}",
+            ),
+            (
+                f"{head} delivered / owed; pub/sub messages per delivered update; Redis CPU "
+                "µs per delivered update",
+                f"{fmt(m.get('delivered_share'), 2)}; {fmt(m.get('hub_messages_per_update'), 2)}; "
+                f"{fmt(m.get('redis_cpu_us_per_update'), 1)}",
+                f"{fmt(c.get('delivered_share'), 2)}; —; —",
+                None,
+            ),
+        ]
+    return out
+
+
 def rows_of(name: str, s: dict[str, Any]) -> list[Row]:
     m, c, r = s.get("median", {}), get(s, "ceiling", "median") or {}, s.get("ratios", {})
+    if name == "brief":
+        return _brief_rows(s)
     if name == "fanout":
         return [
             (
@@ -204,6 +260,7 @@ def rows_of(name: str, s: dict[str, Any]) -> list[Row]:
 def ceiling_name(name: str) -> str:
     return {
         "fanout": "bare grpc.aio push, 1 update per message",
+        "brief": "bare grpc.aio, the same paced one-update messages",
         "latency": "—",
         "streams": "bare grpc.aio, idle bidi streams",
         "ingest": "raw Redis pipelined writes (Python client)",

@@ -38,10 +38,10 @@ async def streams_once(h: Harness, cfg: Config) -> dict[str, Any]:
         ]
         load = await LoadClient.start(h, f"127.0.0.1:{mesh.envoy_port}")
         await asyncio.sleep(1.0)
-        rss0, envoy0 = rss_bytes(fan.pid), rss_bytes(envoy.proc.pid)
+        rss0, envoy0 = rss_bytes(fan.proc.pid), rss_bytes(envoy.proc.pid)
         conn = await load.call(cmd="connect", users=users, batch=0, wait_s=600)
         await asyncio.sleep(2.0)
-        rss1, envoy1 = rss_bytes(fan.pid), rss_bytes(envoy.proc.pid)
+        rss1, envoy1 = rss_bytes(fan.proc.pid), rss_bytes(envoy.proc.pid)
         st = await load.call(cmd="stats")
         ok = max(1, conn["connected"])
         return {

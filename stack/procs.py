@@ -121,7 +121,20 @@ def spawn(
     env = settings_env(settings)
     env["PORT"] = str(port)
     env["METRICS_PORT"] = str(metrics_port)
-    env["PYTHONUNBUFFERED"] = "1"
+    argv = [sys.executable, "-m", spec.module]
+    proc = start(argv, env, log_path, die_with_parent=die_with_parent)
+    return Child(name, spec, port, metrics_port, log_path, proc)
+
+
+def start(
+    argv: list[str],
+    env: Mapping[str, str],
+    log_path: Path | None = None,
+    *,
+    die_with_parent: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Start any child the way services are started: its own session
+    (process group), no stdin, stdout and stderr appended to `log_path`."""
     log = None
     out: int | object = subprocess.DEVNULL
     if log_path is not None:
@@ -129,9 +142,9 @@ def spawn(
         log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
         out = log
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", spec.module],
-            env=env,
+        return subprocess.Popen(
+            argv,
+            env={**env, "PYTHONUNBUFFERED": "1"},
             stdout=out,  # type: ignore[arg-type]
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -141,7 +154,6 @@ def spawn(
     finally:
         if log is not None:
             log.close()
-    return Child(name, spec, port, metrics_port, log_path, proc)
 
 
 def check_health(addr: str, service: str, timeout: float = 1.0) -> bool:
