@@ -3,6 +3,7 @@
     python -m bench                 # all scenarios (< 15 min on 2 cores)
     python -m bench --quick         # smaller and shorter (a few minutes)
     python -m bench --only history,ingest --runs 2
+    python -m bench --only brief --redis-cluster 1,2,3   # + ingest and fan-out on clusters
 
 Writes bench/results/latest.json, docs/bench-latency.png, docs/benchmarks.md
 and the table of docs/capacity.md. A scenario that cannot run (a service
@@ -34,7 +35,7 @@ from bench.harness import harness
 from bench.procstat import machine
 from bench.stats import not_measured
 
-ORDER = ("history", "ingest", "fanout", "brief", "latency", "streams")
+ORDER = ("history", "ingest", "fanout", "brief", "latency", "streams", "cluster")
 
 
 def _cmd_version(argv: list[str], pattern: str) -> str:
@@ -99,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/ (JSON only)")
     p.add_argument("--keep", action="store_true", help="keep the data folder (logs) afterwards")
     p.add_argument(
+        "--redis-cluster",
+        default="",
+        metavar="N,N,...",
+        help="also run ingest and the brief-shaped fan-out on Redis Clusters of these many "
+        "masters (plus standalone), e.g. 1,2,3",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -107,10 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()] or list(ORDER)
+    try:
+        masters = tuple(int(x) for x in args.redis_cluster.split(",") if x.strip())
+    except ValueError:
+        p.error(f"--redis-cluster {args.redis_cluster}: a comma-separated list of master counts")
+    if any(m < 1 for m in masters):
+        p.error("--redis-cluster: every master count must be at least 1")
+    if masters and "cluster" not in only:
+        only.append("cluster")
     unknown = set(only) - set(ORDER)
     if unknown:
         p.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     cfg = Config.make(quick=args.quick, runs=args.runs)
+    cfg.redis_cluster = masters
     try:
         cfg.override(args.set)
     except ValueError as exc:

@@ -35,7 +35,7 @@ from bench import ceilings, graph
 from bench.config import Config
 from bench.fanout import Publisher
 from bench.harness import Harness, LoadClient, Mesh, measured, metric
-from bench.procstat import CpuMeter, Proc
+from bench.procstat import CpuMeter, Proc, busy_share, system_ticks
 from bench.stats import median_of
 
 TICK_S = 0.01
@@ -135,7 +135,8 @@ async def window_once(
         await asyncio.sleep(cfg.brief_warmup_s)
         await load.call(cmd="stats", reset=True)
         hub0 = await hub_messages(fan)
-        meter = CpuMeter([measured(fan), *redis_procs]).start()
+        meter = CpuMeter([measured(fan), *redis_procs, Proc("clients", load.pid)]).start()
+        ticks = system_ticks()
         t0 = time.monotonic()
         profiling = None
         if profile_to:
@@ -147,6 +148,7 @@ async def window_once(
         st = await load.call(cmd="stats")
         cpu = meter.stop()
         seconds = time.monotonic() - t0
+        machine_busy = busy_share(ticks)
         hub1 = await hub_messages(fan)
         await publishing
         expected = rate_per_s(cfg) * seconds
@@ -155,6 +157,7 @@ async def window_once(
             flush_ms=flush_ms,
             streams=n,
             connect_s=conn["seconds"],
+            machine_busy_all=machine_busy,
             hub_messages_per_update=(hub1 - hub0) / st["updates"] if st["updates"] else 0.0,
         )
         redis_cpu = sum(v for k, v in cpu.items() if k.startswith("redis"))
@@ -187,14 +190,15 @@ async def bare_once(h: Harness, cfg: Config) -> dict[str, Any]:
         os.kill(child.proc.pid, signal.SIGUSR1)
         await asyncio.sleep(cfg.brief_warmup_s)
         await load.call(cmd="stats", reset=True)
-        meter = CpuMeter([measured(child)]).start()
+        meter = CpuMeter([measured(child), Proc("clients", load.pid)]).start()
+        ticks = system_ticks()
         t0 = time.monotonic()
         await asyncio.sleep(cfg.brief_seconds)
-        seconds = time.monotonic() - t0
-        cpu = meter.stop()
         st = await load.call(cmd="stats")
+        cpu = meter.stop()
+        seconds = time.monotonic() - t0
         out = result(st, cpu, seconds, rate_per_s(cfg) * seconds, "bare")
-        out.update(streams=n, connected=conn["connected"])
+        out.update(streams=n, connected=conn["connected"], machine_busy_all=busy_share(ticks))
         return out
     finally:
         await load.close()

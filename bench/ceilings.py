@@ -3,7 +3,8 @@ same run as the scenarios, so each scenario's figure is also a ratio.
 
 (a) bare grpc.aio server pushing one-update messages to N streams
     (messages per server CPU-second);
-(b) bare grpc.aio server holding N idle bidi streams (RSS per stream);
+(b) bare grpc.aio server holding N idle bidi streams behind Envoy (storm time,
+    RSS per stream: bench/streams.py);
 (c) raw Redis pipelined writes: per update the same commands the mesh issues
     (HSET + PEXPIRE of the cache, PUBLISH, ZADD presence, XADD history);
 (d) bare binary COPY of history rows into the same location_history table.
@@ -109,31 +110,6 @@ async def bare_push(h: Harness, streams: int, per_stream: int, rounds: int) -> d
             "server_cpu_s": round(cpu, 3),
             "msgs_per_s": delivered / seconds if seconds else 0.0,
             "msgs_per_cpu_s": delivered / cpu if cpu else 0.0,
-        }
-    finally:
-        await load.close()
-        h.stop(child)
-
-
-async def bare_idle(h: Harness, streams: int) -> dict[str, Any]:
-    """(b): RSS per idle bidi stream, and a connect storm (all at once)."""
-    child = bare_server(h)
-    load = await LoadClient.start(h, child.addr)
-    try:
-        await asyncio.sleep(0.5)
-        rss0 = measured(child).rss()
-        users = [[f"u{i:06d}", 48.85, 2.35, ""] for i in range(streams)]
-        conn = await load.call(cmd="connect", users=users, batch=0, wait_s=600)
-        await asyncio.sleep(1.0)
-        rss1 = measured(child).rss()
-        return {
-            "streams": streams,
-            "connected": conn["connected"],
-            "failed": conn["failed"],
-            "storm_s": conn["seconds"],
-            "rss_before_mb": round(rss0 / 2**20, 1),
-            "rss_after_mb": round(rss1 / 2**20, 1),
-            "rss_per_stream_kib": round((rss1 - rss0) / max(1, conn["connected"]) / 1024, 2),
         }
     finally:
         await load.close()

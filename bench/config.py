@@ -22,12 +22,12 @@ class Config:
     # 1b. the brief's shape: streams, nearby friends each, seconds between a
     # friend's reports, local subscribers per friend, flush windows (ms; the
     # first is the services' default), seconds of warm-up and of measurement
-    brief_streams: int = 4000
+    brief_streams: int = 3000
     brief_friends: int = 40
     brief_period_s: float = 30.0
     brief_share: int = 1
     brief_windows: tuple[float, ...] = (Settings().fanout_flush_ms, 50.0, 250.0, 1000.0)
-    brief_warmup_s: float = 5.0
+    brief_warmup_s: float = 8.0
     brief_seconds: float = 15.0
     # 2. latency: seconds per load level, probe senders, probe interval
     latency_levels: tuple[int, ...] = (10, 25, 50, 75)
@@ -35,14 +35,21 @@ class Config:
     latency_probes: int = 20
     latency_probe_interval_s: float = 0.25
     latency_fanout_replicas: int = 0  # 0 = one per core, as `nearby run`
-    # 3. streams
-    idle_streams: int = 10_000
+    # 3. streams: the cap of the ramp to failure, the storm, the ramp's step,
+    # the time bound of one run (seconds)
+    idle_streams: int = 40_000
+    idle_storm: int = 10_000
+    idle_step: int = 10_000
+    idle_time_limit_s: float = 300.0
     # 4. ingest: streams sending, seconds per run, interval between one stream's updates
     ingest_streams: int = 1000
     ingest_seconds: float = 8.0
     ingest_interval_s: float = 0.05
     # 5. history rows per run
     history_rows: int = 200_000
+    # 6. Redis Cluster runs (--redis-cluster): master counts, runs per engine
+    redis_cluster: tuple[int, ...] = ()
+    cluster_runs: int = 1
     # filled while running
     results: dict[str, Any] = field(default_factory=dict, repr=False)
     h_logs: str = ""
@@ -61,7 +68,10 @@ class Config:
                 brief_seconds=8.0,
                 brief_warmup_s=3.0,
                 latency_seconds=4.0,
-                idle_streams=2000,
+                idle_streams=4000,
+                idle_storm=2000,
+                idle_step=1000,
+                idle_time_limit_s=120.0,
                 ingest_streams=500,
                 ingest_seconds=4.0,
                 history_rows=100_000,

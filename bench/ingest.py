@@ -31,10 +31,17 @@ async def accepted(child: Any) -> float:
     return await asyncio.to_thread(metric, child, "location_reports_total", disposition="accepted")
 
 
-async def ingest_once(h: Harness, cfg: Config, profile: bool = False) -> dict[str, Any]:
-    redis_url, redis_proc = h.redis()
+async def ingest_once(
+    h: Harness, cfg: Config, profile: bool = False, masters: int = 0
+) -> dict[str, Any]:
+    """One run; `masters` > 0: on a Redis Cluster of that many masters."""
+    if masters:
+        redis_url, redis_procs = h.redis_cluster(masters)
+    else:
+        redis_url, redis_proc = h.redis()
+        redis_procs = [redis_proc]
     db = h.database("ingest")
-    mesh = h.start_mesh(redis_url, db, fanout_replicas=1)
+    mesh = h.start_mesh(redis_url, db, fanout_replicas=1, cluster=bool(masters))
     load: LoadClient | None = None
     try:
         g = graph.clustered(cfg.ingest_streams, 0.0, seed=11, prefix="i")
@@ -48,7 +55,7 @@ async def ingest_once(h: Harness, cfg: Config, profile: bool = False) -> dict[st
             raise RuntimeError(f"{conn['failed']} streams failed to connect: {conn['errors']}")
         await asyncio.sleep(1.0)
         a0 = await accepted(loc)
-        procs = [measured(fan), measured(loc), measured(mesh.children["presence"]), redis_proc]
+        procs = [measured(fan), measured(loc), measured(mesh.children["presence"]), *redis_procs]
         meter = CpuMeter(procs).start()
         t0 = time.monotonic()
         profiles: list[asyncio.Task[dict[str, Any]]] = []
@@ -82,7 +89,12 @@ async def ingest_once(h: Harness, cfg: Config, profile: bool = False) -> dict[st
         n = last - a0
         seconds = t_last - t0
         mesh_cpu = meter.total
-        r = aioredis.Redis.from_url(redis_url)
+        per_master = {k: v for k, v in used.items() if k.startswith("redis")}
+        redis_cpu = sum(per_master.values())
+        if masters:
+            used = {k: v for k, v in used.items() if k not in per_master}
+            used["redis"] = redis_cpu
+        r: Any = (aioredis.RedisCluster if masters else aioredis.Redis).from_url(redis_url)
         try:
             sizes = [await r.memory_usage(keys.location(uid)) or 0 for uid in g.ids[:50]]
         finally:
@@ -94,9 +106,10 @@ async def ingest_once(h: Harness, cfg: Config, profile: bool = False) -> dict[st
             "accepted": n,
             "seconds": round(seconds, 3),
             "cpu_s": {k: round(v, 3) for k, v in used.items()},
+            "redis_cpu_per_master_s": {k: round(v, 3) for k, v in per_master.items()},
             "updates_per_s": n / seconds if seconds else 0.0,
             "updates_per_cpu_s": n / mesh_cpu if mesh_cpu else 0.0,
-            "updates_per_redis_cpu_s": n / used["redis"] if used["redis"] else 0.0,
+            "updates_per_redis_cpu_s": n / redis_cpu if redis_cpu else 0.0,
             "redis_bytes_per_user": sum(sizes) / max(1, len(sizes)),
         }
     finally:
