@@ -100,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/ (JSON only)")
     p.add_argument("--keep", action="store_true", help="keep the data folder (logs) afterwards")
     p.add_argument(
+        "--profile",
+        action="store_true",
+        help="add py-spy runs (not measured): the fan-out at the brief's shape, and ingest",
+    )
+    p.add_argument(
         "--redis-cluster",
         default="",
         metavar="N,N,...",
@@ -128,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     cfg = Config.make(quick=args.quick, runs=args.runs)
     cfg.redis_cluster = masters
+    cfg.profile = args.profile
     try:
         cfg.override(args.set)
     except ValueError as exc:

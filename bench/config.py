@@ -50,6 +50,8 @@ class Config:
     # 6. Redis Cluster runs (--redis-cluster): master counts, runs per engine
     redis_cluster: tuple[int, ...] = ()
     cluster_runs: int = 1
+    # --profile: extra py-spy runs (brief, ingest)
+    profile: bool = False
     # filled while running
     results: dict[str, Any] = field(default_factory=dict, repr=False)
     h_logs: str = ""

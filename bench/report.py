@@ -598,10 +598,12 @@ METHOD = """\
 ## How it is measured
 
 - `make bench` (`python -m bench`, `--quick` for a shorter run, `--only fanout,history` for a
-  subset) starts everything itself on free loopback ports: a private Redis per scenario, one
+  subset, `--set idle_streams=2000` to change a size of `bench/config.py`, `--profile` for
+  extra py-spy runs, `--redis-cluster 1,2,3` for scenario 6) starts everything itself on free loopback ports: a private Redis per scenario, one
   private Postgres (default durability, fsync on), the services as subprocesses
-  (`python -m friend_svc` …) and, for the latency scenario, Envoy. Nothing else on the machine
-  is touched.
+  (`python -m friend_svc` …, started by `stack.procs` as `nearby run` starts them) and, for the
+  latency and streams scenarios, Envoy. Nothing else on the machine is touched, and every
+  process started is stopped at the end (they also get SIGTERM if the benchmark dies).
 - **CPU** is process CPU time (user + system from `/proc/<pid>/stat`) over the measured window,
   not wall time; Postgres counts the postmaster and its backends. **Memory** is VmRSS.
 - Every scenario is repeated and each figure is the **median** of the runs. Each throughput is
@@ -619,12 +621,14 @@ METHOD = """\
 | scenario | the real path | the ceiling it is compared with |
 |---|---|---|
 | 1. fan-out | events published on `loc:{uid}` (the location service's format) → one fan-out process (hub, distance filter, per-stream batching) → N streams; friend updates counted by the clients | a bare grpc.aio server pushing the same number of friend updates, one per message, to the same number of streams |
+| 1b. the brief's shape | each of N streams has 40 nearby friends, each friend publishes a move every 30 s at its own phase (one subscriber per friend channel: at scale a user's friends sit on other processes), each stream reports its own location every 30 s; one fan-out process, restarted for each flush window (FANOUT_FLUSH_MS: the default, then larger up to 1 s); latency from the friend's publish to the client reading it | the bare grpc.aio server pushing the same number of one-update messages per second to the same number of streams, paced the same way |
 | 2. latency | a client sends a location on its stream through Envoy → fan-out → location_svc → Redis → fan-out → Envoy → each friend's client, while background moves keep the fan-out at 25/50/75% of the max of (1) | — (absolute, with the load level as a share of (1)) |
-| 3. streams | N clients connect at once through the fan-out process (snapshot received = connected), then idle | a bare grpc.aio server holding the same number of idle bidi streams |
+| 3. streams | a storm of 10,000 clients connecting at once through Envoy to one fan-out process (snapshot received = connected), then more streams in steps until a stream fails, the cap, the time bound or the machine's memory guard (the report says which); all idle | the bare grpc.aio server behind the same Envoy config, the same storm |
 | 4. ingest | clients stream location updates on their Connect streams → fan-out (batched ReportLocations) → location_svc (one Lua script per report, pipelined) → Redis; CPU of fan-out + location + presence + Redis | raw pipelined Redis writes from Python, per update the same commands (HSET+PEXPIRE, PUBLISH, ZADD, XADD) |
 | 5. history | rows waiting in the Redis Streams buffer → location_svc's writer → binary COPY into the partitioned `location_history` | a bare binary COPY of the same rows into the same table, one transaction per batch of the same size |
+| 6. cluster (`--redis-cluster 1,2,3`) | scenario 4's ingest and one window of 1b at the default window, on standalone Redis and on Redis Clusters of 1, 2, 3 masters (no replicas; services with REDIS_CLUSTER=1), every redis-server's CPU read from /proc | standalone Redis in the same run |
 
-Scenarios 1 and 3 measure **one** fan-out process (the per-process figures the capacity model
+Scenarios 1, 1b and 3 measure **one** fan-out process (the per-process figures the capacity model
 needs). Scenario 2, like `nearby run` and `nearby sim`, starts one fan-out replica per core
 behind Envoy (`FANOUT_REPLICAS`, default: the number of cores), because one asyncio loop uses
 one core; its load levels are shares of scenario 1's one-process maximum.
