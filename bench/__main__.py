@@ -17,6 +17,7 @@ import asyncio
 import datetime as dt
 import importlib
 import importlib.metadata
+import json
 import platform
 import re
 import subprocess
@@ -100,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/ (JSON only)")
     p.add_argument("--keep", action="store_true", help="keep the data folder (logs) afterwards")
     p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other scenarios' results from --out (each keeps its own date)",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="add py-spy runs (not measured): the fan-out at the brief's shape, and ingest",
@@ -149,11 +155,18 @@ def main(argv: list[str] | None = None) -> int:
     }
     console.print(f"nearby benchmark: {results['machine']}, {cfg.runs} runs per scenario")
     root = Path(tempfile.mkdtemp(prefix="nearby-bench-"))
+    earlier: dict[str, Any] = {}
+    if args.merge and args.out.exists():
+        earlier = json.loads(args.out.read_text()).get("scenarios", {})
     with harness(root) as h:
         cfg.h_logs = str(h.logs)
         for name in ORDER:
             if name in only:
                 results["scenarios"][name] = run_scenario(name, h, cfg, console)
+                results["scenarios"][name]["date"] = results["date"]
+                results["scenarios"][name]["config"] = cfg.as_dict()
+            elif name in earlier:
+                results["scenarios"][name] = earlier[name]
             else:
                 results["scenarios"][name] = not_measured("not selected in this run (--only)")
             # later scenarios use the max throughput of the fan-out scenario

@@ -24,6 +24,17 @@ from typing import Any
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^():]+)(?::\d+)?\)$")
 OWN = ("fanout_svc/", "location_svc/", "presence_svc/", "friend_svc/", "mesh/")
+# frames at the root of every sample of their thread: no information
+_ENTRY = (
+    "run (asyncio/runners.py)",
+    "Runner.run (asyncio/runners.py)",
+    "main (",
+    "<module> (",
+    "_run_module_as_main (",
+    "_run_code (",
+    "Thread._bootstrap (",
+    "Thread._bootstrap_inner (",
+)
 
 
 def py_spy() -> str | None:
@@ -55,8 +66,7 @@ def summarise(raw: str, top: int = 6) -> dict[str, Any]:
         if not frames:
             continue
         leaf[frames[-1][0]] += n
-        names = {name for name, _ in frames}
-        for name in names:
+        for name in {name for name, _ in frames if not name.startswith(_ENTRY)}:
             anywhere[name] += n
         for name in {
             name

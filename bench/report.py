@@ -651,8 +651,19 @@ radius + hysteresis (plus what the receiver may have walked meanwhile) counts as
 A live table shows streams connected, updates/s, pushes/s, drops (the fan-out's own counter),
 e2e latency p50/p99 and errors; Ctrl-C stops cleanly and prints a summary; the exit status is
 1 if there was any error. Without `--target` it starts a private stack (Redis, Postgres, the
-services, one fan-out per core, Envoy); with `--target 127.0.0.1:8080 --database-url ...` it
-uses a running one (`nearby run`), signing tokens with the same dev key as `nearby token`.
+services, one fan-out per core, Envoy; `--redis-cluster N`: on a private Redis Cluster of N
+masters, the services started with `REDIS_CLUSTER=1`); with `--target 127.0.0.1:8080
+--database-url ...` it uses a running one (`nearby run`), signing tokens with the same dev key
+as `nearby token`.
+
+## Profiling
+
+`make bench ARGS="--only brief,ingest --profile"` adds runs (not measured) in which py-spy
+samples the fan-out at the brief's shape (Python frames, then native frames too) and, under
+the ingest load, the fan-out and location_svc; the notes above summarise them. Any running
+service can be sampled the same way: `python -m bench.profile --pid PID --seconds 15
+[--native]` (or `--raw FILE` to summarise a recorded profile). Shares are of the samples in
+which the process was running (py-spy skips idle threads).
 """
 
 
@@ -692,6 +703,9 @@ def write_docs(results: dict[str, Any], path: Path = DOC) -> Path:
         if s.get("status") != "measured":
             parts += [f"Not measured: {s.get('reason', 'not run')}.", ""]
             continue
+        if s.get("date") and s["date"] != results.get("date"):
+            runs = get(s, "config", "runs")
+            parts += [f"Measured {s['date']}" + (f", {runs} runs" if runs else "") + ".", ""]
         rows = [
             [
                 label,
