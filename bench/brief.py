@@ -343,8 +343,13 @@ def notes(default: dict[str, Any], bare: dict[str, Any], profiles: dict[str, Any
             "What the process does besides the gRPC write: the py-spy lines below "
             "(`make bench ARGS=--profile`)."
         )
+    what = {
+        "python": "Python frames, idle threads not sampled",
+        "native": "native frames too; the process is paused per sample, so idle threads "
+        "(blocked in poll) are sampled as well",
+    }
     for kind, p in profiles.items():
-        line = prof.describe(f"the fan-out at the brief's shape ({kind} frames)", p)
+        line = prof.describe(f"the fan-out at the brief's shape ({what.get(kind, kind)})", p)
         if line:
             found.append(line)
     return found

@@ -6,7 +6,8 @@ shares are of the time the process was running) and returns where its time
 goes: the functions most often on top of the stack (self time), the
 project's own functions and any function most often anywhere on the stack
 (inclusive time). `native=True` also unwinds Cython/C frames (grpc's cygrpc,
-protobuf's upb), which shows what a Python frame's self time is made of.
+protobuf's upb), which shows what a Python frame's self time is made of; it
+has to pause the process for each sample, so it costs the process more.
 
     python -m bench.profile --pid PID --seconds 15 [--native] [--out FILE]
     python -m bench.profile --raw FILE          # summarise a recorded profile
@@ -55,6 +56,7 @@ def summarise(raw: str, top: int = 6) -> dict[str, Any]:
     leaf: Counter[str] = Counter()
     own: Counter[str] = Counter()
     anywhere: Counter[str] = Counter()
+    thread: Counter[str] = Counter()
     total = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
@@ -66,6 +68,7 @@ def summarise(raw: str, top: int = 6) -> dict[str, Any]:
         if not frames:
             continue
         leaf[frames[-1][0]] += n
+        thread[_thread_of([name for name, _ in frames])] += n
         for name in {name for name, _ in frames if not name.startswith(_ENTRY)}:
             anywhere[name] += n
         for name in {
@@ -81,7 +84,18 @@ def summarise(raw: str, top: int = 6) -> dict[str, Any]:
         "self": [(k, round(v / total, 3)) for k, v in leaf.most_common(top)],
         "inclusive_own": [(k, round(v / total, 3)) for k, v in own.most_common(top)],
         "inclusive": [(k, round(v / total, 3)) for k, v in anywhere.most_common(top * 3)],
+        "threads": [(k, round(v / total, 3)) for k, v in thread.most_common(top)],
     }
+
+
+def _thread_of(names: list[str]) -> str:
+    """The event loop, or a thread named by the first frame below Thread.run
+    (grpc's completion-queue poller has none: its body is Cython)."""
+    for i, name in enumerate(names):
+        if name.startswith("Thread.run ("):
+            below = [x for x in names[i + 1 :] if not x.startswith("0x")]
+            return f"thread {below[0]}" if below else "thread (native code)"
+    return "event loop"
 
 
 async def profile(
@@ -93,8 +107,9 @@ async def profile(
         return {}
     proc = await asyncio.create_subprocess_exec(
         exe, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
-        "--rate", str(rate), "--nonblocking", "--format", "raw", "--output", str(out),
-        *(("--native",) if native else ()),
+        "--rate", str(rate), "--format", "raw", "--output", str(out),
+        # py-spy cannot unwind native frames without pausing the process
+        *(("--native",) if native else ("--nonblocking",)),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     await proc.wait()
@@ -112,9 +127,10 @@ def describe(name: str, prof: dict[str, Any]) -> str:
     if not prof.get("samples"):
         return ""
     own = ", ".join(f"{k} {v:.0%}" for k, v in prof["inclusive_own"][:6])
-    leaf = ", ".join(f"{k} {v:.0%}" for k, v in prof["self"][:6])
+    leaf = ", ".join(f"{k} {v:.0%}" for k, v in prof["self"][:8])
+    threads = ", ".join(f"{k} {v:.0%}" for k, v in prof.get("threads", [])[:4])
     return (
-        f"py-spy on {name} ({prof['samples']} samples of a running process): its own code on "
+        f"py-spy on {name} ({prof['samples']} samples): threads: {threads}; its own code on "
         f"the stack: {own}; top of the stack (self time): {leaf} (asyncio/runners.py = the "
         "event loop itself, i.e. uvloop and its system calls)."
     )

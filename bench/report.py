@@ -120,7 +120,9 @@ def _brief_rows(s: dict[str, Any]) -> list[Row]:
             ),
             (f"{head} updates per stream message", m.get("updates_per_message"), 1.0, None),
             (
-                f"{head} latency publish → client p50 / p99 (ms; ratio = nearby / bare)",
+                f"{head} latency publish → client p50 / p99 (ms; ratio = nearby / bare; whole "
+                f"machine {(m.get('machine_busy_all') or 0):.0%} / "
+                f"{(c.get('machine_busy_all') or 0):.0%} busy)",
                 f"{fmt(lat.get('p50'), 1)} / {fmt(lat.get('p99'), 1)}",
                 f"{fmt(lat_c.get('p50'), 1)} / {fmt(lat_c.get('p99'), 1)}",
                 f"{fmt(r.get('latency_p50'), 1)} / {fmt(r.get('latency_p99'), 1)}",
