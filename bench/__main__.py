@@ -153,7 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         "config": cfg.as_dict(),
         "scenarios": {},
     }
-    console.print(f"nearby benchmark: {results['machine']}, {cfg.runs} runs per scenario")
+    console.print(
+        f"nearby benchmark: {results['machine']}, {cfg.runs} runs per scenario "
+        f"({cfg.long_runs} for 1b and 3)"
+    )
     root = Path(tempfile.mkdtemp(prefix="nearby-bench-"))
     earlier: dict[str, Any] = {}
     if args.merge and args.out.exists():

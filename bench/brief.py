@@ -276,7 +276,7 @@ async def run(h: Harness, cfg: Config) -> dict[str, Any]:
     windows = cfg.brief_windows
     per_window: dict[float, list[dict[str, Any]]] = {w: [] for w in windows}
     ceiling_runs: list[dict[str, Any]] = []
-    for _ in range(cfg.runs):
+    for _ in range(cfg.long_runs):
         ceiling_runs.append(await bare_once(h, cfg))
         mesh, g, redis_procs = await start_brief_mesh(h, cfg)
         try:

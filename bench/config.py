@@ -13,6 +13,8 @@ from mesh.settings import Settings
 class Config:
     quick: bool = False
     runs: int = 3
+    # the two longest scenarios (1b, 3) repeat fewer times (`--runs` sets them too)
+    long_runs: int = 2
     # 1. fan-out: connected streams, mover users, movers per stream, rounds per run
     fanout_streams: int = 2000
     fanout_movers: int = 1000
@@ -62,6 +64,7 @@ class Config:
             c = cls(
                 quick=True,
                 runs=2,
+                long_runs=1,
                 fanout_streams=1000,
                 fanout_movers=500,
                 fanout_rounds=12,
@@ -81,7 +84,7 @@ class Config:
         else:
             c = cls()
         if runs:
-            c.runs = runs
+            c.runs = c.long_runs = runs
         return c
 
     def override(self, assignments: list[str]) -> None:

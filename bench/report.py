@@ -680,7 +680,9 @@ def write_docs(results: dict[str, Any], path: Path = DOC) -> Path:
         "",
         f"Run of **{results.get('date', '?')}**"
         f"{' (quick mode)' if get(results, 'config', 'quick') else ''}, "
-        f"{get(results, 'config', 'runs')} runs per scenario, medians; "
+        f"{get(results, 'config', 'runs')} runs per scenario "
+        f"({get(results, 'config', 'long_runs') or get(results, 'config', 'runs')} for 1b and 3), "
+        "medians; "
         f"suite wall time {fmt(results.get('wall_s'), 0)} s.",
         "",
         f"Machine: {m.get('cores', '?')} cores ({m.get('cpu', '?')}), "
@@ -706,7 +708,7 @@ def write_docs(results: dict[str, Any], path: Path = DOC) -> Path:
             parts += [f"Not measured: {s.get('reason', 'not run')}.", ""]
             continue
         if s.get("date") and s["date"] != results.get("date"):
-            runs = get(s, "config", "runs")
+            runs = get(s, "config", "long_runs" if name in ("brief", "streams") else "runs")
             parts += [f"Measured {s['date']}" + (f", {runs} runs" if runs else "") + ".", ""]
         rows = [
             [

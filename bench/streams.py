@@ -245,7 +245,7 @@ async def bare_once(h: Harness, cfg: Config) -> dict[str, Any]:
 
 async def run(h: Harness, cfg: Config) -> dict[str, Any]:
     runs, ceiling_runs = [], []
-    for _ in range(cfg.runs):
+    for _ in range(cfg.long_runs):
         ceiling_runs.append(await bare_once(h, cfg))
         runs.append(await streams_once(h, cfg))
     out = scenario(
