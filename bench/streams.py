@@ -280,6 +280,21 @@ def notes(out: dict[str, Any], cfg: Config) -> list[str]:
             "time the streams wait (in the fan-out's connect-time read limiter for the friend "
             "list and cached locations, or on the cores shared with the clients)."
         )
+    for i, r in enumerate(out.get("runs", []), 1):
+        bad = [st for st in r.get("steps", []) if st["failed"] or st["ended"]]
+        if bad:
+            st = bad[0]
+            found.append(
+                f"Run {i} of the ramp held {r['connected']:,} streams: opening streams "
+                f"{st['streams'] - cfg.idle_step + 1:,}-{st['streams']:,} (1,000 at a time) "
+                f"failed {st['failed']:,} of them (open streams that ended besides: "
+                f"{max(0, st['ended'] - st['failed']):,}) with "
+                f"{'; '.join(st['error_samples'][:2]) or 'no error text'}; the fan-out's RSS "
+                f"was {st['rss_mb']:,.0f} MiB. The aio client reports a server-side core "
+                "error as INTERNAL and hides the server's status (grpc/grpc#36066), so the "
+                'cause is not established here (`make bench ARGS="--only streams --keep"` keeps '
+                "the fan-out's log)."
+            )
     if med["rss_per_stream_kib"] > 34:
         found.append(
             f"RSS per stream {med['rss_per_stream_kib']:.1f} KiB (bar 34 KiB); a bare "
