@@ -1,4 +1,4 @@
-"""Sizes of every scenario, full and quick (the full suite stays < 15 min on 2 cores)."""
+"""Sizes of every scenario, full and quick (`--set FIELD=VALUE` overrides one)."""
 
 from __future__ import annotations
 
