@@ -123,7 +123,21 @@ def spawn(
     env = settings_env(settings)
     env["PORT"] = str(port)
     env["METRICS_PORT"] = str(metrics_port)
-    env["PYTHONUNBUFFERED"] = "1"
+    argv = [sys.executable, "-m", spec.module]
+    proc = start(argv, env, log_path, die_with_parent=die_with_parent, cwd=cwd)
+    return Child(name, spec, port, metrics_port, log_path, proc)
+
+
+def start(
+    argv: list[str],
+    env: Mapping[str, str],
+    log_path: Path | None = None,
+    *,
+    die_with_parent: bool = False,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start any child the way services are started: its own session
+    (process group), no stdin, stdout and stderr appended to `log_path`."""
     log = None
     out: int | object = subprocess.DEVNULL
     if log_path is not None:
@@ -131,9 +145,9 @@ def spawn(
         log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
         out = log
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", spec.module],
-            env=env,
+        return subprocess.Popen(
+            argv,
+            env={**env, "PYTHONUNBUFFERED": "1"},
             cwd=cwd,
             stdout=out,  # type: ignore[arg-type]
             stderr=subprocess.STDOUT,
@@ -144,7 +158,6 @@ def spawn(
     finally:
         if log is not None:
             log.close()
-    return Child(name, spec, port, metrics_port, log_path, proc)
 
 
 def check_health(addr: str, service: str, timeout: float = 1.0) -> bool:
