@@ -1,8 +1,9 @@
 """`make bench` / `python -m bench`: every scenario, its ceiling, the report.
 
-    python -m bench                 # all scenarios (< 15 min on 2 cores)
+    python -m bench                 # all scenarios (about 27 min on 2 busy cores)
     python -m bench --quick         # smaller and shorter (a few minutes)
     python -m bench --only history,ingest --runs 2
+    python -m bench --only brief --redis-cluster 1,2,3   # + ingest and fan-out on clusters
 
 Writes bench/results/latest.json, docs/bench-latency.png, docs/benchmarks.md
 and the table of docs/capacity.md. A scenario that cannot run (a service
@@ -16,6 +17,7 @@ import asyncio
 import datetime as dt
 import importlib
 import importlib.metadata
+import json
 import platform
 import re
 import subprocess
@@ -34,7 +36,7 @@ from bench.harness import harness
 from bench.procstat import machine
 from bench.stats import not_measured
 
-ORDER = ("history", "ingest", "fanout", "latency", "streams")
+ORDER = ("history", "ingest", "fanout", "brief", "latency", "streams", "cluster")
 
 
 def _cmd_version(argv: list[str], pattern: str) -> str:
@@ -98,12 +100,50 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=report.RESULTS, help="JSON output")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/ (JSON only)")
     p.add_argument("--keep", action="store_true", help="keep the data folder (logs) afterwards")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other scenarios' results from --out (each keeps its own date)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="add py-spy runs (not measured): the fan-out at the brief's shape, and ingest",
+    )
+    p.add_argument(
+        "--redis-cluster",
+        default="",
+        metavar="N,N,...",
+        help="also run ingest and the brief-shaped fan-out on Redis Clusters of these many "
+        "masters (plus standalone), e.g. 1,2,3",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a size of bench/config.py, e.g. --set idle_streams=2000 (repeatable)",
+    )
     args = p.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()] or list(ORDER)
+    try:
+        masters = tuple(int(x) for x in args.redis_cluster.split(",") if x.strip())
+    except ValueError:
+        p.error(f"--redis-cluster {args.redis_cluster}: a comma-separated list of master counts")
+    if any(m < 1 for m in masters):
+        p.error("--redis-cluster: every master count must be at least 1")
+    if masters and "cluster" not in only:
+        only.append("cluster")
     unknown = set(only) - set(ORDER)
     if unknown:
         p.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     cfg = Config.make(quick=args.quick, runs=args.runs)
+    cfg.redis_cluster = masters
+    cfg.profile = args.profile
+    try:
+        cfg.override(args.set)
+    except ValueError as exc:
+        p.error(str(exc))
     console = Console()
     started = time.monotonic()
     results: dict[str, Any] = {
@@ -113,13 +153,23 @@ def main(argv: list[str] | None = None) -> int:
         "config": cfg.as_dict(),
         "scenarios": {},
     }
-    console.print(f"nearby benchmark: {results['machine']}, {cfg.runs} runs per scenario")
+    console.print(
+        f"nearby benchmark: {results['machine']}, {cfg.runs} runs per scenario "
+        f"({cfg.long_runs} for 1b and 3)"
+    )
     root = Path(tempfile.mkdtemp(prefix="nearby-bench-"))
+    earlier: dict[str, Any] = {}
+    if args.merge and args.out.exists():
+        earlier = json.loads(args.out.read_text()).get("scenarios", {})
     with harness(root) as h:
         cfg.h_logs = str(h.logs)
         for name in ORDER:
             if name in only:
                 results["scenarios"][name] = run_scenario(name, h, cfg, console)
+                results["scenarios"][name]["date"] = results["date"]
+                results["scenarios"][name]["config"] = cfg.as_dict()
+            elif name in earlier:
+                results["scenarios"][name] = earlier[name]
             else:
                 results["scenarios"][name] = not_measured("not selected in this run (--only)")
             # later scenarios use the max throughput of the fan-out scenario

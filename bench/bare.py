@@ -3,9 +3,12 @@
 `python -m bench.bare --port P --per-stream K`: answers each Connect with an
 empty snapshot and holds the stream. On SIGUSR1 it pushes K messages to every
 open stream, each carrying ONE friend update (the unbatched cost a fan-out
-server would pay per update). Same server options and event loop (uvloop) as
-the services, so the only difference with the real path is the work the
-real path does.
+server would pay per update). With `--rate R --seconds T`, SIGUSR1 instead
+starts T seconds of paced pushes, R messages per second in 10 ms ticks, taken
+in turn by the open streams, each a fresh one-update message stamped with the
+time it was made (the client's latency sample). Same server options, event
+loop (uvloop) and grpc.health.v1 service as the services, so the only
+difference with the real path is the work the real path does.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from nearby.v1 import geo_pb2, nearby_service_pb2, nearby_service_pb2_grpc
 
 from mesh.server import SERVER_OPTIONS
@@ -42,10 +46,12 @@ def update_message(i: int) -> pb.ConnectResponse:
 
 
 class BareNearby(nearby_service_pb2_grpc.NearbyServiceServicer):
-    def __init__(self, per_stream: int) -> None:
+    def __init__(self, per_stream: int, rate: float = 0.0, seconds: float = 0.0) -> None:
         self.per_stream = per_stream
+        self.rate, self.seconds = rate, seconds
         self.queues: set[asyncio.Queue[pb.ConnectResponse]] = set()
         self.messages = [update_message(i) for i in range(per_stream)]
+        self.pacing: asyncio.Task[None] | None = None
 
     async def ListNearbyFriends(
         self, request: pb.ListNearbyFriendsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -53,9 +59,26 @@ class BareNearby(nearby_service_pb2_grpc.NearbyServiceServicer):
         return pb.ListNearbyFriendsResponse()
 
     def burst(self) -> None:
+        if self.rate:
+            if self.pacing is None or self.pacing.done():
+                self.pacing = asyncio.create_task(self.paced())
+            return
         for q in self.queues:
             for m in self.messages:
                 q.put_nowait(m)
+
+    async def paced(self) -> None:
+        tick, i = 0.01, 0
+        queues = list(self.queues)
+        start = time.monotonic()
+        end = start + self.seconds
+        while queues and time.monotonic() < end:
+            t = time.monotonic()
+            due = int((t - start) * self.rate)
+            while i < due:
+                queues[i % len(queues)].put_nowait(update_message(i % 40))
+                i += 1
+            await asyncio.sleep(max(0.0, tick - (time.monotonic() - t)))
 
     async def Connect(  # type: ignore[override]
         self,
@@ -87,10 +110,14 @@ class BareNearby(nearby_service_pb2_grpc.NearbyServiceServicer):
             reader.cancel()
 
 
-async def serve(port: int, per_stream: int) -> None:
+async def serve(port: int, per_stream: int, rate: float = 0.0, seconds: float = 0.0) -> None:
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    servicer = BareNearby(per_stream)
+    servicer = BareNearby(per_stream, rate, seconds)
     nearby_service_pb2_grpc.add_NearbyServiceServicer_to_server(servicer, server)
+    checks = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(checks, server)
+    for name in ("", "nearby.v1.NearbyService"):
+        await checks.set(name, health_pb2.HealthCheckResponse.SERVING)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     loop = asyncio.get_running_loop()
@@ -106,12 +133,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--per-stream", type=int, default=1)
+    parser.add_argument("--rate", type=float, default=0.0, help="paced: messages per second")
+    parser.add_argument("--seconds", type=float, default=0.0, help="paced: for how long")
     args = parser.parse_args()
     with contextlib.suppress(ImportError):
         import uvloop
 
         uvloop.install()
-    asyncio.run(serve(args.port, args.per_stream))
+    asyncio.run(serve(args.port, args.per_stream, args.rate, args.seconds))
 
 
 if __name__ == "__main__":

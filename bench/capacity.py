@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import report
 from bench.report import RESULTS, ROOT, fmt, get
 
 DOC = ROOT / "docs" / "capacity.md"
@@ -55,8 +56,11 @@ def calc(fn: Callable[..., float], *vals: float | None) -> float | None:
 def model(r: dict[str, Any]) -> list[Line]:
     fan_cpu = _m(r, "fanout", "median", "updates_per_cpu_s")
     fan_single = _m(r, "fanout", "single", "median", "updates_per_cpu_s")
-    streams = _m(r, "streams", "median", "connected")
-    rss_kib = _m(r, "streams", "median", "rss_per_stream_kib")
+    held = report.held_worst(get(r, "scenarios", "streams") or {})
+    streams = float(held) if held and _m(r, "streams", "median", "connected") else None
+    rss_kib = _m(r, "streams", "median", "rss_per_stream_at_max_kib") or _m(
+        r, "streams", "median", "rss_per_stream_kib"
+    )
     base_mb = _m(r, "streams", "median", "rss_before_mb")
     ingest_cpu = _m(r, "ingest", "median", "updates_per_cpu_s")
     ingest_redis = _m(r, "ingest", "median", "updates_per_redis_cpu_s")
@@ -72,24 +76,50 @@ def model(r: dict[str, Any]) -> list[Line]:
         res = "not measured" if value is None else f"**{fmt(math.ceil(value))}**{unit}"
         out.append(Line(what, formula, inputs, res, value))
 
-    push_cores = calc(lambda f: PUSHES_PER_S / (f * u), fan_single)
+    levels = get(r, "scenarios", "brief", "levels") if _m(r, "brief", "shape", "streams") else []
+    levels = levels or []
+    default, widest = (levels[0], levels[-1]) if levels else ({}, {})
+    brief_default = get(default, "median", "updates_per_cpu_s")
+    brief_widest = get(widest, "median", "updates_per_cpu_s")
+    push_cores = calc(lambda f: PUSHES_PER_S / (f * u), brief_default)
     add(
-        "fan-out cores for 14M pushes/s, 1 update per message (the brief's rates)",
+        f"fan-out cores for 14M pushes/s at the brief's shape, FANOUT_FLUSH_MS="
+        f"{default.get('flush_ms', 0):g} (the default: the window this model assumes)",
         "pushes/s / (updates per fan-out CPU-s * util)",
-        f"{fmt(fan_single)} updates/CPU-s, 1 update per stream per round (bench 1)",
+        f"{fmt(brief_default)} updates/CPU-s, {fmt(get(default, 'median', 'updates_per_message'), 2)}"
+        " updates per message (bench 1b: 40 nearby friends per stream, one report each per "
+        "30 s, the streams' own reports included)",
         push_cores,
     )
+    if len(levels) > 1:
+        add(
+            f"the same with FANOUT_FLUSH_MS={widest.get('flush_ms', 0):g} (for comparison: "
+            "every push waits up to that long)",
+            "pushes/s / (updates per fan-out CPU-s * util)",
+            f"{fmt(brief_widest)} updates/CPU-s, "
+            f"{fmt(get(widest, 'median', 'updates_per_message'), 2)} updates per message "
+            "(bench 1b)",
+            calc(lambda f: PUSHES_PER_S / (f * u), brief_widest),
+        )
     add(
-        "the same with batching as in bench 1 (best case, for comparison)",
+        "the same at 1 update per message in closed-loop rounds (bench 1, for comparison)",
+        "pushes/s / (updates per fan-out CPU-s * util)",
+        f"{fmt(fan_single)} updates/CPU-s, 1 update per stream per round (bench 1)",
+        calc(lambda f: PUSHES_PER_S / (f * u), fan_single),
+    )
+    add(
+        "the same with 10 updates per message (bench 1, an upper bound the brief never reaches)",
         "pushes/s / (updates per fan-out CPU-s * util)",
         f"{fmt(fan_cpu)} updates/CPU-s (bench 1, batched)",
         calc(lambda f: PUSHES_PER_S / (f * u), fan_cpu),
     )
     stream_procs = calc(lambda n: CONCURRENT / n, streams)
+    stopped = "; ".join(sorted(set(get(r, "scenarios", "streams", "stopped_by") or []))) or "—"
     add(
         "fan-out processes for 10M streams",
         "streams / streams held per process",
-        f"{fmt(streams)} streams/process (bench 3, the count tested: a lower bound)",
+        f"{fmt(streams)} streams/process (bench 3, the worst run of its ramp to failure; "
+        f"the runs stopped by: {stopped})",
         stream_procs,
     )
     procs = calc(max, push_cores, stream_procs)
@@ -140,6 +170,20 @@ def model(r: dict[str, Any]) -> list[Line]:
         "subscribers per channel)",
         pub_shards,
     )
+    engines = get(r, "scenarios", "cluster", "engines") or []
+    clustered = [
+        e for e in engines if e.get("masters") and get(e, "fanout", "status") == "measured"
+    ]
+    if clustered:
+        e = max(clustered, key=lambda x: x["masters"])
+        us = get(e, "fanout", "median", "redis_cpu_us_per_update")
+        add(
+            "Redis shards for 14M deliveries/s at the brief's shape (cluster run, an upper "
+            "bound: here every delivery has its own publish)",
+            "pushes/s * Redis CPU per delivered update (all masters) / util",
+            f"{fmt(us, 2)} µs per delivered update on {e['masters']} masters (bench 6)",
+            calc(lambda x: PUSHES_PER_S * x / 1e6 / u, us),
+        )
     writers = calc(lambda h: UPDATES_PER_S / (h * u), hist)
     add(
         "history writer processes (location_svc writers)",
@@ -164,9 +208,16 @@ def model(r: dict[str, Any]) -> list[Line]:
     return out
 
 
+def _dates(r: dict[str, Any]) -> str:
+    dates = sorted({s["date"] for s in (r.get("scenarios") or {}).values() if s.get("date")})
+    if len(dates) > 1:
+        return f"runs between {dates[0]} and {dates[-1]}"
+    return f"the run of {dates[0] if dates else r.get('date', '?')}"
+
+
 def table(r: dict[str, Any]) -> str:
     lines = [
-        f"Computed from the run of {r.get('date', '?')} "
+        f"Computed from bench/results/latest.json ({_dates(r)}) "
         f"({get(r, 'machine', 'cores')} cores); utilisation target {UTILISATION:.0%}.",
         "",
         "| what | formula | measured input (benchmark) | result |",

@@ -3,7 +3,8 @@ same run as the scenarios, so each scenario's figure is also a ratio.
 
 (a) bare grpc.aio server pushing one-update messages to N streams
     (messages per server CPU-second);
-(b) bare grpc.aio server holding N idle bidi streams (RSS per stream);
+(b) bare grpc.aio server holding N idle bidi streams behind Envoy (storm time,
+    RSS per stream: bench/streams.py);
 (c) raw Redis pipelined writes: per update the same commands the mesh issues
     (HSET + PEXPIRE of the cache, PUBLISH, ZADD presence, XADD history);
 (d) bare binary COPY of history rows into the same location_history table.
@@ -16,7 +17,6 @@ import datetime as dt
 import os
 import random
 import signal
-import sys
 import time
 from typing import Any
 
@@ -24,20 +24,23 @@ import psycopg
 import redis.asyncio as aioredis
 from nearby.internal.v1 import events_pb2
 
-from bench.harness import Harness, LoadClient
+from bench.harness import Harness, LoadClient, measured
 from bench.procstat import CpuMeter, Proc, cpu_seconds
 from mesh import keys
 from stack import infra
+from stack.procs import Child
 
 
-async def _bare_server(h: Harness, per_stream: int) -> tuple[Any, int]:
+def bare_server(h: Harness, *args: str) -> Child:
+    """The bare grpc.aio server (bench/bare.py) on a free port, healthy."""
     port = infra.free_port()
-    child = h.spawn(
+    return h.spawn(
         "bare",
-        [sys.executable, "-m", "bench.bare", "--port", str(port), "--per-stream", str(per_stream)],
+        "bench.bare",
+        ["--port", str(port), *args],
+        health_service="nearby.v1.NearbyService",
         port=port,
     )
-    return child, port
 
 
 async def paced_rounds(
@@ -87,15 +90,15 @@ async def paced_rounds(
 
 async def bare_push(h: Harness, streams: int, per_stream: int, rounds: int) -> dict[str, Any]:
     """(a): messages per server CPU-second, one friend update per message."""
-    child, port = await _bare_server(h, per_stream)
-    load = await LoadClient.start(h, f"127.0.0.1:{port}")
+    child = bare_server(h, "--per-stream", str(per_stream))
+    load = await LoadClient.start(h, child.addr)
     try:
         users = [[f"u{i:06d}", 48.85, 2.35, ""] for i in range(streams)]
         conn = await load.call(cmd="connect", users=users, batch=500)
         await load.call(cmd="stats", reset=True)
-        meter = CpuMeter([child.measured()]).start()
+        meter = CpuMeter([measured(child)]).start()
         delivered, seconds = await paced_rounds(
-            load, lambda: os.kill(child.pid, signal.SIGUSR1), rounds, streams * per_stream
+            load, lambda: os.kill(child.proc.pid, signal.SIGUSR1), rounds, streams * per_stream
         )
         cpu = meter.stop()["bare"]
         return {
@@ -107,31 +110,6 @@ async def bare_push(h: Harness, streams: int, per_stream: int, rounds: int) -> d
             "server_cpu_s": round(cpu, 3),
             "msgs_per_s": delivered / seconds if seconds else 0.0,
             "msgs_per_cpu_s": delivered / cpu if cpu else 0.0,
-        }
-    finally:
-        await load.close()
-        h.stop(child)
-
-
-async def bare_idle(h: Harness, streams: int) -> dict[str, Any]:
-    """(b): RSS per idle bidi stream, and a connect storm (all at once)."""
-    child, port = await _bare_server(h, 1)
-    load = await LoadClient.start(h, f"127.0.0.1:{port}")
-    try:
-        await asyncio.sleep(0.5)
-        rss0 = Proc("bare", child.pid).rss()
-        users = [[f"u{i:06d}", 48.85, 2.35, ""] for i in range(streams)]
-        conn = await load.call(cmd="connect", users=users, batch=0, wait_s=600)
-        await asyncio.sleep(1.0)
-        rss1 = Proc("bare", child.pid).rss()
-        return {
-            "streams": streams,
-            "connected": conn["connected"],
-            "failed": conn["failed"],
-            "storm_s": conn["seconds"],
-            "rss_before_mb": round(rss0 / 2**20, 1),
-            "rss_after_mb": round(rss1 / 2**20, 1),
-            "rss_per_stream_kib": round((rss1 - rss0) / max(1, conn["connected"]) / 1024, 2),
         }
     finally:
         await load.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -25,17 +26,25 @@ from nearby.internal.v1 import events_pb2
 
 from bench import ceilings, graph
 from bench.config import Config
-from bench.harness import Harness, LoadClient, Mesh
+from bench.harness import Harness, LoadClient, Mesh, measured
 from bench.procstat import CpuMeter
 from bench.stats import median_of, scenario
 from mesh import keys
 
 
 class Publisher:
-    """Publishes one move of every mover per round, pipelined."""
+    """Publishes moves of mover users straight into Redis, pipelined, in the
+    location service's payload (`SPUBLISH` to the slot's owner on a cluster)."""
 
-    def __init__(self, redis_url: str, g: graph.Graph, movers: list[int]) -> None:
-        self.r = aioredis.Redis.from_url(redis_url)
+    def __init__(
+        self, redis_url: str, g: graph.Graph, movers: list[int], *, cluster: bool = False
+    ) -> None:
+        self.r: Any = (
+            aioredis.RedisCluster.from_url(redis_url)
+            if cluster
+            else aioredis.Redis.from_url(redis_url)
+        )
+        self.cluster = cluster
         self.g = g
         self.movers = movers
         self.pos = {m: g.home[m] for m in movers}
@@ -43,9 +52,14 @@ class Publisher:
         self.published = 0
 
     async def round(self) -> None:
+        """One move of every mover."""
+        await self.publish(self.movers)
+
+    async def publish(self, movers: Sequence[int]) -> None:
         now = int(time.time() * 1000)
         pipe = self.r.pipeline(transaction=False)
-        for m in self.movers:
+        verb = pipe.spublish if self.cluster else pipe.publish
+        for m in movers:
             lat, lng = self.pos[m]
             lat += self.rnd.uniform(-2e-5, 2e-5)
             lng += self.rnd.uniform(-2e-5, 2e-5)
@@ -56,9 +70,9 @@ class Publisher:
                 moved=events_pb2.PositionFix(latitude=lat, longitude=lng, recorded_at_ms=now),
                 published_at_ms=now,
             )
-            pipe.publish(keys.location_channel(uid), ev.SerializeToString())
+            verb(keys.location_channel(uid), ev.SerializeToString())
         await pipe.execute()
-        self.published += len(self.movers)
+        self.published += len(movers)
 
     async def close(self) -> None:
         await self.r.aclose()
@@ -95,7 +109,7 @@ async def fanout_once(
         await ceilings.paced_rounds(load, pub.round, 1, per_round)
         await load.call(cmd="stats", reset=True)
         pub.published = 0
-        meter = CpuMeter([fan.measured(), redis_proc]).start()
+        meter = CpuMeter([measured(fan), redis_proc]).start()
         delivered, seconds = await ceilings.paced_rounds(load, pub.round, rounds, per_round)
         used = meter.stop()
         st = await load.call(cmd="stats")

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.procstat import Proc
-from stack import infra
+from mesh.settings import Settings
+from stack import infra, procs
+from stack.procs import Child
 
 SERVICES = ("friend_svc", "location_svc", "presence_svc", "fanout_svc")
 
@@ -34,35 +36,32 @@ BENCH_ENV: dict[str, str] = {
 }
 
 
-@dataclass
-class Child:
-    """A process we started."""
+def with_env(settings: Settings, env: Mapping[str, str]) -> Settings:
+    """`settings` with the variables in `env` applied (parsed as from_env does)."""
+    parsed = Settings.from_env(env)
+    names = {f.metadata["env"]: f.name for f in dataclasses.fields(Settings)}
+    return settings.replace(**{names[k]: getattr(parsed, names[k]) for k in env if k in names})
 
-    name: str
-    proc: subprocess.Popen[bytes]
-    port: int = 0
-    metrics_port: int = 0
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def measured(self, tree: bool = False) -> Proc:
-        return Proc(self.name, self.proc.pid, tree)
+def measured(child: Child) -> Proc:
+    """A child as a process to measure (CPU, RSS)."""
+    return Proc(child.name, child.proc.pid)
 
 
 @dataclass
 class Mesh:
-    """A running mesh: service addresses and the processes to measure."""
+    """A running mesh: service addresses, the processes to measure and the
+    settings its services were started with."""
 
     redis_url: str
     database_url: str
+    settings: Settings
     children: dict[str, Child] = field(default_factory=dict)
     envoy: Any = None  # stack.edge.Envoy when started
     envoy_port: int = 0
 
     def addr(self, name: str) -> str:
-        return f"127.0.0.1:{self.children[name].port}"
+        return self.children[name].addr
 
     @property
     def fanouts(self) -> list[Child]:
@@ -78,7 +77,7 @@ class Harness:
         self.logs = root / "logs"
         self.logs.mkdir(exist_ok=True)
         self._children: list[Child] = []
-        self._redis: list[infra.RedisServer] = []
+        self._redis: list[infra.RedisServer | infra.RedisCluster] = []
         self._pg: infra.PostgresServer | None = None
         self._envoys: list[Any] = []
         self.signer: Any = None
@@ -98,6 +97,16 @@ class Harness:
             r.close()
         return server.url, Proc("redis", server.proc.pid)
 
+    def redis_cluster(self, masters: int) -> tuple[str, list[Proc]]:
+        """A fresh private Redis Cluster of `masters` masters, no replicas: a
+        seed node's URL and one process to measure per master (`redis-<port>`)."""
+        cluster = infra.RedisCluster(self.root / f"redis-{len(self._redis)}", masters, replicas=0)
+        self._redis.append(cluster)
+        cluster.start()
+        return cluster.url, [
+            Proc(f"redis-{port}", cluster.procs[port].pid) for port in cluster.master_ports()
+        ]
+
     def postgres(self) -> infra.PostgresServer:
         """The suite's private Postgres (default durability: fsync on)."""
         if self._pg is None:
@@ -115,24 +124,43 @@ class Harness:
         assert pg.proc is not None
         return Proc("postgres", pg.proc.pid, tree=True)
 
-    # --- processes --------------------------------------------------------
+    # --- processes (stack.procs: the same way `nearby run` starts them) ----
     def spawn(
         self,
         name: str,
-        argv: list[str],
-        env: Mapping[str, str] | None = None,
-        port: int = 0,
+        module: str,
+        args: list[str],
+        *,
+        health_service: str,
+        port: int,
         wait: float = 30.0,
     ) -> Child:
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        full_env = {**os.environ, **(env or {})}
-        proc = subprocess.Popen(argv, env=full_env, stdout=log, stderr=log)
-        log.close()
-        child = Child(name, proc, port)
+        """`python -m module *args` (a server on `port` with grpc.health.v1),
+        waited for until SERVING."""
+        log = self.logs / f"{name}.log"
+        argv = [sys.executable, "-m", module, *args]
+        proc = procs.start(argv, os.environ, log, die_with_parent=True)
+        child = Child(name, procs.ServiceSpec(module, health_service), port, 0, log, proc)
         self._children.append(child)
-        if port:
-            infra.wait_port("127.0.0.1", port, wait, proc, name)
+        procs.wait_healthy([child], wait)
         return child
+
+    def mesh_settings(
+        self, redis_url: str, database_url: str, env: Mapping[str, str] | None = None
+    ) -> Settings:
+        """The settings of a benchmark mesh: BENCH_ENV, then `env`, on free ports."""
+        ports = {s: infra.free_port() for s in ("friend", "location", "presence", "fanout")}
+        return Settings.from_env(
+            {
+                **os.environ,
+                **BENCH_ENV,
+                "REDIS_URL": redis_url,
+                "DATABASE_URL": database_url,
+                **{f"{s.upper()}_PORT": str(p) for s, p in ports.items()},
+                **{f"{s.upper()}_ADDR": f"127.0.0.1:{p}" for s, p in ports.items()},
+                **(env or {}),
+            }
+        )
 
     def start_mesh(
         self,
@@ -142,46 +170,84 @@ class Harness:
         fanout_replicas: int = 1,
         env: Mapping[str, str] | None = None,
         services: tuple[str, ...] = SERVICES,
+        cluster: bool = False,
     ) -> Mesh:
-        """The services as subprocesses on free ports, each waited for."""
-        ports = {s: infra.free_port() for s in SERVICES if s != "fanout_svc"}
-        fan_ports = [infra.free_port() for _ in range(fanout_replicas)]
-        common = {
-            **BENCH_ENV,
-            "REDIS_URL": redis_url,
-            "DATABASE_URL": database_url,
-            "FRIEND_PORT": str(ports["friend_svc"]),
-            "LOCATION_PORT": str(ports["location_svc"]),
-            "PRESENCE_PORT": str(ports["presence_svc"]),
-            "FANOUT_PORT": str(fan_ports[0]),
-            "FRIEND_ADDR": f"127.0.0.1:{ports['friend_svc']}",
-            "LOCATION_ADDR": f"127.0.0.1:{ports['location_svc']}",
-            "PRESENCE_ADDR": f"127.0.0.1:{ports['presence_svc']}",
-            **(env or {}),
+        """The services as subprocesses (stack.procs), all started at once and
+        waited for until healthy. `cluster`: `redis_url` is a seed node of a
+        Redis Cluster (REDIS_CLUSTER=1)."""
+        extra = {**(env or {}), **({"REDIS_CLUSTER": "1"} if cluster else {})}
+        settings = self.mesh_settings(redis_url, database_url, extra)
+        mesh = Mesh(redis_url, database_url, settings)
+        own_port = {
+            "friend_svc": settings.friend_port,
+            "location_svc": settings.location_port,
+            "presence_svc": settings.presence_port,
         }
-        mesh = Mesh(redis_url, database_url)
+        started = []
         for svc in services:
             if svc == "fanout_svc":
-                for i, port in enumerate(fan_ports):
-                    mport = infra.free_port()
-                    e = {**common, "PORT": str(port), "METRICS_PORT": str(mport)}
-                    name = f"fanout-{i}"
-                    mesh.children[name] = self.spawn(
-                        name, [sys.executable, "-m", svc], e, port, wait=60
-                    )
-                    mesh.children[name].metrics_port = mport
-            else:
-                port = ports[svc]
-                mport = infra.free_port()
-                e = {**common, "PORT": str(port), "METRICS_PORT": str(mport)}
-                name = svc.removesuffix("_svc")
-                mesh.children[name] = self.spawn(name, [sys.executable, "-m", svc], e, port, 60)
-                mesh.children[name].metrics_port = mport
+                for _ in range(fanout_replicas):
+                    started.append(self.add_fanout(mesh, wait=False))
+                continue
+            name = svc.removesuffix("_svc")
+            child = self._service(name, svc, settings, own_port[svc])
+            mesh.children[name] = child
+            started.append(child)
+        procs.wait_healthy(started, 90)
         return mesh
+
+    def add_fanout(
+        self, mesh: Mesh, env: Mapping[str, str] | None = None, *, wait: bool = True
+    ) -> Child:
+        """One more fan-out replica of `mesh` (its settings, changed by `env`)."""
+        settings = with_env(mesh.settings, env or {})
+        i = len(mesh.fanouts)
+        while f"fanout-{i}" in mesh.children:
+            i += 1
+        child = self._service(f"fanout-{i}", "fanout_svc", settings, infra.free_port())
+        mesh.children[child.name] = child
+        if wait:
+            procs.wait_healthy([child], 90)
+        return child
+
+    def _service(self, name: str, svc: str, settings: Settings, port: int) -> Child:
+        child = procs.spawn(
+            name,
+            procs.SERVICES[svc],
+            settings,
+            port,
+            infra.free_port(),
+            log_path=self.logs / f"{name}.log",
+            die_with_parent=True,
+        )
+        self._children.append(child)
+        return child
 
     def start_envoy(self, mesh: Mesh, concurrency: int = 1) -> Any:
         """Envoy in front of `mesh` (the edge's own config builder), waited for
         until every fan-out replica is healthy. Returns the stack.edge.Envoy."""
+        envoy, port = self.envoy(
+            [c.addr for c in mesh.fanouts],
+            friend=mesh.addr("friend"),
+            location=mesh.addr("location"),
+            presence=mesh.addr("presence"),
+            concurrency=concurrency,
+        )
+        mesh.envoy, mesh.envoy_port = envoy, port
+        return envoy
+
+    def envoy(
+        self,
+        fanouts: list[str],
+        *,
+        friend: str = "",
+        location: str = "",
+        presence: str = "",
+        concurrency: int = 1,
+    ) -> tuple[Any, int]:
+        """An Envoy (the edge's config) routing Connect streams to `fanouts`,
+        ready once every one of them is healthy: (stack.edge.Envoy, its port).
+        Backends not given point at the first fan-out address (never called)."""
         from stack import tokens
         from stack.edge import Envoy
         from stack.envoy_config import EdgeConfig, write
@@ -189,10 +255,10 @@ class Harness:
         key = tokens.load_or_create(self.root / "keys")
         port, admin = infra.free_port(), infra.free_port()
         cfg = EdgeConfig(
-            friend=mesh.addr("friend"),
-            location=mesh.addr("location"),
-            presence=mesh.addr("presence"),
-            fanout=tuple(f"127.0.0.1:{c.port}" for c in mesh.fanouts),
+            friend=friend or fanouts[0],
+            location=location or fanouts[0],
+            presence=presence or fanouts[0],
+            fanout=tuple(fanouts),
             jwks_path=str(key.jwks_path),
             listen_host="127.0.0.1",
             port=port,
@@ -210,9 +276,8 @@ class Harness:
             time.sleep(0.1)
         else:
             raise TimeoutError("Envoy did not see the fan-out replicas healthy within 30 s")
-        mesh.envoy, mesh.envoy_port = envoy, port
         self.signer = key
-        return envoy
+        return envoy, port
 
     def token(self, user_id: str) -> str:
         """A JWT the harness's Envoy accepts (after start_envoy)."""
@@ -222,14 +287,19 @@ class Harness:
         return str(self.signer.sign(user_id, issuer=d.issuer, audience=d.audience, ttl_s=7200))
 
     def stop(self, child: Child, timeout: float = 15.0) -> None:
-        infra.stop_process(child.proc, timeout)
+        child.stop(timeout)
         with contextlib.suppress(ValueError):
             self._children.remove(child)
 
-    def stop_mesh(self, mesh: Mesh) -> None:
+    def stop_envoy(self, mesh: Mesh) -> None:
         if mesh.envoy is not None:
             mesh.envoy.stop()
+            with contextlib.suppress(ValueError):
+                self._envoys.remove(mesh.envoy)
             mesh.envoy = None
+
+    def stop_mesh(self, mesh: Mesh) -> None:
+        self.stop_envoy(mesh)
         # fan-out first (it calls the others), then the rest
         for name in sorted(mesh.children, key=lambda n: (not n.startswith("fanout"), n)):
             self.stop(mesh.children[name])
@@ -239,7 +309,7 @@ class Harness:
         for envoy in self._envoys:
             envoy.stop()
         for child in reversed(self._children):
-            infra.stop_process(child.proc, 10)
+            child.stop(10)
         self._children.clear()
         for r in self._redis:
             r.stop()

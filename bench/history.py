@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 from bench import ceilings
 from bench.config import Config
-from bench.harness import Harness, metric
+from bench.harness import Harness, measured, metric
 from bench.procstat import CpuMeter
 from bench.stats import scenario
 from mesh import keys
@@ -47,7 +47,7 @@ async def pipeline_once(h: Harness, n: int) -> dict[str, Any]:
     await buffer_rows(redis_url, rows)
     mesh = h.start_mesh(redis_url, db, services=("location_svc",))
     loc = mesh.children["location"]
-    meter = CpuMeter([loc.measured(), h.postgres_proc(), redis_proc]).start()
+    meter = CpuMeter([measured(loc), h.postgres_proc(), redis_proc]).start()
     try:
         t_first = c_first = None
         done = 0.0

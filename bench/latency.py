@@ -26,7 +26,7 @@ from typing import Any
 from bench import graph
 from bench.config import Config
 from bench.fanout import Publisher
-from bench.harness import Harness, LoadClient
+from bench.harness import Harness, LoadClient, measured
 from bench.procstat import CpuMeter, Proc, busy_share, system_ticks
 from bench.stats import median_of, not_measured
 
@@ -47,12 +47,8 @@ async def paced(pub: Publisher, per_s: float, seconds: float) -> int:
         k = int(owed)
         owed -= k
         if k:
-            chunk = [movers[(i + j) % len(movers)] for j in range(k)]
+            await pub.publish([movers[(i + j) % len(movers)] for j in range(k)])
             i += k
-            saved = pub.movers
-            pub.movers = chunk
-            await pub.round()
-            pub.movers = saved
             sent += k
         await asyncio.sleep(max(0.0, tick - (time.monotonic() - t0)))
     return sent
@@ -85,8 +81,8 @@ async def latency_once(h: Harness, cfg: Config, max_per_s: float) -> list[dict[s
         subscribers = n * cfg.fanout_friends / cfg.fanout_movers
         procs = [
             Proc("envoy", envoy.proc.pid),
-            *(c.measured() for c in mesh.fanouts),
-            mesh.children["location"].measured(),
+            *(measured(c) for c in mesh.fanouts),
+            measured(mesh.children["location"]),
             redis_proc,
             Proc("clients", load.pid),
             Proc("publisher", os.getpid()),

@@ -7,7 +7,9 @@ a bearer token) and answers commands, one JSON object per line:
 - `{"cmd": "connect", "users": [[id, lat, lng, token], ...], "batch": 0}`:
   opens the streams (all at once when batch is 0) and waits for each snapshot;
 - `{"cmd": "send", "users": [id, ...], "interval_s": 0.2, "duration_s": 5}`:
-  those streams send a location update every interval (recorded_at = now);
+  those streams send a location update every interval (recorded_at = now),
+  answered when done (`"background": true`: answered at once, so that
+  `stats` can be asked meanwhile);
 - `{"cmd": "stats", "reset": true}`: friend updates received, messages,
   latency percentiles (e2e: from a friend's send in this process; pub: from
   the event's fix time), errors;
@@ -254,6 +256,7 @@ class Load:
 
 async def serve(target: str, per_channel: int) -> None:
     load = Load(target, per_channel)
+    background: set[asyncio.Task[dict[str, Any]]] = set()
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -267,6 +270,13 @@ async def serve(target: str, per_channel: int) -> None:
             out = await load.connect(
                 req["users"], int(req.get("batch", 0)), int(req.get("retries", 0))
             )
+        elif cmd == "send" and req.get("background"):
+            task = asyncio.create_task(
+                load.send(req["users"], req["interval_s"], req["duration_s"])
+            )
+            background.add(task)
+            task.add_done_callback(background.discard)
+            out = {"started": len(req["users"])}
         elif cmd == "send":
             out = await load.send(req["users"], req["interval_s"], req["duration_s"])
         elif cmd == "stats":

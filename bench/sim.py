@@ -72,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="own stack: fan-out replicas (default: cores)",
     )
+    parser.add_argument(
+        "--redis-cluster",
+        type=int,
+        default=0,
+        metavar="N",
+        help="own stack: on a private Redis Cluster of N masters (default: one Redis)",
+    )
     parser.add_argument("--prefix", default="", help="user id prefix (default: sim<seed>-)")
     parser.add_argument(
         "--save", default="", help="write the summary as JSON here (e.g. bench/results/sim.json)"
@@ -275,6 +282,9 @@ async def simulate(args: argparse.Namespace, console: Console) -> int:
             if not args.database_url:
                 console.print("nearby sim: --target needs --database-url (to load the graph)")
                 return 2
+            if args.redis_cluster:
+                console.print("nearby sim: --redis-cluster is for its own stack, not --target")
+                return 2
             from stack import tokens
 
             key = tokens.load_or_create(Path(settings.nearby_home))
@@ -297,11 +307,18 @@ async def simulate(args: argparse.Namespace, console: Console) -> int:
             h = Harness(root)
             stack.callback(shutil.rmtree, root, ignore_errors=True)
             stack.callback(h.close)
-            redis_url, _ = h.redis()
+            if args.redis_cluster:
+                redis_url, _ = h.redis_cluster(args.redis_cluster)
+            else:
+                redis_url, _ = h.redis()
             db = h.database("sim")
             replicas = args.fanout_replicas or (os.cpu_count() or 1)
             mesh = h.start_mesh(
-                redis_url, db, fanout_replicas=replicas, env={"MIN_REPORT_INTERVAL_S": "1"}
+                redis_url,
+                db,
+                fanout_replicas=replicas,
+                env={"MIN_REPORT_INTERVAL_S": "1"},
+                cluster=bool(args.redis_cluster),
             )
             h.start_envoy(mesh)
             fanouts = mesh.fanouts
@@ -368,6 +385,7 @@ async def simulate(args: argparse.Namespace, console: Console) -> int:
                         ("avg_friends", args.avg_friends),
                         ("interval", args.interval),
                         ("duration", args.duration),
+                        *((("redis_cluster", args.redis_cluster),) if args.redis_cluster else ()),
                     )
                 ),
                 "graph": summary,

@@ -22,7 +22,7 @@ class FanoutApp(ServiceApp):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self._channels: list[grpc.aio.Channel] = []
-        self.hub = Hub(settings.redis_url)
+        self.hub = Hub.for_settings(settings)
         self._streams: Streams | None = None
 
     @property

@@ -1,4 +1,5 @@
-"""The process-wide pub/sub hub: one Redis connection shared by every stream.
+"""The process-wide pub/sub hub: one Redis connection (one per master on a
+Redis Cluster) shared by every stream.
 
 - Reference-counted subscriptions: N streams watching friend X are one
   `SUBSCRIBE loc:{X}`; the last one leaving sends the UNSUBSCRIBE.
@@ -13,6 +14,12 @@
 - Connection loss: reconnect with backoff, resubscribe everything, then ask
   every listener to resync (pub/sub is at-most-once: what was published during
   the gap is lost, the streams re-read the cache and send a fresh snapshot).
+- Partial loss (Redis Cluster: a slot migrated, a master failed over): the
+  transport subscribes the lost channels again at their new owner and reports
+  them (`on_recovered`); only the listeners of those channels resync.
+
+The transport is a `subscriber.Subscriber`: `RedisSubscriber` for one Redis,
+`sharded.ShardedSubscriber` for a Redis Cluster (`Hub.for_settings`).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import asyncio
 import logging
 import random
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from google.protobuf.message import DecodeError
@@ -29,8 +36,10 @@ from nearby.internal.v1 import events_pb2
 from nearby.v1 import nearby_service_pb2 as nearby_pb
 
 from fanout_svc import metrics
+from fanout_svc.sharded import ShardedSubscriber
 from fanout_svc.subscriber import RedisSubscriber, Subscriber
 from mesh import keys
+from mesh.settings import Settings
 
 log = logging.getLogger("fanout_svc.hub")
 
@@ -91,6 +100,14 @@ class Hub:
         self._lost: asyncio.Future[None] | None = None
         self._closing = False
         self.reconnects = 0
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Hub:
+        """Sharded pub/sub on a Redis Cluster (REDIS_URL = a seed node), else one Redis."""
+        url = settings.redis_url
+        if settings.redis_cluster:
+            return cls(url, lambda: ShardedSubscriber(url))
+        return cls(url)
 
     # --- lifecycle ------------------------------------------------------
     async def open(self) -> None:
@@ -191,9 +208,6 @@ class Hub:
             sub.unsubscribe_many(unsub[i : i + CHUNK])
         for i in range(0, len(subs), CHUNK):
             sub.subscribe_many(subs[i : i + CHUNK])
-        metrics.HUB_COMMANDS.inc(
-            (len(unsub) + CHUNK - 1) // CHUNK + (len(subs) + CHUNK - 1) // CHUNK
-        )
         waiting, self._waiting_next = self._waiting_next, []
         if subs:
             self._inflight.append((subs[-1], waiting))
@@ -262,7 +276,7 @@ class Hub:
             if not lost.done():
                 lost.set_result(None)
 
-        await sub.connect(self._on_message, self._on_subscribed, on_lost)
+        await sub.connect(self._on_message, self._on_subscribed, on_lost, self._on_recovered)
         self._sub, self._lost = sub, lost
         # everything wanted is (re)subscribed in the next flush; barriers
         # still outstanding from a lost connection resolve with it
@@ -299,10 +313,21 @@ class Hub:
             self._resync_all()
 
     def _resync_all(self) -> None:
-        seen: set[int] = set()
-        for ls in list(self._listeners.values()):
-            for s in ls:
-                if id(s) not in seen:
-                    seen.add(id(s))
-                    s.resync()
-        log.info("resubscribed %d channels; %d streams resync", len(self._listeners), len(seen))
+        n = self._resync(list(self._listeners))
+        log.info("resubscribed %d channels; %d streams resync", len(self._listeners), n)
+
+    def _on_recovered(self, channels: Sequence[bytes]) -> None:
+        """Lost channels are subscribed again: their listeners (only) resync."""
+        n = self._resync(channels)
+        log.info("%d channels resubscribed after a loss; %d streams resync", len(channels), n)
+
+    def _resync(self, channels: Iterable[bytes]) -> int:
+        listeners = self._listeners
+        seen: dict[int, Listener] = {}
+        for ch in channels:
+            for s in listeners.get(ch, ()):
+                seen.setdefault(id(s), s)
+        for s in seen.values():
+            s.resync()
+        metrics.HUB_STREAMS_RESYNCED.inc(len(seen))
+        return len(seen)

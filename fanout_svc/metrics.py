@@ -24,6 +24,30 @@ HUB_COMMANDS = Counter(
 HUB_RECONNECTS = Counter(
     "nearby_fanout_hub_reconnects_total", "Times the hub lost and re-established Redis pub/sub"
 )
+HUB_STREAMS_RESYNCED = Counter(
+    "nearby_fanout_hub_streams_resynced_total",
+    "Streams the hub asked to resync because a channel they listen to was lost",
+)
+# Redis Cluster (sharded pub/sub): what moved subscriptions, and how many moved
+HUB_SUNSUBSCRIBE_PUSHES = Counter(
+    "nearby_fanout_hub_sunsubscribe_pushes_total",
+    "sunsubscribe pushed by a cluster node (the channel's slot migrated away)",
+)
+HUB_MOVED = Counter(
+    "nearby_fanout_hub_moved_total", "MOVED replies to SSUBSCRIBE (resent to the slot's owner)"
+)
+HUB_NODE_RECONNECTS = Counter(
+    "nearby_fanout_hub_node_reconnects_total",
+    "Connections to a cluster master lost (its channels resubscribed at the slots' owner)",
+)
+HUB_TOPOLOGY_CHANGES = Counter(
+    "nearby_fanout_hub_topology_changes_total",
+    "Reads of the cluster's slot map that differed from the map the hub had",
+)
+HUB_CHANNELS_MOVED = Counter(
+    "nearby_fanout_hub_channels_moved_total",
+    "Channels subscribed again after a loss (slot migrated, node lost, owner changed)",
+)
 FELL_BEHIND = Counter(
     "nearby_fanout_fell_behind_total", "Streams ended because the client fell behind", ["why"]
 )

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import grpc
 from nearby.v1 import nearby_service_pb2 as pb
 from nearby.v1 import nearby_service_pb2_grpc as pb_grpc
 
 from fanout_svc.nearby import Entry, fill, page_of, page_size
-from fanout_svc.session import Session, to_fix
+from fanout_svc.session import Session
 from fanout_svc.streams import Streams
-from mesh.errors import FailedPrecondition, InvalidArgument, Unavailable
+from mesh.errors import FailedPrecondition, Unavailable
 from mesh.geo import distance_m
 from mesh.identity import caller_id
 from mesh.types import Context
@@ -24,29 +23,9 @@ class NearbyServicer(pb_grpc.NearbyServiceServicer):
         """Coroutine style (context.read/write): the kernel interceptor wraps the
         call once, not every message."""
         user_id = caller_id(context)
-        streams = self.streams
-        if streams.draining:
+        if self.streams.draining:
             raise Unavailable("this server is shutting down; reconnect", reason="DRAINING")
-        first = await context.read()
-        if first is grpc.aio.EOF or first.WhichOneof("kind") != "location":
-            raise InvalidArgument(
-                "the first message of the stream must be a location (ConnectRequest.location)",
-                reason="LOCATION_REQUIRED",
-            )
-        fix = to_fix(first.location)
-        result = await streams.reports.report(user_id, fix)
-        if result.error:
-            raise InvalidArgument(result.error, reason="INVALID_FIELD")
-        me = result.fix if result.HasField("fix") else fix
-        session = Session(streams, user_id, context)
-        session.lat, session.lng = me.latitude, me.longitude
-        streams.add(session)
-        try:
-            await session.load(first=True)
-            session.direct.append(session.finish_load())  # the writer sends it first
-            await session.run()
-        finally:
-            streams.remove(session)
+        await Session(self.streams, user_id, context).serve()
 
     async def ListNearbyFriends(
         self, request: pb.ListNearbyFriendsRequest, context: Context

@@ -1,11 +1,17 @@
-"""Every stream of the process: the flush tick, the watchdog and drain.
+"""The process coordinator: what every stream of the process shares.
+
+It holds the hub, the batched reports upstream, the fix rules, the
+connect-time read limiter, the resync limiter, the registry of live streams,
+the flush tick and the housekeeping loop, and hands itself to each session
+explicitly (session.Process is the part a session uses). It never changes a
+session's state: it calls the session's own methods (kick, watch, drain).
 
 One timer per process (not per stream) batches pushes: the first session that
-gets something to send arms a `fanout_flush_ms` timer; when it fires, every
-session marked meanwhile is woken and writes all it has as one message. A
-housekeeping task checks, about once a second, for writes blocked longer than
-`fanout_stall_s` (the client stopped reading) and for streams silent for
-`heartbeat_s` (they get a Heartbeat).
+is owed something arms a `fanout_flush_ms` timer; when it fires, every session
+marked meanwhile is woken and writes all it has as one message. The
+housekeeping task runs, about once a second, each stream's part of the
+watchdog (a write blocked longer than `fanout_stall_s`, silence longer than
+`heartbeat_s`) and hands freed heap back after connect storms.
 """
 
 from __future__ import annotations
@@ -19,14 +25,18 @@ import time
 from fanout_svc import memory, metrics
 from fanout_svc.hub import Hub
 from fanout_svc.reports import ReportBatcher
-from fanout_svc.session import Session, reconnect_msg
+from fanout_svc.session import Session
 from fanout_svc.upstream import Upstream
-from mesh.errors import Unavailable
+from mesh.fixes import FixRules
 from mesh.settings import Settings
 
 log = logging.getLogger("fanout_svc.streams")
 
 LOAD_CONCURRENCY = 64
+"""Connect-time reads (friend list, cached locations) in flight at once: a
+storm of 10,000 connects queues here instead of piling thousands of calls onto
+friend_svc/location_svc, where they would miss their deadline."""
+RESYNC_CONCURRENCY = 64
 
 
 class Streams:
@@ -37,13 +47,10 @@ class Streams:
         self.hub = hub
         self.upstream = upstream
         self.reports = reports
-        self.queue_max = settings.fanout_queue_max
+        self.rules = FixRules(settings)
         self.flush_s = settings.fanout_flush_ms / 1000.0
         self.sessions: set[Session] = set()
-        self.resync_limit = asyncio.Semaphore(64)
-        # connect-time reads (friend list, cached locations) in flight at once:
-        # a storm of 10,000 connects queues here instead of piling thousands of
-        # calls onto friend_svc/location_svc, where they would miss their deadline
+        self.resync_limit = asyncio.Semaphore(RESYNC_CONCURRENCY)
         self.load_limit = asyncio.Semaphore(LOAD_CONCURRENCY)
         self.draining = False
         self._dirty: list[Session] = []
@@ -71,21 +78,14 @@ class Streams:
         metrics.STREAMS.set(len(self.sessions))
 
     def remove(self, session: Session) -> None:
-        """The stream is over: drop its subscriptions, tasks and queue."""
         self.sessions.discard(session)
-        self.hub.unsubscribe(session.channels(), session)
-        if session.tasks:
-            for t in list(session.tasks):
-                t.cancel()
-        session.pending.clear()
-        session.direct.clear()
-        session.friends.clear()
         metrics.STREAMS.set(len(self.sessions))
         if not self.sessions:
             self._empty.set()
 
     # --- flush tick ---------------------------------------------------------
     def mark(self, session: Session) -> None:
+        """Wake `session` at the next tick (armed by the first mark)."""
         self._dirty.append(session)
         if self._tick is None:
             self._tick = asyncio.get_running_loop().call_later(self.flush_s, self._flush)
@@ -94,7 +94,6 @@ class Streams:
         self._tick = None
         dirty, self._dirty = self._dirty, []
         for s in dirty:
-            s.dirty = False
             s.kick()
 
     # --- watchdog and heartbeats ------------------------------------------
@@ -104,11 +103,15 @@ class Streams:
         while True:
             await asyncio.sleep(period)
             try:
-                now = time.monotonic()
-                self.sweep(now)
+                self.sweep(time.monotonic())
                 self._maybe_trim()
             except Exception:
                 log.exception("housekeeping failed")
+
+    def sweep(self, now: float) -> None:
+        stall, beat = self.settings.fanout_stall_s, self.settings.heartbeat_s
+        for session in list(self.sessions):
+            session.watch(now, stall, beat)
 
     def _maybe_trim(self) -> None:
         """Once a storm is over (the stream count moved a lot since the last
@@ -120,17 +123,6 @@ class Streams:
         if settled and abs(n - self._trim_count) >= max(100, self._trim_count // 10):
             self._trim_count = n
             memory.trim()
-
-    def sweep(self, now: float) -> None:
-        stall, beat = self.settings.fanout_stall_s, self.settings.heartbeat_s
-        for session in list(self.sessions):
-            started = session.write_started
-            if started:
-                if now - started > stall:
-                    session.stall_out()
-            elif now - session.last_write >= beat and not session.heartbeat_due:
-                session.heartbeat_due = True
-                session.kick()
 
     # --- drain ----------------------------------------------------------------
     async def drain(self) -> None:
@@ -144,16 +136,6 @@ class Streams:
         loop = asyncio.get_running_loop()
         log.info("draining %d streams over %.1f s", len(sessions), spread)
         for i, session in enumerate(sessions):
-            loop.call_later(spread * i / len(sessions), self._drain_one, session)
+            loop.call_later(spread * i / len(sessions), session.drain)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._empty.wait(), spread + 3.0)
-
-    @staticmethod
-    def _drain_one(session: Session) -> None:
-        session.end(
-            Unavailable(
-                "this server is shutting down; reconnect (you will get a fresh snapshot)",
-                reason="DRAINING",
-            ),
-            reconnect=reconnect_msg("server draining", 0.0, 1.0),
-        )

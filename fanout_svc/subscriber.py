@@ -1,45 +1,60 @@
-"""The Redis side of the hub: one pub/sub connection, behind a small interface.
+"""The Redis side of the hub: pub/sub transports behind one small interface.
 
-The hub (hub.py) only needs four things from a pub/sub transport: send
-SUBSCRIBE/UNSUBSCRIBE for many channels at once, hear each message, hear each
-subscription confirmation (in order), and learn that the connection is gone.
-`RedisSubscriber` does that for a standalone Redis on one connection: an
-asyncio protocol feeding the hiredis reader, so a message costs one parse and
-one synchronous callback, with no await per message. A Redis Cluster variant
-(SSUBSCRIBE/SUNSUBSCRIBE per shard, e.g. redis-py's asyncio
-`RedisCluster.pubsub()`) implements the same interface; the hub and the
-streams do not change (docs/fanout.md).
+The hub (hub.py) needs five things from a pub/sub transport: send
+SUBSCRIBE/UNSUBSCRIBE for many channels at once, hear each message, hear the
+confirmation of each batch of subscriptions (in the order they were asked
+for), learn that the whole transport is gone, and learn that some channels
+were lost and are subscribed again (so their listeners resync).
+
+- `RedisSubscriber` (here): one standalone Redis, one connection.
+- `ShardedSubscriber` (sharded.py): Redis Cluster sharded pub/sub, one
+  connection per master, following slot moves, MOVED and failovers itself.
+
+Both read with an asyncio protocol feeding the hiredis reader, so a message
+costs one parse and one synchronous callback, with no await per message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
+import socket
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import unquote, urlparse
 
 import hiredis
-from redis.crc import key_slot
 
+from fanout_svc import metrics
 from mesh.resp import command
 
 OnMessage = Callable[[bytes, bytes], None]
 """(channel, payload) of a published message."""
 OnSubscribed = Callable[[bytes], None]
-"""A subscription to this channel is confirmed (confirmations come in order)."""
+"""Subscriptions up to this channel are confirmed (in the order asked for; a
+transport may report only the last channel of each `subscribe_many`)."""
 OnLost = Callable[[BaseException | None], None]
-"""The connection is gone; every subscription with it."""
+"""The transport is gone; every subscription with it."""
+OnRecovered = Callable[[Sequence[bytes]], None]
+"""These channels were lost (a slot moved, a node died) and are subscribed
+again: whatever was published on them in between is lost."""
+
+
+def _ignore(channel: bytes, data: bytes) -> None:
+    pass
 
 
 class Subscriber(Protocol):
     """A pub/sub transport owned by exactly one hub."""
 
     async def connect(
-        self, on_message: OnMessage, on_subscribed: OnSubscribed, on_lost: OnLost
+        self,
+        on_message: OnMessage,
+        on_subscribed: OnSubscribed,
+        on_lost: OnLost,
+        on_recovered: OnRecovered,
     ) -> None:
-        """Open the connection; raises OSError when the server is unreachable."""
+        """Open the connection(s); raises OSError when Redis is unreachable."""
         ...
 
     def subscribe_many(self, channels: Sequence[bytes]) -> None:
@@ -51,91 +66,55 @@ class Subscriber(Protocol):
         ...
 
     def close(self) -> None:
-        """Drop the connection (on_lost is not called)."""
+        """Drop the connection(s) (on_lost is not called)."""
         ...
 
 
-class _Protocol(asyncio.Protocol):
-    def __init__(self, owner: RedisSubscriber) -> None:
-        self.owner = owner
-        self.reader = hiredis.Reader()
+class RespConnection(asyncio.Protocol):
+    """One RESP2 connection read by hiredis: connect, AUTH and CLIENT SETNAME
+    (`open`), plain commands before the connection subscribes (`call`), then
+    the subclass's `data_received` takes over."""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        pass
-
-    def data_received(self, data: bytes) -> None:
-        reader = self.reader
-        reader.feed(data)
-        owner = self.owner
-        on_message = owner.on_message
-        while True:
-            reply: Any = reader.gets()
-            if reply is False:
-                return
-            if isinstance(reply, list) and len(reply) == 3:
-                kind = reply[0]
-                if kind == b"message" or kind == b"smessage":
-                    on_message(reply[1], reply[2])
-                elif kind == b"subscribe" or kind == b"ssubscribe":
-                    owner.on_subscribed(reply[1])
-            elif isinstance(reply, hiredis.ReplyError):
-                owner.fail(ConnectionError(f"redis replied with an error: {reply}"))
-            else:
-                owner.on_reply(reply)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.owner.lost(exc)
-
-
-class RedisSubscriber:
-    """One standalone-Redis pub/sub connection (RESP2), from a redis:// URL."""
-
-    def __init__(self, url: str, connect_timeout_s: float = 5.0, *, sharded: bool = False) -> None:
+    def __init__(self, url: str, connect_timeout_s: float) -> None:
         self.url = url
         self.connect_timeout_s = connect_timeout_s
-        self._sub_cmd, self._unsub_cmd = (
-            (b"SSUBSCRIBE", b"SUNSUBSCRIBE") if sharded else (b"SUBSCRIBE", b"UNSUBSCRIBE")
-        )
+        self.reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
-        self.on_message: OnMessage = lambda c, d: None
-        self.on_subscribed: OnSubscribed = lambda c: None
-        self._on_lost: OnLost | None = None
+        self.on_message: OnMessage = _ignore  # set by the subscriber that owns it
         self._replies: asyncio.Queue[Any] = asyncio.Queue()
 
-    async def connect(
-        self, on_message: OnMessage, on_subscribed: OnSubscribed, on_lost: OnLost
-    ) -> None:
+    async def open(self, name: bytes = b"nearby-fanout-hub") -> None:
         u = urlparse(self.url)
         loop = asyncio.get_running_loop()
-        self.on_message, self.on_subscribed = on_message, on_subscribed
         try:
             if u.scheme == "unix":
-                conn = loop.create_unix_connection(lambda: _Protocol(self), u.path)
+                conn = loop.create_unix_connection(lambda: self, u.path)
             else:
                 conn = loop.create_connection(
-                    lambda: _Protocol(self), u.hostname or "127.0.0.1", u.port or 6379
+                    lambda: self, u.hostname or "127.0.0.1", u.port or 6379
                 )
-            transport, _ = await asyncio.wait_for(conn, self.connect_timeout_s)
+            await asyncio.wait_for(conn, self.connect_timeout_s)
         except (OSError, TimeoutError) as exc:
             raise OSError(f"cannot connect to Redis at {self.url}: {exc}") from exc
-        self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            import socket
-
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         if u.password:
             auth = [unquote(u.password).encode()]
             if u.username:
                 auth.insert(0, unquote(u.username).encode())
-            await self._call(b"AUTH", *auth)
-        await self._call(b"CLIENT", b"SETNAME", b"nearby-fanout-hub")
-        self._on_lost = on_lost
+            await self.call(b"AUTH", *auth)
+        await self.call(b"CLIENT", b"SETNAME", name)
 
-    async def _call(self, *parts: bytes) -> Any:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+    async def call(self, *parts: bytes) -> Any:
         """A plain command before subscribing (the reply comes back in order)."""
-        assert self.transport is not None
+        if self.transport is None:
+            raise OSError(f"Redis at {self.url} closed the connection")
         self.transport.write(command(*parts))
         try:
             reply = await asyncio.wait_for(self._replies.get(), self.connect_timeout_s)
@@ -147,134 +126,109 @@ class RedisSubscriber:
             raise OSError(f"Redis at {self.url}: {reply}")
         return reply
 
+    def data_received(self, data: bytes) -> None:
+        """The hot loop: a published message is one parse and one synchronous
+        `on_message` call; every other reply goes to `on_reply`."""
+        reader = self.reader
+        reader.feed(data)
+        on_message = self.on_message
+        while True:
+            reply: Any = reader.gets()
+            if reply is False:
+                return
+            if type(reply) is list and len(reply) == 3:
+                kind = reply[0]
+                if kind == b"message" or kind == b"smessage":
+                    on_message(reply[1], reply[2])
+                    continue
+            self.on_reply(reply)
+
     def on_reply(self, reply: Any) -> None:
+        """A reply to `call` (errors included); subclasses handle subscription replies."""
         self._replies.put_nowait(reply)
 
-    def fail(self, exc: BaseException) -> None:
-        if self._on_lost is None:
-            self._replies.put_nowait(exc)
-        elif self.transport is not None:
-            self.transport.abort()
-
-    def subscribe_many(self, channels: Sequence[bytes]) -> None:
-        if self.transport is not None and channels:
-            self.transport.write(command(self._sub_cmd, *channels))
-
-    def unsubscribe_many(self, channels: Sequence[bytes]) -> None:
-        if self.transport is not None and channels:
-            self.transport.write(command(self._unsub_cmd, *channels))
-
-    def lost(self, exc: BaseException | None) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        cb, self._on_lost = self._on_lost, None
-        if cb is not None:
-            cb(exc)
-        else:
-            self._replies.put_nowait(ConnectionError("connection closed"))
+        self._replies.put_nowait(ConnectionError("connection closed"))
 
     def close(self) -> None:
-        self._on_lost = None
         if self.transport is not None:
             self.transport.abort()
             self.transport = None
 
 
-class ShardedSubscriber:
-    """Redis Cluster sharded pub/sub (SSUBSCRIBE): one connection per master.
+class _Protocol(RespConnection):
+    """The standalone connection: confirmations in order, any error is fatal."""
 
-    The slot map comes from CLUSTER SLOTS at connect time. Channels are grouped
-    by slot (one SSUBSCRIBE may not span slots) and sent to the slot's master.
-    Confirmations from several connections are re-ordered so that the hub
-    still sees them in the order it subscribed. Any lost connection, or an
-    error reply such as MOVED after a slot migration, drops them all: the hub
-    reconnects (with a fresh slot map), resubscribes and resyncs.
-    """
+    def __init__(self, owner: RedisSubscriber) -> None:
+        super().__init__(owner.url, owner.connect_timeout_s)
+        self.owner = owner
+        self.on_message = owner.on_message
+
+    def on_reply(self, reply: Any) -> None:
+        if type(reply) is list and len(reply) == 3:
+            if reply[0] == b"subscribe":
+                self.owner.on_subscribed(reply[1])
+        elif isinstance(reply, hiredis.ReplyError):
+            self.owner.fail(ConnectionError(f"redis replied with an error: {reply}"))
+        else:
+            super().on_reply(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.owner.lost(exc)
+
+
+class RedisSubscriber:
+    """One standalone-Redis pub/sub connection (RESP2), from a redis:// URL."""
 
     def __init__(self, url: str, connect_timeout_s: float = 5.0) -> None:
         self.url = url
         self.connect_timeout_s = connect_timeout_s
-        self._nodes: dict[str, RedisSubscriber] = {}
-        self._slots: list[str] = []  # slot -> node url
-        self._batches: deque[tuple[list[bytes], set[bytes]]] = deque()
-        self._on_subscribed: OnSubscribed = lambda c: None
+        self.on_message: OnMessage = lambda c, d: None
+        self.on_subscribed: OnSubscribed = lambda c: None
         self._on_lost: OnLost | None = None
+        self._conn: _Protocol | None = None
 
     async def connect(
-        self, on_message: OnMessage, on_subscribed: OnSubscribed, on_lost: OnLost
+        self,
+        on_message: OnMessage,
+        on_subscribed: OnSubscribed,
+        on_lost: OnLost,
+        on_recovered: OnRecovered | None = None,
     ) -> None:
-        import redis.asyncio as aioredis
+        """`on_recovered` is never called: a lost connection loses everything."""
+        self.on_message, self.on_subscribed = on_message, on_subscribed
+        conn = _Protocol(self)
+        await conn.open()
+        self._conn = conn
+        self._on_lost = on_lost
 
-        u = urlparse(self.url)
-        r = aioredis.Redis.from_url(self.url, socket_connect_timeout=self.connect_timeout_s)
-        try:
-            ranges = await r.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
-        except Exception as exc:
-            raise OSError(f"cannot read the cluster slots from {self.url}: {exc}") from exc
-        finally:
-            await r.aclose()
-        auth = f"{u.username or ''}:{u.password}@" if u.password else ""
-        slots = [""] * 16384
-        for item in ranges:
-            start, end, master = item[0], item[1], item[2]
-            host = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
-            node = f"redis://{auth}{host or u.hostname}:{int(master[1])}"
-            for slot in range(int(start), int(end) + 1):
-                slots[slot] = node
-        self._slots = slots
-        self._on_subscribed, self._on_lost = on_subscribed, on_lost
-        self._batches.clear()
-        try:
-            for node in sorted(set(slots) - {""}):
-                sub = RedisSubscriber(node, self.connect_timeout_s, sharded=True)
-                await sub.connect(on_message, self._confirmed, self._lost)
-                self._nodes[node] = sub
-        except OSError:
-            self.close()
-            raise
-
-    def _node_of(self, channel: bytes) -> RedisSubscriber | None:
-        return self._nodes.get(self._slots[key_slot(channel)])
-
-    def _by_slot(self, channels: Sequence[bytes]) -> dict[int, list[bytes]]:
-        groups: dict[int, list[bytes]] = {}
-        for ch in channels:
-            groups.setdefault(key_slot(ch), []).append(ch)
-        return groups
+    def fail(self, exc: BaseException) -> None:
+        if self._on_lost is None and self._conn is not None:
+            self._conn.on_reply(exc)
+        elif self._conn is not None:
+            self._conn.close()
 
     def subscribe_many(self, channels: Sequence[bytes]) -> None:
-        if not channels:
-            return
-        self._batches.append((list(channels), set(channels)))
-        for slot, group in self._by_slot(channels).items():
-            node = self._nodes.get(self._slots[slot])
-            if node is None:
-                self._lost(ConnectionError(f"no node serves slot {slot}"))
-                return
-            node.subscribe_many(group)
+        conn = self._conn
+        if conn is not None and conn.transport is not None and channels:
+            conn.transport.write(command(b"SUBSCRIBE", *channels))
+            metrics.HUB_COMMANDS.inc()
 
     def unsubscribe_many(self, channels: Sequence[bytes]) -> None:
-        for slot, group in self._by_slot(channels).items():
-            node = self._nodes.get(self._slots[slot])
-            if node is not None:
-                node.unsubscribe_many(group)
+        conn = self._conn
+        if conn is not None and conn.transport is not None and channels:
+            conn.transport.write(command(b"UNSUBSCRIBE", *channels))
+            metrics.HUB_COMMANDS.inc()
 
-    def _confirmed(self, channel: bytes) -> None:
-        for _, remaining in self._batches:
-            if channel in remaining:
-                remaining.discard(channel)
-                break
-        while self._batches and not self._batches[0][1]:
-            done, _ = self._batches.popleft()
-            for ch in done:
-                self._on_subscribed(ch)
-
-    def _lost(self, exc: BaseException | None) -> None:
+    def lost(self, exc: BaseException | None) -> None:
         cb, self._on_lost = self._on_lost, None
-        self.close()
         if cb is not None:
             cb(exc)
 
     def close(self) -> None:
-        nodes, self._nodes = self._nodes, {}
-        for node in nodes.values():
-            node.close()
+        self._on_lost = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()

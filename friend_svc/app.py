@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import grpc
-import redis.asyncio as aioredis
 from nearby.internal.v1 import friend_graph_service_pb2_grpc as graph_grpc
 from nearby.v1 import friend_service_pb2_grpc as pb2_grpc
 from psycopg_pool import AsyncConnectionPool
 
+from mesh.redis import RedisEngine
 from mesh.server import ServiceApp
 
 from .inbox import Inbox
@@ -20,7 +20,7 @@ class FriendApp(ServiceApp):
     services = ("nearby.v1.FriendService", "nearby.internal.v1.FriendGraphService")
 
     pool: AsyncConnectionPool
-    redis: aioredis.Redis
+    redis: RedisEngine
 
     async def open(self) -> None:
         self.pool = await self.open_postgres("friend_svc")

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 
-import redis.asyncio as aioredis
-from nearby.internal.v1 import events_pb2
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
-from mesh import keys
+from mesh import keys, resp
 from mesh.clock import now_ms
+from mesh.redis import RedisEngine, check
 
 log = logging.getLogger("friend_svc.inbox")
 
@@ -26,28 +25,16 @@ PUBLISH_FAILURES = Counter(
 
 
 class Inbox:
-    def __init__(self, redis: aioredis.Redis) -> None:
-        self.redis = redis
+    def __init__(self, engine: RedisEngine) -> None:
+        self.engine = engine
 
     async def friends_added(self, a_id: str, a_name: str, b_id: str, b_name: str) -> None:
         """Each user's event carries the OTHER user's id and display name."""
         now = now_ms()
         await self._publish(
             [
-                (
-                    a_id,
-                    events_pb2.InboxEvent(
-                        friend_added=events_pb2.FriendAdded(friend_id=b_id, display_name=b_name),
-                        published_at_ms=now,
-                    ),
-                ),
-                (
-                    b_id,
-                    events_pb2.InboxEvent(
-                        friend_added=events_pb2.FriendAdded(friend_id=a_id, display_name=a_name),
-                        published_at_ms=now,
-                    ),
-                ),
+                (a_id, keys.friend_added_event(b_id, b_name, now)),
+                (b_id, keys.friend_added_event(a_id, a_name, now)),
             ]
         )
 
@@ -55,29 +42,19 @@ class Inbox:
         now = now_ms()
         await self._publish(
             [
-                (
-                    a_id,
-                    events_pb2.InboxEvent(
-                        friend_removed=events_pb2.FriendRemoved(friend_id=b_id),
-                        published_at_ms=now,
-                    ),
-                ),
-                (
-                    b_id,
-                    events_pb2.InboxEvent(
-                        friend_removed=events_pb2.FriendRemoved(friend_id=a_id),
-                        published_at_ms=now,
-                    ),
-                ),
+                (a_id, keys.friend_removed_event(b_id, now)),
+                (b_id, keys.friend_removed_event(a_id, now)),
             ]
         )
 
-    async def _publish(self, events: list[tuple[str, events_pb2.InboxEvent]]) -> None:
+    async def _publish(self, events: list[tuple[str, bytes]]) -> None:
+        """One round trip per node (the two users' channels may be on two)."""
+        commands = [
+            (channel, resp.command(self.engine.publish, channel, payload))
+            for channel, payload in ((keys.inbox_channel(uid), p) for uid, p in events)
+        ]
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for user_id, event in events:
-                    pipe.publish(keys.inbox_channel(user_id), event.SerializeToString())
-                await pipe.execute()
+            check(await self.engine.execute(commands))
         except (RedisError, OSError):
             PUBLISH_FAILURES.inc(len(events))
             log.warning(

@@ -42,13 +42,28 @@ class LocationApp(ServiceApp):
         await ensure_groups(self.redis)
         self.buffer = HistoryBuffer(self.redis, s.history_buffer_max)
         await self.buffer.refresh()
-        self.cache = LocationCache(self.redis, s.inactivity_timeout_s, s.min_report_interval_s)
+        replicas = s.history_wait_replicas
+        if replicas < 0:  # auto: wait for a replica wherever every master has one
+            replicas = 1 if await self.redis.masters_all_replicated() else 0
+        log.info("history entries wait for %d replica(s) before a report is answered", replicas)
+        self.cache = LocationCache(
+            self.redis,
+            s.inactivity_timeout_s,
+            s.min_report_interval_s,
+            wait_replicas=replicas,
+            wait_timeout_ms=s.history_wait_timeout_ms,
+        )
         self.ingest = Ingestor(self.cache, self.buffer, s)
         self.spawn(self.buffer.run(), "history-buffer")
         self.spawn(self._maintenance_loop(), "history-partitions")
         if self.run_writer:
             self.writer = HistoryWriter(
-                s.redis_url, s.database_url, s.history_batch_size, s.history_claim_idle_s
+                s.redis_url,
+                s.database_url,
+                s.history_batch_size,
+                s.history_claim_idle_s,
+                cluster=s.redis_cluster,
+                retry_s=s.redis_retry_s,
             )
             self.resources.push_async_callback(self.writer.stop)
             await self.writer.start()

@@ -1,53 +1,80 @@
 """Redis side of location_svc: the latest-location cache, live publishing,
 presence touches, history buffering and batch reads.
 
-A report costs one pipelined round trip for a whole batch (a Lua script per
-report on the user's slot, plus one ZADD per presence shard) and a second one
-for the history entries of the reports that the script kept.
+A batch of reports costs one round trip per node it touches (the engine
+groups the commands per node and sends to the nodes concurrently): a Lua
+script per report on the user's slot, plus one ZADD per presence shard; and
+a second one for the history entries of the reports that the script kept
+(with one WAIT per node when history must reach a replica).
 """
 
 from __future__ import annotations
 
-import hashlib
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from nearby.internal.v1 import events_pb2
 from nearby.v1 import location_service_pb2
 from redis.exceptions import ResponseError
 
 from mesh import keys, resp
+from mesh.redis import RedisEngine, Routed, check, is_unavailable
 
 ACCEPTED = location_service_pb2.REPORT_DISPOSITION_ACCEPTED
 COALESCED = location_service_pb2.REPORT_DISPOSITION_COALESCED
 STALE = location_service_pb2.REPORT_DISPOSITION_STALE
 
 # KEYS: loc:{uid}, hidden:{uid}. ARGV: fix bytes, fix ms, now ms, ttl ms,
-# minimum interval ms, LocationEvent bytes to publish. Channel = KEYS[1].
-REPORT_LUA = """
-local cur = redis.call('HMGET', KEYS[1], 't', 'p')
+# minimum interval ms, LocationEvent bytes to publish. Channel = KEYS[1]
+# (same slot: the publish verb may be SPUBLISH, which Redis 7.0 allows in a
+# script for a channel of the script's own node).
+# A fix whose time equals the cached one is either this very call re-sent by
+# the engine (`a` = this call's now: answer as the first run did) or a repeat
+# (STALE: not published again; history deduplicates it by its key).
+REPORT_LUA = string.Template("""
+local cur = redis.call('HMGET', KEYS[1], '$t', '$p', '$a')
 local now = tonumber(ARGV[3])
-if cur[1] and tonumber(cur[1]) > tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], 'a', ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  return {stale}
+if cur[1] then
+  local t = tonumber(cur[1])
+  local fix = tonumber(ARGV[2])
+  if t == fix and cur[3] == ARGV[3] then
+    if cur[2] == ARGV[3] then return $accepted end
+    return $coalesced
+  end
+  if t >= fix then
+    redis.call('HSET', KEYS[1], '$a', ARGV[3])
+    redis.call('PEXPIRE', KEYS[1], ARGV[4])
+    return $stale
+  end
 end
 if cur[2] and now - tonumber(cur[2]) < tonumber(ARGV[5]) then
-  redis.call('HSET', KEYS[1], 'v', ARGV[1], 't', ARGV[2], 'a', ARGV[3])
+  redis.call('HSET', KEYS[1], '$v', ARGV[1], '$t', ARGV[2], '$a', ARGV[3])
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  return {coalesced}
+  return $coalesced
 end
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 't', ARGV[2], 'a', ARGV[3], 'p', ARGV[3])
+redis.call('HSET', KEYS[1], '$v', ARGV[1], '$t', ARGV[2], '$a', ARGV[3], '$p', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('PUBLISH', KEYS[1], ARGV[6])
+  redis.call('$publish', KEYS[1], ARGV[6])
 end
-return {accepted}
-"""
-REPORT_LUA = REPORT_LUA.format(stale=STALE, coalesced=COALESCED, accepted=ACCEPTED)
-REPORT_SHA = hashlib.sha1(REPORT_LUA.encode()).hexdigest()
+return $accepted
+""")
+
+
+def report_lua(publish: str) -> str:
+    """The report script for a publish verb (PUBLISH or SPUBLISH)."""
+    return REPORT_LUA.substitute(
+        t=keys.FIX_MS,
+        p=keys.SHARED_MS,
+        a=keys.ACTIVE_MS,
+        v=keys.FIX,
+        publish=publish,
+        stale=STALE,
+        coalesced=COALESCED,
+        accepted=ACCEPTED,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,79 +87,103 @@ class Report:
     recorded_at_ms: int
 
 
+Outcome = int | Exception
+"""A report's disposition, or why Redis could not record it."""
+
+
 class LocationCache:
-    def __init__(self, redis: aioredis.Redis, ttl_s: float, min_interval_s: float) -> None:
-        self.redis = redis
+    def __init__(
+        self,
+        engine: RedisEngine,
+        ttl_s: float,
+        min_interval_s: float,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
+    ) -> None:
+        self.engine = engine
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.gap_ms = int(min_interval_s * 1000)
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        self.script = engine.script(report_lua(engine.publish))
 
-    async def record(self, reports: Sequence[Report], now_ms: int) -> list[int]:
-        """Cache, publish and touch presence; returns each report's disposition."""
-        calls: list[bytes] = []
-        touches: dict[str, list[int | str]] = {}
+    async def record(self, reports: Sequence[Report], now_ms: int) -> list[Outcome]:
+        """Cache, publish and touch presence; each report's disposition, or
+        the error of the node that failed it (the others are recorded)."""
+        calls: list[Routed] = []
+        touches: dict[str, tuple[list[int | str], list[int]]] = {}
         ttl, gap = self.ttl_ms, self.gap_ms
-        for r in reports:
+        sha, command, moved = self.script.sha, resp.command, keys.moved_event
+        for i, r in enumerate(reports):
+            uid = r.user_id
             fix = events_pb2.PositionFix(
                 latitude=r.latitude, longitude=r.longitude, recorded_at_ms=r.recorded_at_ms
             )
-            event = events_pb2.LocationEvent(
-                user_id=r.user_id, moved=fix, published_at_ms=now_ms
-            ).SerializeToString()
+            key = keys.location(uid)
             calls.append(
-                resp.command(
-                    b"EVALSHA",
-                    REPORT_SHA,
-                    2,
-                    keys.location(r.user_id),
-                    keys.hidden(r.user_id),
-                    fix.SerializeToString(),
-                    r.recorded_at_ms,
-                    now_ms,
-                    ttl,
-                    gap,
-                    event,
+                (
+                    key,
+                    command(
+                        b"EVALSHA",
+                        sha,
+                        2,
+                        key,
+                        keys.hidden(uid),
+                        fix.SerializeToString(),
+                        r.recorded_at_ms,
+                        now_ms,
+                        ttl,
+                        gap,
+                        moved(uid, fix, now_ms),
+                    ),
                 )
             )
-            touches.setdefault(keys.presence_index_of(r.user_id), []).extend((now_ms, r.user_id))
-        zadds = [resp.command(b"ZADD", index, *members) for index, members in touches.items()]
-        replies = await resp.execute(self.redis, calls + zadds)
-        out = replies[: len(calls)]
-        for reply in replies[len(calls) :]:
-            _raise(reply)
-        missing = [i for i, reply in enumerate(out) if resp.is_error(reply, "NOSCRIPT")]
-        if missing:  # Redis restarted or flushed its scripts: load and rerun those
-            await self.redis.script_load(REPORT_LUA)
-            again = await resp.execute(self.redis, [calls[i] for i in missing])
-            for i, reply in zip(missing, again, strict=True):
-                out[i] = reply
-        for reply in out:
-            _raise(reply)
-        return [int(reply) for reply in out]
+            members, owners = touches.setdefault(keys.presence_index_of(uid), ([], []))
+            members.extend((now_ms, uid))
+            owners.append(i)
+        zadds: list[Routed] = [
+            (index, resp.command(b"ZADD", index, *m)) for index, (m, _) in touches.items()
+        ]
+        replies = await self.engine.execute(calls + zadds, partial=True)
+        out: list[Outcome] = [
+            reply if type(reply) is int else _outcome(reply) for reply in replies[: len(calls)]
+        ]
+        for (_, owners), reply in zip(touches.values(), replies[len(calls) :], strict=True):
+            if isinstance(reply, Exception):
+                # not in the presence index: the user would never be swept offline
+                for i in owners:
+                    if not isinstance(out[i], Exception):
+                        out[i] = _error(reply)
+        return out
 
-    async def buffer_history(self, entries: Sequence[tuple[str, bytes]]) -> None:
-        """Append (user_id, encoded row) entries to the history streams."""
-        replies = await resp.execute(
-            self.redis,
-            [
-                resp.command(b"XADD", keys.history_stream_of(user_id), b"*", b"r", row)
-                for user_id, row in entries
-            ],
-        )
-        for reply in replies:
-            _raise(reply)
+    async def buffer_history(self, entries: Sequence[tuple[str, bytes]]) -> tuple[list[Any], int]:
+        """Append (user_id, encoded row) entries to the history streams; per
+        entry None or its error, and how many were not confirmed by replicas."""
+        commands = [
+            (stream, resp.command(b"XADD", stream, b"*", keys.HISTORY_ROW, row))
+            for stream, row in ((keys.history_stream_of(uid), row) for uid, row in entries)
+        ]
+        if self.wait_replicas > 0:
+            replies, unconfirmed = await self.engine.execute_durable(
+                commands, self.wait_replicas, self.wait_timeout_ms
+            )
+        else:
+            replies, unconfirmed = await self.engine.execute(commands, partial=True), 0
+        return [_error(r) if isinstance(r, Exception) else None for r in replies], unconfirmed
 
     async def batch_get(
         self, user_ids: Sequence[str], include_hidden: bool
     ) -> list[tuple[str, bytes]]:
         """(user id, PositionFix bytes) of the cached, visible users, in order."""
-        commands: list[bytes] = []
+        commands: list[tuple[str, bytes]] = []
         for uid in user_ids:
-            commands.append(resp.command(b"HGET", keys.location(uid), b"v"))
+            key = keys.location(uid)
+            commands.append((key, resp.command(b"HGET", key, keys.FIX)))
             if not include_hidden:
-                commands.append(resp.command(b"EXISTS", keys.hidden(uid)))
-        res = await resp.execute(self.redis, commands)
-        for reply in res:
-            _raise(reply)
+                flag = keys.hidden(uid)
+                commands.append((flag, resp.command(b"EXISTS", flag)))
+        res = await self.engine.execute(commands)
+        check(res)
         out: list[tuple[str, bytes]] = []
         step = 1 if include_hidden else 2
         for i, uid in enumerate(user_ids):
@@ -143,6 +194,15 @@ class LocationCache:
         return out
 
 
-def _raise(reply: Any) -> None:
+def _outcome(reply: Any) -> Outcome:
     if isinstance(reply, Exception):
-        raise ResponseError(str(reply))
+        return _error(reply)
+    return int(reply)
+
+
+def _error(reply: Exception) -> Exception:
+    """Redis-side failures stay as they are (the caller answers UNAVAILABLE);
+    a refused command becomes a ResponseError."""
+    if is_unavailable(reply) or not resp.is_error(reply):
+        return reply
+    return ResponseError(str(reply))

@@ -1,4 +1,4 @@
-"""The history pipeline: Redis Streams `history:{0..3}` → Postgres.
+"""The history pipeline: Redis Streams `history:{k}` (12 shards) → Postgres.
 
 Guarantees (see docs/location.md):
 - an entry is acknowledged (XACK) only after the transaction holding it
@@ -26,12 +26,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from location_svc import metrics, store
 from mesh import keys, resp
-from mesh import redis as mesh_redis
+from mesh.redis import RedisEngine, check
 from mesh.server import stop_task
 
 log = logging.getLogger("location_svc.history")
@@ -41,18 +40,17 @@ STOP_TIMEOUT_S = 5.0
 DEAD_CONSUMER_IDLE_MS = 3_600_000  # forget consumers with nothing pending after 1 h
 
 
-async def ensure_group(redis: aioredis.Redis, stream: str) -> None:
-    """Create the consumer group (from the stream's first entry) unless it exists."""
-    try:
-        await redis.xgroup_create(stream, keys.HISTORY_GROUP, id="0", mkstream=True)
-    except ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-
-
-async def ensure_groups(redis: aioredis.Redis) -> None:
-    for shard in range(keys.HISTORY_SHARDS):
-        await ensure_group(redis, keys.history_stream(shard))
+async def ensure_groups(engine: RedisEngine, streams: list[str] | None = None) -> None:
+    """Create the consumer group of each stream (from its first entry) unless
+    it exists; one round trip per node."""
+    streams = keys.history_streams() if streams is None else streams
+    replies = await engine.execute(
+        [
+            (s, resp.command(b"XGROUP", b"CREATE", s, keys.HISTORY_GROUP, b"0", b"MKSTREAM"))
+            for s in streams
+        ]
+    )
+    check([r for r in replies if not resp.is_error(r, "BUSYGROUP")])
 
 
 class HistoryBuffer:
@@ -65,8 +63,8 @@ class HistoryBuffer:
     of traffic.
     """
 
-    def __init__(self, redis: aioredis.Redis, bound: int, interval_s: float = 1.0) -> None:
-        self.redis = redis
+    def __init__(self, engine: RedisEngine, bound: int, interval_s: float = 1.0) -> None:
+        self.engine = engine
         self.bound = bound
         self.interval_s = interval_s
         self.length = 0
@@ -74,13 +72,16 @@ class HistoryBuffer:
         self._warned = False
         self._dropped_since_log = 0
         self._last_drop_log = 0.0
+        self._unreplicated_since_log = 0
+        self._last_unreplicated_log = 0.0
 
     async def refresh(self) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for shard in range(keys.HISTORY_SHARDS):
-            pipe.xlen(keys.history_stream(shard))
-            pipe.xrange(keys.history_stream(shard), count=1)
-        res = await pipe.execute()
+        commands: list[tuple[str, bytes]] = []
+        for stream in keys.history_streams():
+            commands.append((stream, resp.command(b"XLEN", stream)))
+            commands.append((stream, resp.command(b"XRANGE", stream, b"-", b"+", b"COUNT", 1)))
+        res = await self.engine.execute(commands)
+        check(res)
         self.length = sum(res[0::2])
         oldest = [int(entries[0][0].split(b"-")[0]) for entries in res[1::2] if entries]
         metrics.HISTORY_LAG.set(max(0.0, time.time() - min(oldest) / 1000) if oldest else 0.0)
@@ -112,6 +113,20 @@ class HistoryBuffer:
             self._dropped_since_log = 0
             self._last_drop_log = now
 
+    def unreplicated(self, count: int) -> None:
+        """Entries answered before their replicas confirmed them (WAIT timed out)."""
+        metrics.HISTORY_UNREPLICATED.inc(count)
+        self._unreplicated_since_log += count
+        now = time.monotonic()
+        if now - self._last_unreplicated_log >= 10.0:
+            log.warning(
+                "%d history entries were not confirmed by a replica in time: a failover "
+                "of their master would lose them (is a replica down or lagging?)",
+                self._unreplicated_since_log,
+            )
+            self._unreplicated_since_log = 0
+            self._last_unreplicated_log = now
+
     async def trim(self) -> int:
         """Delete the entries every writer is done with; returns how many.
 
@@ -121,29 +136,43 @@ class HistoryBuffer:
         ids are read in one MULTI, so an entry delivered meanwhile (newer than
         the last-delivered id read) is never trimmed.
         """
-        trimmed = 0
-        for shard in range(keys.HISTORY_SHARDS):
-            stream = keys.history_stream(shard)
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.xinfo_groups(stream)
-            pipe.xpending(stream, keys.HISTORY_GROUP)
-            try:
-                groups, pending = await pipe.execute()
-            except ResponseError:  # no stream or no group yet
-                continue
+        streams = keys.history_streams()
+        execs = await self.engine.transactions(
+            [
+                (
+                    s,
+                    [
+                        resp.command(b"XINFO", b"GROUPS", s),
+                        resp.command(b"XPENDING", s, keys.HISTORY_GROUP),
+                    ],
+                )
+                for s in streams
+            ]
+        )
+        trims: list[tuple[str, bytes]] = []
+        for stream, replies in zip(streams, execs, strict=True):
+            if not isinstance(replies, list) or any(isinstance(r, Exception) for r in replies):
+                continue  # no stream or no group yet
+            groups, pending = replies
             last = next(
-                (g["last-delivered-id"] for g in groups if _text(g["name"]) == keys.HISTORY_GROUP),
+                (
+                    fields[b"last-delivered-id"]
+                    for fields in (_fields(g) for g in groups)
+                    if fields[b"name"] == keys.HISTORY_GROUP.encode()
+                ),
                 None,
             )
             if last is None:
                 continue
-            if pending["pending"]:
-                min_id = _text(pending["min"])
+            if pending[0]:
+                min_id = _text(pending[1])
             else:
                 ms, seq = _text(last).split("-")
                 min_id = f"{ms}-{int(seq) + 1}"
-            trimmed += await self.redis.xtrim(stream, minid=min_id, approximate=False)
-        return trimmed
+            trims.append((stream, resp.command(b"XTRIM", stream, b"MINID", min_id)))
+        replies = await self.engine.execute(trims)
+        check(replies)
+        return sum(int(r) for r in replies)
 
     async def run(self) -> None:
         while True:
@@ -155,12 +184,15 @@ class HistoryBuffer:
             await asyncio.sleep(self.interval_s)
 
 
+def _fields(group: Any) -> dict[bytes, Any]:
+    """One group of XINFO GROUPS: a map (RESP3) or a flat list (RESP2)."""
+    if isinstance(group, dict):
+        return group
+    return dict(zip(group[0::2], group[1::2], strict=True))
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _raw(response: Any, **options: Any) -> Any:
-    return response
 
 
 class HistoryWriter:
@@ -174,12 +206,17 @@ class HistoryWriter:
         claim_idle_s: float,
         block_ms: int = 1000,
         linger_s: float = 0.2,
+        *,
+        cluster: bool = False,
+        retry_s: float = 2.0,
     ) -> None:
-        # Its own client: blocking reads hold connections, and replies of
-        # XREADGROUP/XAUTOCLAIM are used raw (no per-entry dict building).
-        self.redis = mesh_redis.client(redis_url, max_connections=2 * keys.HISTORY_SHARDS + 4)
-        for command in ("XREADGROUP", "XAUTOCLAIM"):
-            self.redis.set_response_callback(command, _raw)
+        # Its own engine: blocking reads hold connections (one per shard task).
+        self.engine = RedisEngine(
+            redis_url,
+            cluster=cluster,
+            max_connections=2 * keys.HISTORY_SHARDS + 4,
+            retry_s=retry_s,
+        )
         self.database_url = database_url
         self.batch_size = batch_size
         self.claim_idle_ms = max(1, int(claim_idle_s * 1000))
@@ -190,10 +227,11 @@ class HistoryWriter:
         self._outage = False
 
     async def start(self) -> None:
-        await ensure_groups(self.redis)
+        await self.engine.open()
+        await ensure_groups(self.engine)
         self._tasks = [
-            asyncio.create_task(self._run(keys.history_stream(s)), name=f"history-writer-{s}")
-            for s in range(keys.HISTORY_SHARDS)
+            asyncio.create_task(self._run(stream), name=f"history-writer-{k}")
+            for k, stream in enumerate(keys.history_streams())
         ]
 
     async def stop(self) -> None:
@@ -202,7 +240,7 @@ class HistoryWriter:
         unacknowledged entries are reclaimed by the next writer."""
         tasks, self._tasks = self._tasks, []
         await asyncio.gather(*(stop_task(task) for task in tasks))
-        await self.redis.aclose()
+        await self.engine.aclose()
 
     async def _run(self, stream: str) -> None:
         conn: psycopg.AsyncConnection[Any] | None = None
@@ -236,7 +274,7 @@ class HistoryWriter:
                         # persistence, or was flushed): recreate the group.
                         log.warning("history stream %s or its group is gone: recreating", stream)
                         with contextlib.suppress(RedisError, OSError):
-                            await ensure_group(self.redis, stream)
+                            await ensure_groups(self.engine, [stream])
                         await asyncio.sleep(0.1)
                     else:
                         log.error("history writer: Redis refused a command: %s", exc)
@@ -267,26 +305,27 @@ class HistoryWriter:
         """Acknowledge the last committed batch and read the next, in one round trip."""
         commands = []
         if ack:
-            commands.append(resp.command("XACK", stream, keys.HISTORY_GROUP, *ack))
+            commands.append((stream, resp.command("XACK", stream, keys.HISTORY_GROUP, *ack)))
         commands.append(
-            resp.command(
-                "XREADGROUP",
-                "GROUP",
-                keys.HISTORY_GROUP,
-                self.consumer,
-                "COUNT",
-                self.batch_size,
-                "BLOCK",
-                self.block_ms,
-                "STREAMS",
+            (
                 stream,
-                ">",
+                resp.command(
+                    "XREADGROUP",
+                    "GROUP",
+                    keys.HISTORY_GROUP,
+                    self.consumer,
+                    "COUNT",
+                    self.batch_size,
+                    "BLOCK",
+                    self.block_ms,
+                    "STREAMS",
+                    stream,
+                    ">",
+                ),
             )
         )
-        replies = await resp.execute(self.redis, commands)
-        for reply in replies:
-            if resp.is_error(reply):
-                raise ResponseError(str(reply))
+        replies = await self.engine.execute(commands, timeout_s=self.block_ms / 1000 + 10)
+        check(replies)
         res = replies[-1]
         if not res:
             return []
@@ -295,7 +334,7 @@ class HistoryWriter:
         return [(entry[0], entry[1]) for _, entries in streams for entry in entries]
 
     async def _ack(self, stream: str, ids: Sequence[bytes]) -> None:
-        await self.redis.xack(stream, keys.HISTORY_GROUP, *ids)
+        await self.engine.client.xack(stream, keys.HISTORY_GROUP, *ids)
 
     async def _reclaim(
         self, stream: str, conn: psycopg.AsyncConnection[Any] | None
@@ -307,16 +346,24 @@ class HistoryWriter:
         """
         cursor: bytes | str = "0-0"
         while True:
-            res: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
-                "XAUTOCLAIM",
-                stream,
-                keys.HISTORY_GROUP,
-                self.consumer,
-                self.claim_idle_ms,
-                cursor,
-                "COUNT",
-                self.batch_size,
+            (res,) = await self.engine.execute(
+                [
+                    (
+                        stream,
+                        resp.command(
+                            "XAUTOCLAIM",
+                            stream,
+                            keys.HISTORY_GROUP,
+                            self.consumer,
+                            self.claim_idle_ms,
+                            cursor,
+                            "COUNT",
+                            self.batch_size,
+                        ),
+                    )
+                ]
             )
+            check([res])
             cursor, entries = res[0], [(e[0], e[1]) for e in res[1]]
             if entries:
                 metrics.HISTORY_RECLAIMED.inc(len(entries))
@@ -329,16 +376,16 @@ class HistoryWriter:
         return conn
 
     async def _forget_dead_consumers(self, stream: str) -> None:
-        for c in await self.redis.xinfo_consumers(stream, keys.HISTORY_GROUP):
+        for c in await self.engine.client.xinfo_consumers(stream, keys.HISTORY_GROUP):
             name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
             if name != self.consumer and c["pending"] == 0 and c["idle"] > DEAD_CONSUMER_IDLE_MS:
-                await self.redis.xgroup_delconsumer(stream, keys.HISTORY_GROUP, name)
+                await self.engine.client.xgroup_delconsumer(stream, keys.HISTORY_GROUP, name)
 
     async def _write(
         self, entries: Sequence[tuple[bytes, Any]], conn: psycopg.AsyncConnection[Any] | None
     ) -> psycopg.AsyncConnection[Any]:
         """Commit the rows of raw stream entries ([b"r", row] fields; None if deleted)."""
-        rows = [fields[1] for _, fields in entries if fields and fields[0] == b"r"]
+        rows = [fields[1] for _, fields in entries if fields and fields[0] == keys.HISTORY_ROW]
         if conn is None or conn.closed:
             conn = await psycopg.AsyncConnection.connect(self.database_url, connect_timeout=5)
         if rows:

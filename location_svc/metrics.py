@@ -36,3 +36,8 @@ HISTORY_BUFFER_RATIO = Gauge(
 HISTORY_LAG = Gauge(
     "location_history_lag_seconds", "Age of the oldest history entry not yet in Postgres"
 )
+HISTORY_UNREPLICATED = Counter(
+    "location_history_unreplicated_total",
+    "History entries answered before HISTORY_WAIT_REPLICAS replicas confirmed them (WAIT timed "
+    "out): they survive a restart of their master (AOF) but not its failover",
+)

@@ -17,10 +17,10 @@ from psycopg_pool import AsyncConnectionPool
 from location_svc import metrics, store
 from location_svc.cache import LocationCache, Report
 from location_svc.ingest import Ingestor
-from mesh import paging
+from mesh import fixes, paging
 from mesh.clock import now_ms
 from mesh.errors import InvalidArgument, PermissionDenied, invalid_field
-from mesh.identity import caller_id, check_user_id, check_user_ids
+from mesh.identity import USER_ID_RE, caller_id, check_user_ids
 from mesh.settings import Settings
 from mesh.types import Context
 
@@ -56,14 +56,14 @@ class LocationServicer(location_service_pb2_grpc.LocationServiceServicer):
             metrics.INVALID.inc()
             raise invalid_field("position", "is required")
         now = now_ms()
+        lat, lng = request.position.latitude, request.position.longitude
         recorded = request.recorded_at.ToMilliseconds() if request.HasField("recorded_at") else None
         try:
-            report = self.ingest.validate(
-                user_id, request.position.latitude, request.position.longitude, recorded, now
-            )
+            self.ingest.rules.check(lat, lng, recorded, now)
         except InvalidArgument:
             metrics.INVALID.inc()
             raise
+        report = Report(user_id, lat, lng, now if recorded is None else recorded)
         (disposition,) = await self.ingest.record([report])
         return location_service_pb2.ReportLocationResponse(
             location=location_service_pb2.Location(
@@ -109,6 +109,23 @@ class LocationServicer(location_service_pb2_grpc.LocationServiceServicer):
         return resp
 
 
+REPORT_FIELDS = {
+    fixes.LATITUDE: "fix.latitude",
+    fixes.LONGITUDE: "fix.longitude",
+    fixes.RECORDED_AT: "fix.recorded_at_ms",
+}
+"""Fields of a LocationReport, by the part of the fix a problem is about."""
+
+
+def reject(result: location_ingest_service_pb2.ReportResult, field: str, description: str) -> None:
+    """Mark one report of a batch rejected (the others go on)."""
+    metrics.INVALID.inc()
+    rej = result.rejection
+    rej.field = field
+    rej.description = description
+    rej.reason = "INVALID_FIELD"
+
+
 class LocationIngestServicer(location_ingest_service_pb2_grpc.LocationIngestServiceServicer):
     def __init__(self, ingest: Ingestor, cache: LocationCache, settings: Settings) -> None:
         self.ingest = ingest
@@ -124,25 +141,23 @@ class LocationIngestServicer(location_ingest_service_pb2_grpc.LocationIngestServ
         resp = location_ingest_service_pb2.ReportLocationsResponse()
         valid: list[Report] = []
         slots: list[location_ingest_service_pb2.ReportResult] = []
-        for i, item in enumerate(request.reports):
+        rules = self.ingest.rules
+        for item in request.reports:
             result = resp.results.add()
             fix = item.fix
-            try:
-                check_user_id(item.user_id, f"reports[{i}].user_id")
-                report = self.ingest.validate(
-                    item.user_id,
-                    fix.latitude,
-                    fix.longitude,
-                    fix.recorded_at_ms or None,
-                    now,
-                    f"reports[{i}].fix",
-                    f"reports[{i}].fix.recorded_at_ms",
-                )
-            except InvalidArgument as exc:
-                metrics.INVALID.inc()
-                result.error = exc.message
+            if not USER_ID_RE.match(item.user_id):
+                reject(result, "user_id", "must be 1-64 characters from [A-Za-z0-9._-]")
                 continue
-            valid.append(report)
+            recorded = fix.recorded_at_ms or None
+            bad = rules.problem(fix.latitude, fix.longitude, recorded, now)
+            if bad is not None:
+                reject(result, REPORT_FIELDS[bad.part], bad.description)
+                continue
+            valid.append(
+                Report(
+                    item.user_id, fix.latitude, fix.longitude, now if recorded is None else recorded
+                )
+            )
             slots.append(result)
         dispositions = await self.ingest.record(valid)
         for report, result, disposition in zip(valid, slots, dispositions, strict=True):

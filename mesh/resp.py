@@ -1,4 +1,4 @@
-"""RESP for the hot paths: packing commands, and a lean pipeline.
+"""RESP for the hot paths: packing commands, and one lean round trip.
 
 redis-py's pipeline spends ~15 µs of Python per command (argument encoding,
 a timeout context and a parser call per reply), more than everything else a
@@ -6,7 +6,8 @@ report costs. Here commands are packed once as RESP bytes, sent in one write
 on a pooled redis-py connection (so connecting, AUTH, SELECT and HELLO stay
 redis-py's job), and all replies are parsed in bulk by hiredis. Error replies
 come back as `hiredis.ReplyError` values in place, like
-`execute(raise_on_error=False)`.
+`execute(raise_on_error=False)`. Routing, redirects and retries are the
+engine's (mesh/redis.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import hiredis
-import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 _READ_SIZE = 1 << 16
@@ -34,34 +35,30 @@ def is_error(reply: Any, prefix: str = "") -> bool:
     return isinstance(reply, hiredis.ReplyError) and str(reply).startswith(prefix)
 
 
-async def execute(redis: aioredis.Redis, commands: list[bytes]) -> list[Any]:
-    """Send packed commands in one write; their replies, in order."""
-    if not commands:
-        return []
-    pool = redis.connection_pool
-    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-    try:
-        reader, writer = conn._reader, conn._writer
-        if reader is None or writer is None:
-            raise RedisConnectionError("Redis connection is not open")
-        writer.write(b"".join(commands))
-        await writer.drain()
-        parser = hiredis.Reader()
-        out: list[Any] = []
-        want = len(commands)
-        while len(out) < want:
-            data = await reader.read(_READ_SIZE)
-            if not data:
-                raise RedisConnectionError("Redis closed the connection")
-            parser.feed(data)
+def parse_command(packed: bytes) -> list[bytes]:
+    """The arguments of a packed command (for the rare paths that need them)."""
+    reader = hiredis.Reader()
+    reader.feed(packed)
+    args: list[bytes] = reader.gets()
+    return args
+
+
+async def roundtrip(conn: Connection, payload: bytes, count: int, out: list[Any]) -> None:
+    """Write `payload` (packed commands) in one write and append the `count`
+    replies to `out`. On failure `out` holds the replies read so far, so the
+    caller knows whether Redis answered anything."""
+    reader, writer = conn._reader, conn._writer
+    if reader is None or writer is None or reader.at_eof():
+        raise RedisConnectionError("Redis closed the connection")
+    writer.write(payload)
+    await writer.drain()
+    parser = hiredis.Reader()
+    while len(out) < count:
+        data = await reader.read(_READ_SIZE)
+        if not data:
+            raise RedisConnectionError("Redis closed the connection")
+        parser.feed(data)
+        reply = parser.gets()
+        while reply is not False:
+            out.append(reply)
             reply = parser.gets()
-            while reply is not False:
-                out.append(reply)
-                reply = parser.gets()
-        return out
-    except BaseException:
-        # A half-read reply stream cannot be reused: drop the connection.
-        await conn.disconnect(nowait=True)
-        raise
-    finally:
-        await pool.release(conn)

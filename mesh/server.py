@@ -19,7 +19,6 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import grpc
-import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
@@ -81,12 +80,18 @@ class ServiceApp(ABC):
         """Stop background tasks and close pools (after the server stopped)."""
         await self.resources.aclose()
 
-    async def open_redis(self, max_connections: int = 64) -> aioredis.Redis:
-        """A checked Redis client, closed by close()."""
-        client = mesh_redis.client(self.settings.redis_url, max_connections=max_connections)
-        self.resources.push_async_callback(client.aclose)
-        await mesh_redis.check(client, self.settings.redis_url)
-        return client
+    async def open_redis(self, max_connections: int = 64) -> mesh_redis.RedisEngine:
+        """The checked Redis engine of the settings (one Redis or a cluster),
+        closed by close()."""
+        engine = mesh_redis.RedisEngine(
+            self.settings.redis_url,
+            cluster=self.settings.redis_cluster,
+            max_connections=max_connections,
+            retry_s=self.settings.redis_retry_s,
+        )
+        self.resources.push_async_callback(engine.aclose)
+        await engine.open()
+        return engine
 
     async def open_postgres(self, package: str | None = None) -> AsyncConnectionPool:
         """An open Postgres pool, closed by close(); with `package`, its

@@ -36,6 +36,14 @@ class Settings:
             "1: REDIS_URL names a seed node of a Redis Cluster (sharded pub/sub); 0: one Redis",
         ),
     )
+    redis_retry_s: float = field(
+        default=2.0,
+        metadata=_env(
+            "REDIS_RETRY_S",
+            "How long a Redis command is retried through LOADING, TRYAGAIN (resharding) and "
+            "CLUSTERDOWN (failover) before it fails (UNAVAILABLE)",
+        ),
+    )
     database_url: str = field(
         default="postgresql://postgres@127.0.0.1:5432/nearby",
         metadata=_env("DATABASE_URL", "Postgres for users, friendships and location history"),
@@ -146,6 +154,22 @@ class Settings:
         metadata=_env(
             "HISTORY_CLAIM_IDLE_S",
             "History entries unacknowledged this long are reclaimed from a dead writer",
+        ),
+    )
+    history_wait_replicas: int = field(
+        default=-1,
+        metadata=_env(
+            "HISTORY_WAIT_REPLICAS",
+            "Replicas that must confirm history entries (WAIT) before a report is answered "
+            "(-1: 1 on a cluster whose masters have replicas, else 0)",
+        ),
+    )
+    history_wait_timeout_ms: int = field(
+        default=100,
+        metadata=_env(
+            "HISTORY_WAIT_TIMEOUT_MS",
+            "How long a report waits for those replicas; then it is answered anyway "
+            "(counted in location_history_unreplicated_total)",
         ),
     )
     presence_sweep_interval_s: float = field(

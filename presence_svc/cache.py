@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-from nearby.internal.v1 import events_pb2
-
-from mesh import keys
+from mesh import keys, resp
 from mesh.clock import now_ms
+from mesh.redis import RedisEngine, Routed, check
 
 _CHUNK = 1000
 
@@ -23,52 +21,72 @@ class PresenceInfo:
 
 
 class PresenceCache:
-    def __init__(self, redis: aioredis.Redis, timeout_s: float) -> None:
-        self.redis = redis
+    def __init__(self, engine: RedisEngine, timeout_s: float) -> None:
+        self.engine = engine
         self.timeout_ms = int(timeout_s * 1000)
 
     async def hide(self, user_id: str) -> None:
-        """Set the flag and tell the user's friends (one MULTI on the user's slot)."""
-        event = events_pb2.LocationEvent(
-            user_id=user_id, hidden=events_pb2.UserHidden(), published_at_ms=now_ms()
+        """Set the flag and tell the user's friends: one MULTI on the user's
+        slot (flag and channel share the hash tag, so it works on a cluster)."""
+        flag, channel = keys.hidden(user_id), keys.location_channel(user_id)
+        (replies,) = await self.engine.transactions(
+            [
+                (
+                    flag,
+                    [
+                        resp.command(b"SET", flag, b"1"),
+                        resp.command(
+                            self.engine.publish, channel, keys.hidden_event(user_id, now_ms())
+                        ),
+                    ],
+                )
+            ]
         )
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(keys.hidden(user_id), b"1")
-        pipe.publish(keys.location_channel(user_id), event.SerializeToString())
-        await pipe.execute()
+        check([replies])
+        check(replies)
 
     async def show(self, user_id: str) -> None:
         """Clear the flag: friends see the user again at their next update."""
-        await self.redis.delete(keys.hidden(user_id))
+        flag = keys.hidden(user_id)
+        check(await self.engine.execute([(flag, resp.command(b"DEL", flag))]))
 
     async def apply_flags(self, hidden: Iterable[str], visible: Iterable[str] = ()) -> None:
-        """Mirror flags loaded from Postgres (no events: friends were told already)."""
-        pipe = self.redis.pipeline(transaction=False)
-        queued = 0
+        """Mirror flags loaded from Postgres (no events: friends were told
+        already); chunks of 1,000, each one round trip per node."""
+        commands: list[Routed] = []
         for uid in hidden:
-            pipe.set(keys.hidden(uid), b"1")
-            queued += 1
-            if queued % _CHUNK == 0:
-                await pipe.execute()
+            flag = keys.hidden(uid)
+            commands.append((flag, resp.command(b"SET", flag, b"1")))
+            if len(commands) >= _CHUNK:
+                check(await self.engine.execute(commands))
+                commands = []
         for uid in visible:
-            pipe.delete(keys.hidden(uid))
-            queued += 1
-            if queued % _CHUNK == 0:
-                await pipe.execute()
-        await pipe.execute()
+            flag = keys.hidden(uid)
+            commands.append((flag, resp.command(b"DEL", flag)))
+            if len(commands) >= _CHUNK:
+                check(await self.engine.execute(commands))
+                commands = []
+        check(await self.engine.execute(commands))
 
     async def synced(self) -> bool:
-        return bool(await self.redis.exists(keys.VISIBILITY_SYNCED))
+        """Whether every marker is there (a master that lost its data lost its own)."""
+        markers = keys.visibility_synced_markers()
+        res = await self.engine.execute([(m, resp.command(b"EXISTS", m)) for m in markers])
+        check(res)
+        return all(res)
 
     async def mark_synced(self) -> None:
-        await self.redis.set(keys.VISIBILITY_SYNCED, b"1")
+        markers = keys.visibility_synced_markers()
+        check(await self.engine.execute([(m, resp.command(b"SET", m, b"1")) for m in markers]))
 
     async def batch_presence(self, user_ids: Sequence[str]) -> list[PresenceInfo]:
-        pipe = self.redis.pipeline(transaction=False)
+        commands: list[Routed] = []
         for uid in user_ids:
-            pipe.hget(keys.location(uid), "a")
-            pipe.exists(keys.hidden(uid))
-        res = await pipe.execute()
+            key, flag = keys.location(uid), keys.hidden(uid)
+            commands.append((key, resp.command(b"HGET", key, keys.ACTIVE_MS)))
+            commands.append((flag, resp.command(b"EXISTS", flag)))
+        res = await self.engine.execute(commands)
+        check(res)
         cutoff = now_ms() - self.timeout_ms
         out = []
         for i, uid in enumerate(user_ids):

@@ -1,7 +1,7 @@
 """Keeps Redis' ghost-mode flags equal to Postgres.
 
 Postgres is the source of truth. The flags are loaded into Redis when
-presence starts and whenever the marker `hidden:synced` is missing (Redis
+presence starts and whenever a marker `hidden-synced:{t}` is missing (Redis
 restarted without persistence, or was flushed), so a Redis restart never
 un-hides anyone for longer than one check interval.
 """

@@ -330,16 +330,43 @@ class RedisCluster:
         n = self.masters * (1 + self.replicas)
         for port in self._ports(n):
             self._spawn(port)
-        self.cli(
-            "--cluster",
-            "create",
-            *(f"127.0.0.1:{p}" for p in self.ports),
-            "--cluster-replicas",
-            str(self.replicas),
-            "--cluster-yes",
-        )
+        if self.masters >= 3:
+            self.cli(
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in self.ports),
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            )
+        else:
+            self._create_small(timeout)
         self.wait_ok(timeout)
         return self
+
+    def _create_small(self, timeout: float) -> None:
+        """`redis-cli --cluster create` refuses fewer than 3 masters: give each
+        master its share of the slots, introduce the nodes, attach replicas."""
+        ports = self.ports
+        masters, replicas = ports[: self.masters], ports[self.masters :]
+        for i, port in enumerate(masters):
+            lo, hi = 16384 * i // self.masters, 16384 * (i + 1) // self.masters - 1
+            answer = self.cli("cluster", "addslotsrange", str(lo), str(hi), port=port).strip()
+            if answer != "OK":  # redis-cli exits 0 on an error reply
+                raise RuntimeError(f"CLUSTER ADDSLOTSRANGE on :{port} answered {answer}")
+        for port in ports[1:]:
+            self.cli("cluster", "meet", "127.0.0.1", str(port), port=ports[0])
+        deadline = time.monotonic() + timeout
+        for i, port in enumerate(replicas):
+            master = masters[i % self.masters]
+            master_id = self.cli("cluster", "myid", port=master).strip()
+            while True:  # the replica must have heard of its master by gossip first
+                answer = self.cli("cluster", "replicate", master_id, port=port).strip()
+                if answer == "OK":
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"CLUSTER REPLICATE on :{port} answered {answer}")
+                time.sleep(0.1)
 
     def info(self, port: int) -> dict[str, str]:
         out = self.cli("cluster", "info", port=port)

@@ -1,7 +1,8 @@
 """`nearby run` (`make run`): the whole stack in the foreground.
 
 Order: Redis and Postgres (the ones at REDIS_URL / DATABASE_URL when reachable,
-else private ones with their data in NEARBY_HOME), the `nearby` database,
+else private ones with their data in NEARBY_HOME; with `--redis-cluster N` a
+private Redis Cluster unless REDIS_CLUSTER=1 names one), the `nearby` database,
 friend/location/presence and N fan-out replicas (each `python -m <svc>` in its
 own process group, waited on until its gRPC health is SERVING), then Envoy.
 It runs from any folder of the checkout: the services start in the checkout's
@@ -25,6 +26,7 @@ import argparse
 import functools
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -39,6 +41,7 @@ from types import FrameType
 import psycopg
 import redis
 
+from mesh import redis_checks
 from mesh.settings import Settings
 from stack import envoy_config, infra, paths, procs, tokens
 from stack.edge import Envoy, envoy_binary
@@ -69,6 +72,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="fan-out processes behind Envoy (FANOUT_REPLICAS, default one per CPU core)",
+    )
+    parser.add_argument(
+        "--redis-cluster",
+        type=int,
+        default=None,
+        metavar="MASTERS",
+        help="run on a private Redis Cluster of MASTERS masters with a replica each "
+        "(unless REDIS_CLUSTER=1 and REDIS_URL name a cluster)",
     )
     parser.add_argument(
         "--listen",
@@ -164,6 +175,7 @@ class Stack:
     """Everything `nearby run` started; stop() ends it, the fan-out first."""
 
     redis_server: infra.RedisServer | None = None
+    redis_cluster: infra.RedisCluster | None = None
     postgres_server: infra.PostgresServer | None = None
     children: list[procs.Child] = field(default_factory=list)
     envoy: Envoy | None = None
@@ -203,6 +215,9 @@ class Stack:
         if self.redis_server is not None:
             say("stopping the private Redis")
             self.redis_server.stop()
+        if self.redis_cluster is not None:
+            say("stopping the private Redis Cluster")
+            self.redis_cluster.stop()
         return unclean
 
     def kill(self) -> None:
@@ -245,6 +260,45 @@ def resolve_redis(
             f"could not start a private Redis: {exc} (see {home / 'redis' / 'redis.log'})"
         ) from exc
     return stack.redis_server.url
+
+
+def resolve_redis_cluster(
+    settings: Settings,
+    home: Path,
+    explicit: bool,
+    masters: int,
+    stack: Stack,
+    say: Callable[[str], None],
+) -> str:
+    """The cluster named by REDIS_CLUSTER=1 + REDIS_URL (checked), else a
+    private one of `masters` masters and a replica each (fresh on each run)."""
+    if settings.redis_cluster and explicit:
+        problem = redis_checks.cluster_problem(settings.redis_url)
+        if problem is not None:
+            raise StartError(problem)
+        say(f"using the Redis Cluster at {settings.redis_url}")
+        return settings.redis_url
+    if masters < 3:
+        raise StartError(f"--redis-cluster {masters}: a Redis Cluster needs at least 3 masters")
+    try:
+        for binary in ("redis-server", "redis-cli"):
+            infra.find_binary(binary)
+    except FileNotFoundError as exc:
+        raise StartError(str(exc)) from exc
+    folder = home / "redis-cluster"
+    shutil.rmtree(folder, ignore_errors=True)
+    say(f"starting a private Redis Cluster: {masters} masters + {masters} replicas ({folder})")
+    stack.redis_cluster = infra.RedisCluster(folder, masters=masters, replicas=1)
+    try:
+        stack.redis_cluster.start()
+    except (OSError, RuntimeError, TimeoutError, subprocess.SubprocessError) as exc:
+        raise StartError(
+            f"could not start a private Redis Cluster: {exc} (logs: {folder}/<port>/redis.log)"
+        ) from exc
+    problem = redis_checks.cluster_problem(stack.redis_cluster.url)
+    if problem is not None:
+        raise StartError(problem)
+    return stack.redis_cluster.url
 
 
 def resolve_postgres(
@@ -304,6 +358,9 @@ def _relative_command(name: str) -> str:
 
 
 def banner(settings: Settings, stack: Stack, listen: str, home: Path, redis_url: str) -> str:
+    redis_line = f"  Redis         {redis_url}"
+    if settings.redis_cluster:
+        redis_line = f"  Redis Cluster {redis_url}  (a seed node)"
     host = "localhost"
     nearby, grpcurl = _relative_command("nearby"), _relative_command("grpcurl")
     if home != paths.home(Settings()):  # another shell would not find it by itself
@@ -320,7 +377,7 @@ def banner(settings: Settings, stack: Stack, listen: str, home: Path, redis_url:
             f"metrics http://127.0.0.1:{child.metrics_port}/metrics"
         )
     lines += [
-        f"  Redis         {redis_url}",
+        redis_line,
         f"  Postgres      {settings.database_url}",
         f"  logs          {home / 'logs'}/",
         "",
@@ -378,7 +435,7 @@ def main(args: argparse.Namespace) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     code = 0
     try:
-        code = _run(settings, args.listen, replicas, home, stack, stopping, say)
+        code = _run(settings, args.listen, replicas, home, stack, stopping, say, args.redis_cluster)
     except StartError as exc:
         print(f"nearby run: {exc}", file=sys.stderr, flush=True)
         code = 2
@@ -404,6 +461,7 @@ def _run(
     stack: Stack,
     stopping: threading.Event,
     say: Callable[[str], None],
+    cluster_masters: int | None = None,
 ) -> int:
     check_modules()
     try:
@@ -428,7 +486,13 @@ def _run(
     raise_fd_limit()
 
     explicit = {k: bool(os.environ.get(k)) for k in ("REDIS_URL", "DATABASE_URL")}
-    redis_url = resolve_redis(settings, home, explicit["REDIS_URL"], stack, say)
+    if cluster_masters is not None or settings.redis_cluster:
+        redis_url = resolve_redis_cluster(
+            settings, home, explicit["REDIS_URL"], cluster_masters or 3, stack, say
+        )
+        settings = settings.replace(redis_cluster=True)
+    else:
+        redis_url = resolve_redis(settings, home, explicit["REDIS_URL"], stack, say)
     if stopping.is_set():
         return 0
     database_url = resolve_postgres(settings, home, explicit["DATABASE_URL"], stack, say)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import os
 import signal
 import subprocess
@@ -80,8 +81,9 @@ class Child:
     metrics_port: int
     log_path: Path | None
     proc: subprocess.Popen[bytes]
-    #: starts the process (again), with the same command, environment and log
-    launch: Callable[[], subprocess.Popen[bytes]] = field(repr=False)
+    #: starts the process (again), with the same command, environment and
+    #: log; without it the child cannot be restarted
+    launch: Callable[[], subprocess.Popen[bytes]] | None = field(default=None, repr=False)
     _group_killed: bool = field(default=False, init=False, repr=False)
 
     @property
@@ -107,6 +109,8 @@ class Child:
         """A fresh process for one that exited (its log goes on in the same file)."""
         if self.exit_code() is None:
             raise RuntimeError(f"{self.name} is still running")
+        if self.launch is None:
+            raise RuntimeError(f"{self.name} was started without a way to start it again")
         self.proc, self._group_killed = self.launch(), False
 
     def log_tail(self, lines: int = 5) -> str:
@@ -144,31 +148,41 @@ def spawn(
     env = settings_env(settings)
     env["PORT"] = str(port)
     env["METRICS_PORT"] = str(metrics_port)
-    env["PYTHONUNBUFFERED"] = "1"
-
-    def launch() -> subprocess.Popen[bytes]:
-        log = None
-        out: int | object = subprocess.DEVNULL
-        if log_path is not None:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
-            out = log
-        try:
-            return subprocess.Popen(
-                [sys.executable, "-m", spec.module],
-                env=env,
-                cwd=cwd,
-                stdout=out,  # type: ignore[arg-type]
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=parent_death_signal if die_with_parent else None,
-            )
-        finally:
-            if log is not None:
-                log.close()
-
+    argv = [sys.executable, "-m", spec.module]
+    launch = functools.partial(start, argv, env, log_path, die_with_parent=die_with_parent, cwd=cwd)
     return Child(name, spec, port, metrics_port, log_path, launch(), launch)
+
+
+def start(
+    argv: list[str],
+    env: Mapping[str, str],
+    log_path: Path | None = None,
+    *,
+    die_with_parent: bool = False,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start any child the way services are started: its own session
+    (process group), no stdin, stdout and stderr appended to `log_path`."""
+    log = None
+    out: int | object = subprocess.DEVNULL
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+        out = log
+    try:
+        return subprocess.Popen(
+            argv,
+            env={**env, "PYTHONUNBUFFERED": "1"},
+            cwd=cwd,
+            stdout=out,  # type: ignore[arg-type]
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=parent_death_signal if die_with_parent else None,
+        )
+    finally:
+        if log is not None:
+            log.close()
 
 
 def check_health(addr: str, service: str, timeout: float = 1.0) -> bool:

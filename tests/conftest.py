@@ -11,14 +11,17 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 import redis.asyncio as aioredis
 
+from mesh.redis import RedisEngine
 from mesh.settings import Settings
 from stack import infra
 from tests.support import nearby_run
+from tests.support.redis import CLUSTER, STANDALONE, RedisTarget
 
 SYSTEM_PG = os.environ.get(
     "NEARBY_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -112,6 +115,50 @@ def private_pg() -> Iterator[infra.PostgresServer]:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=[STANDALONE, CLUSTER])
+async def redis_target(
+    request: pytest.FixtureRequest, redis_server: infra.RedisServer
+) -> AsyncIterator[RedisTarget]:
+    """Each engine in turn, clean: the private Redis, then the shared cluster
+    (flushed on every master)."""
+    if request.param == CLUSTER:
+        cluster: infra.RedisCluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        yield RedisTarget(cluster.url, True)
+        return
+    r = aioredis.Redis.from_url(redis_server.url)
+    await r.flushall()
+    await r.aclose()
+    yield RedisTarget(redis_server.url, False)
+
+
+@pytest.fixture
+def engine_settings(redis_target: RedisTarget, database_url: str) -> Settings:
+    """`settings` on each engine in turn."""
+    return Settings(
+        redis_url=redis_target.url, redis_cluster=redis_target.cluster, database_url=database_url
+    )
+
+
+@pytest.fixture
+async def engine_client(redis_target: RedisTarget) -> AsyncIterator[Any]:
+    """A plain client of `redis_target` (a RedisCluster on the cluster)."""
+    client = redis_target.client()
+    if redis_target.cluster:
+        await client.initialize()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def engine(redis_target: RedisTarget) -> AsyncIterator[RedisEngine]:
+    """An open RedisEngine on `redis_target`."""
+    opened = redis_target.engine()
+    await opened.open()
+    yield opened
+    await opened.aclose()
 
 
 @pytest.fixture

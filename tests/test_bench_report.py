@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench import capacity, report, stats
+from bench import capacity, cluster, report, stats
+from bench.config import Config
 
 
 def results(**scenarios: Any) -> dict[str, Any]:
@@ -37,7 +38,7 @@ def test_targets_report_met_missed_and_not_measured() -> None:
         ),
     )
     by_name = {t["name"]: t for t in report.targets(r)}
-    fan = by_name["Fan-out: friend updates per fan-out CPU-second"]
+    fan = by_name["Fan-out, 10 updates per message (bench 1, an upper bound): updates per CPU-s"]
     assert fan["met"] is False and fan["verdict"] == "missed by 20%"
     hist = by_name["History: share of the bare COPY rate"]
     assert hist["met"] is True and hist["verdict"] == "met by 50%"
@@ -72,3 +73,87 @@ def test_docs_show_not_measured_with_the_reason(tmp_path: Path) -> None:
     text = out.read_text()
     assert "Not measured: not selected." in text
     assert report.chart(r, tmp_path / "x.png") is None
+
+
+def brief_level(flush_ms: float, per_cpu: float, per_msg: float, p50: float) -> dict[str, Any]:
+    m = {
+        "updates_per_cpu_s": per_cpu,
+        "updates_per_message": per_msg,
+        "process_busy": 0.5,
+        "latency_ms": {"p50": p50, "p99": p50 * 3},
+        "delivered_share": 1.0,
+        "hub_messages_per_update": 1.0,
+        "redis_cpu_us_per_update": 4.0,
+    }
+    return {"flush_ms": flush_ms, "runs": [m], "median": m, "ratios": {"per_cpu_s": 0.8}}
+
+
+def brief_results() -> dict[str, Any]:
+    bare = {"updates_per_cpu_s": 25_000.0, "latency_ms": {"p50": 2.0, "p99": 5.0}}
+    return {
+        "status": "measured",
+        "shape": {"streams": 3000, "friends_per_stream": 40, "period_s": 30.0},
+        "ceiling": {"runs": [bare], "median": bare},
+        "levels": [brief_level(5.0, 20_000.0, 1.02, 8.0), brief_level(1000.0, 30_000.0, 1.7, 600)],
+        "default_flush_ms": 5.0,
+    }
+
+
+def test_capacity_prices_the_fan_out_from_the_brief_shape_at_the_default_window() -> None:
+    r = results(brief=brief_results())
+    lines = capacity.model(r)
+    first = lines[0]
+    assert "FANOUT_FLUSH_MS=5" in first.what and "default" in first.what
+    # 14,000,000 / (20,000 * 0.6) = 1,166.7 -> 1,167
+    assert first.result == "**1,167**"
+    assert "FANOUT_FLUSH_MS=1000" in lines[1].what and lines[1].result == "**778**"
+    rows = report.rows_of("brief", r["scenarios"]["brief"])
+    labels = [label for label, *_ in rows]
+    assert any(lbl.startswith("window 5 ms (default):") for lbl in labels)
+    assert any(lbl.startswith("window 1000 ms:") for lbl in labels)
+    by_name = {t["name"]: t for t in report.targets(r)}
+    t = next(v for k, v in by_name.items() if k.startswith("Fan-out at the brief's shape"))
+    assert t["met"] is False and t["value"] == 0.8
+
+
+def test_cluster_figures_per_master_spread_and_ratio_to_standalone(tmp_path: Path) -> None:
+    assert cluster.spread({"redis-1": 2.0, "redis-2": 1.0}) == 2.0
+    assert cluster.spread({"redis-1": 2.0}) is None
+
+    def engine(masters: int, per_cpu: float, per_master: dict[str, float]) -> dict[str, Any]:
+        fig = {
+            "updates_per_cpu_s": per_cpu,
+            "redis_cpu_us_per_update": 4.0 / max(1, masters),
+            "redis_cpu_per_master_s": per_master,
+            "redis_spread": cluster.spread(per_master),
+            "redis_cpu_us_per_update_per_shard": 2.0,
+            "redis_cpu_us_per_update_max_shard": 2.5,
+        }
+        part = {"status": "measured", "runs": [fig], "median": fig}
+        return {"masters": masters, "ingest": part, "fanout": part}
+
+    s = {
+        "status": "measured",
+        "engines": [
+            engine(0, 10_000.0, {"redis": 1.0}),
+            engine(2, 12_000.0, {"redis-7001": 0.6, "redis-7002": 0.4}),
+            {"masters": 3, "ingest": stats.not_measured("x"), "fanout": stats.not_measured("y")},
+        ],
+    }
+    rows = {label: (v, c, ratio) for label, v, c, ratio in report.rows_of("cluster", s)}
+    v, c, ratio = rows["2 masters: ingest: updates per mesh CPU-s"]
+    assert (v, c, ratio) == (12_000.0, 10_000.0, 1.2)
+    assert rows["2 masters: ingest: Redis CPU-s per master"][0] == "0.60 / 0.40 (max/min 1.50)"
+    assert rows["3 masters: ingest"][0] == "not measured: x"
+    r = results(cluster=s)
+    r["targets"] = report.targets(r)
+    text = report.write_docs(r, tmp_path / "benchmarks.md").read_text()
+    assert (
+        "| 2 masters: fan-out (1b, default window): Redis CPU µs per delivered update per " in text
+    )
+
+
+def test_config_overrides_parse_like_the_field() -> None:
+    cfg = Config.make(quick=True)
+    cfg.override(["idle_streams=123", "brief_windows=5,50", "brief_period_s=2.5"])
+    assert (cfg.idle_streams, cfg.brief_windows, cfg.brief_period_s) == (123, (5.0, 50.0), 2.5)

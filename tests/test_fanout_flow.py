@@ -142,7 +142,7 @@ async def test_slow_client_does_not_delay_others_and_is_ended(settings: Settings
         )
         # the slow stream is still blocked on the same write: the fast one was not held up
         assert session.write_started == blocked_since
-        assert len(session.pending) <= len(movers)  # bounded: one entry per friend
+        assert len(session.view.owed) <= len(movers)  # bounded: one entry per friend
         for _ in range(3):
             step += 1
             await m.report({u: offset(*ORIGIN, 100 + step, i) for i, u in enumerate(movers)})

@@ -198,3 +198,33 @@ async def test_hysteresis_one_enter_not_dozens(m: Mesh) -> None:
     assert kinds[-1] == "friend_gone" and "friend_gone" not in kinds[:-1]
     for s in (sa, sb):
         await s.close()
+
+
+@pytest.mark.parametrize("how", ["hidden", "offline"])
+async def test_friend_gone_does_not_reappear_when_i_move(settings: Settings, how: str) -> None:
+    """Privacy: a hidden or offline friend's last position is forgotten; my own
+    moves must not bring them back into my list until they report again."""
+    async with mesh(fast_settings(settings, inactivity_timeout_s=2.0)) as m:
+        a, b, c = await m.users("a", "b", "c")
+        await m.befriend(a, b)
+        await m.befriend(a, c)
+        sb = await m.connect(b, *offset(*ORIGIN, 500))
+        sa = await m.connect(a, *ORIGIN)
+        snap = (await sa.wait_for(lambda s: s.snapshots()))[0]
+        assert [f.user_id for f in snap.friends] == [b]
+        if how == "hidden":
+            await m.set_hidden(b, True)
+        else:
+            await sb.close()  # silent: presence reports B offline
+        gone = await sa.wait_for(lambda s: s.gones(b), within=20)
+        assert gone[-1].reason == (
+            pb.FRIEND_GONE_REASON_HIDDEN if how == "hidden" else pb.FRIEND_GONE_REASON_OFFLINE
+        )
+        for north_m in (450, 520, 20):  # my moves, all next to where B was
+            await sa.move(*offset(*ORIGIN, north_m))
+        await m.report({c: offset(*ORIGIN, 300)})  # a sentinel after my moves
+        await sa.wait_for(lambda s: s.updates(c))
+        assert sa.updates(b) == [] and len(sa.gones(b)) == 1
+        assert b not in [f.user_id for f in (await m.list_nearby(a)).friends]
+        await sa.close()
+        await sb.close()

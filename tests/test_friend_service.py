@@ -12,7 +12,6 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
-import redis.asyncio as aioredis
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from nearby.internal.v1 import events_pb2
@@ -25,8 +24,10 @@ from prometheus_client import REGISTRY
 from friend_svc.app import FriendApp
 from friend_svc.inbox import Inbox
 from mesh import db, keys
+from mesh.redis import RedisEngine
 from mesh.settings import Settings
 from stack import infra
+from tests.support.redis import subscription
 from tests.support.services import running
 
 ADMIN = (("x-nearby-admin", "true"),)
@@ -650,13 +651,22 @@ async def _next_events(pubsub: Any, count: int) -> dict[str, events_pb2.InboxEve
     return got
 
 
+@pytest.fixture
+async def client_on_engine(engine_settings: Settings) -> AsyncIterator[Client]:
+    """`client` on each Redis engine in turn."""
+    async with serve(engine_settings) as c:
+        yield c
+
+
 async def test_inbox_events_on_accept_and_remove(
-    client: Client, redis_client: aioredis.Redis
+    client_on_engine: Client, engine_client: Any
 ) -> None:
+    client = client_on_engine
     await client.create("alice", "Alice")
     await client.create("bob", "Bob")
     a, b = keys.inbox_channel("alice"), keys.inbox_channel("bob")
-    async with redis_client.pubsub() as pubsub:
+    pubsub = subscription(engine_client)
+    try:
         await pubsub.subscribe(a, b)
         await client.send("alice", "bob")
         await client.accept("bob", "alice")
@@ -682,10 +692,12 @@ async def test_inbox_events_on_accept_and_remove(
         assert events[b].WhichOneof("kind") == "friend_removed"
         assert events[a].friend_removed.friend_id == "bob"
         assert events[b].friend_removed.friend_id == "alice"
+    finally:
+        await pubsub.aclose()
 
 
 async def test_inbox_publish_failure_is_counted_not_raised() -> None:
-    dead = aioredis.Redis.from_url(f"redis://127.0.0.1:{infra.free_port()}")
+    dead = RedisEngine(f"redis://127.0.0.1:{infra.free_port()}")
     before = REGISTRY.get_sample_value("friend_inbox_publish_failures_total") or 0
     try:
         await Inbox(dead).friends_removed("alice", "bob")

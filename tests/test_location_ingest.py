@@ -11,7 +11,6 @@ from typing import Any
 
 import grpc
 import pytest
-import redis.asyncio as aioredis
 from google.protobuf import timestamp_pb2
 from nearby.internal.v1 import (
     events_pb2,
@@ -23,6 +22,7 @@ from nearby.v1 import geo_pb2, location_service_pb2, location_service_pb2_grpc
 from location_svc.app import LocationApp
 from mesh import keys
 from mesh.settings import Settings
+from tests.support.redis import subscription
 from tests.support.services import running
 
 ACCEPTED = location_service_pb2.REPORT_DISPOSITION_ACCEPTED
@@ -54,23 +54,23 @@ def report(lat: float, lng: float, at_ms: int | None = None) -> Any:
 
 
 @pytest.fixture
-async def channel(settings: Settings) -> AsyncIterator[grpc.aio.Channel]:
+async def channel(engine_settings: Settings) -> AsyncIterator[grpc.aio.Channel]:
     app = LocationApp(
-        settings.replace(min_report_interval_s=0.0, inactivity_timeout_s=30.0),
+        engine_settings.replace(min_report_interval_s=0.0, inactivity_timeout_s=30.0),
         history_writer=False,
     )
     async with running(app) as addr, grpc.aio.insecure_channel(addr) as ch:
         yield ch
 
 
-async def cached(r: aioredis.Redis, user: str) -> events_pb2.PositionFix | None:
+async def cached(r: Any, user: str) -> events_pb2.PositionFix | None:
     value: Any = await r.hget(keys.location(user), "v")
     return None if value is None else events_pb2.PositionFix.FromString(value)
 
 
-async def redis_state(r: aioredis.Redis) -> tuple[list[bytes], list[int]]:
+async def redis_state(r: Any) -> tuple[list[bytes], list[int]]:
     """Every key and the length of every history stream."""
-    streams = [await r.xlen(keys.history_stream(k)) for k in range(keys.HISTORY_SHARDS)]
+    streams = [await r.xlen(s) for s in keys.history_streams()]
     names: Any = await r.keys()
     return sorted(names), streams
 
@@ -85,10 +85,10 @@ async def next_event(sub: Any, wait_s: float = 2.0) -> events_pb2.LocationEvent 
 
 
 async def test_report_caches_publishes_and_touches_presence(
-    channel: grpc.aio.Channel, redis_client: aioredis.Redis
+    channel: grpc.aio.Channel, engine_client: Any
 ) -> None:
     stub = location_service_pb2_grpc.LocationServiceStub(channel)
-    sub: Any = redis_client.pubsub()
+    sub: Any = subscription(engine_client)
     await sub.subscribe(keys.location_channel("alice"))
     before = now_ms()
     resp = await stub.ReportLocation(report(52.52, 13.405), metadata=who("alice"))
@@ -100,11 +100,11 @@ async def test_report_caches_publishes_and_touches_presence(
     assert event is not None and event.user_id == "alice"
     assert event.WhichOneof("kind") == "moved"
     assert (event.moved.latitude, event.moved.longitude) == (52.52, 13.405)
-    fix = await cached(redis_client, "alice")
+    fix = await cached(engine_client, "alice")
     assert fix is not None and fix.recorded_at_ms == resp.location.recorded_at.ToMilliseconds()
-    ttl = await redis_client.pttl(keys.location("alice"))
+    ttl = await engine_client.pttl(keys.location("alice"))
     assert 25_000 < ttl <= 30_000
-    score = await redis_client.zscore(keys.presence_index_of("alice"), "alice")
+    score = await engine_client.zscore(keys.presence_index_of("alice"), "alice")
     assert score is not None and score >= before
     await sub.aclose()
 
@@ -123,16 +123,16 @@ async def test_report_caches_publishes_and_touches_presence(
     ],
 )
 async def test_bad_coordinates_are_rejected_and_change_nothing(
-    channel: grpc.aio.Channel, redis_client: aioredis.Redis, lat: float, lng: float, field: str
+    channel: grpc.aio.Channel, engine_client: Any, lat: float, lng: float, field: str
 ) -> None:
     stub = location_service_pb2_grpc.LocationServiceStub(channel)
-    before = await redis_state(redis_client)
+    before = await redis_state(engine_client)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.ReportLocation(report(lat, lng), metadata=who("bob"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in (err.value.details() or "")
-    assert await redis_state(redis_client) == before
-    assert not await redis_client.exists(keys.location("bob"))
+    assert await redis_state(engine_client) == before
+    assert not await engine_client.exists(keys.location("bob"))
 
 
 @pytest.mark.parametrize(
@@ -140,17 +140,17 @@ async def test_bad_coordinates_are_rejected_and_change_nothing(
     [(60_000, "future"), (-31 * 86_400_000, "retention")],
 )
 async def test_bad_timestamps_are_rejected_and_change_nothing(
-    channel: grpc.aio.Channel, redis_client: aioredis.Redis, offset_ms: int, problem: str
+    channel: grpc.aio.Channel, engine_client: Any, offset_ms: int, problem: str
 ) -> None:
     stub = location_service_pb2_grpc.LocationServiceStub(channel)
-    before = await redis_state(redis_client)
+    before = await redis_state(engine_client)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.ReportLocation(report(1.0, 1.0, now_ms() + offset_ms), metadata=who("bob"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     details = err.value.details() or ""
     assert "recorded_at" in details and problem in details
-    assert await redis_state(redis_client) == before
-    assert not await redis_client.exists(keys.location("bob"))
+    assert await redis_state(engine_client) == before
+    assert not await engine_client.exists(keys.location("bob"))
 
 
 async def test_small_clock_skew_is_allowed(channel: grpc.aio.Channel) -> None:
@@ -168,10 +168,10 @@ async def test_missing_position_is_rejected(channel: grpc.aio.Channel) -> None:
 
 
 async def test_out_of_order_update_never_overwrites_newer(
-    channel: grpc.aio.Channel, redis_client: aioredis.Redis
+    channel: grpc.aio.Channel, engine_client: Any
 ) -> None:
     stub = location_service_pb2_grpc.LocationServiceStub(channel)
-    sub: Any = redis_client.pubsub()
+    sub: Any = subscription(engine_client)
     await sub.subscribe(keys.location_channel("carol"))
     t = now_ms()
     first = await stub.ReportLocation(report(10.0, 10.0, t), metadata=who("carol"))
@@ -179,17 +179,17 @@ async def test_out_of_order_update_never_overwrites_newer(
     assert await next_event(sub) is not None
     late = await stub.ReportLocation(report(11.0, 11.0, t - 5_000), metadata=who("carol"))
     assert late.disposition == STALE
-    fix = await cached(redis_client, "carol")
+    fix = await cached(engine_client, "carol")
     assert fix is not None and (fix.latitude, fix.recorded_at_ms) == (10.0, t)
     assert await next_event(sub, wait_s=0.5) is None  # a stale update is not published
-    assert await redis_client.xlen(keys.history_stream_of("carol")) == 2  # but kept in history
+    assert await engine_client.xlen(keys.history_stream_of("carol")) == 2  # but kept in history
     await sub.aclose()
 
 
 async def test_cache_expires_after_the_inactivity_timeout(
-    settings: Settings, redis_client: aioredis.Redis
+    engine_settings: Settings, engine_client: Any
 ) -> None:
-    app = LocationApp(settings.replace(inactivity_timeout_s=1.0), history_writer=False)
+    app = LocationApp(engine_settings.replace(inactivity_timeout_s=1.0), history_writer=False)
     async with running(app) as addr, grpc.aio.insecure_channel(addr) as ch:
         stub = location_service_pb2_grpc.LocationServiceStub(ch)
         internal = location_ingest_service_pb2_grpc.LocationIngestServiceStub(ch)
@@ -199,7 +199,7 @@ async def test_cache_expires_after_the_inactivity_timeout(
         )
         assert [loc.user_id for loc in got.locations] == ["dave"]
         deadline = time.monotonic() + 5
-        while await redis_client.exists(keys.location("dave")):
+        while await engine_client.exists(keys.location("dave")):
             assert time.monotonic() < deadline, "the cache entry did not expire"
             await asyncio.sleep(0.1)
         got = await internal.BatchGetLocations(
@@ -209,12 +209,12 @@ async def test_cache_expires_after_the_inactivity_timeout(
 
 
 async def test_rate_cap_coalesces_extra_updates(
-    settings: Settings, redis_client: aioredis.Redis
+    engine_settings: Settings, engine_client: Any
 ) -> None:
-    app = LocationApp(settings.replace(min_report_interval_s=60.0), history_writer=False)
+    app = LocationApp(engine_settings.replace(min_report_interval_s=60.0), history_writer=False)
     async with running(app) as addr, grpc.aio.insecure_channel(addr) as ch:
         stub = location_service_pb2_grpc.LocationServiceStub(ch)
-        sub: Any = redis_client.pubsub()
+        sub: Any = subscription(engine_client)
         await sub.subscribe(keys.location_channel("erin"))
         t = now_ms()
         dispositions = []
@@ -222,33 +222,33 @@ async def test_rate_cap_coalesces_extra_updates(
             resp = await stub.ReportLocation(report(1.0 + i, 1.0, t + i), metadata=who("erin"))
             dispositions.append(resp.disposition)
         assert dispositions == [ACCEPTED] + [COALESCED] * 4
-        fix = await cached(redis_client, "erin")
+        fix = await cached(engine_client, "erin")
         assert fix is not None and fix.latitude == 5.0  # the cache keeps the newest
         published = []
         while (event := await next_event(sub, wait_s=0.5)) is not None:
             published.append(event.moved.latitude)
         assert published == [1.0]
-        assert await redis_client.xlen(keys.history_stream_of("erin")) == 1
+        assert await engine_client.xlen(keys.history_stream_of("erin")) == 1
         await sub.aclose()
 
 
 async def test_hidden_user_is_cached_but_not_published(
-    channel: grpc.aio.Channel, redis_client: aioredis.Redis
+    channel: grpc.aio.Channel, engine_client: Any
 ) -> None:
     stub = location_service_pb2_grpc.LocationServiceStub(channel)
-    await redis_client.set(keys.hidden("gina"), b"1")
-    sub: Any = redis_client.pubsub()
+    await engine_client.set(keys.hidden("gina"), b"1")
+    sub: Any = subscription(engine_client)
     await sub.subscribe(keys.location_channel("gina"))
     resp = await stub.ReportLocation(report(3.0, 4.0), metadata=who("gina"))
     assert resp.disposition == ACCEPTED
     assert await next_event(sub, wait_s=0.5) is None
-    assert await cached(redis_client, "gina") is not None
-    assert await redis_client.xlen(keys.history_stream_of("gina")) == 1
+    assert await cached(engine_client, "gina") is not None
+    assert await engine_client.xlen(keys.history_stream_of("gina")) == 1
     await sub.aclose()
 
 
 async def test_report_locations_validates_each_report(
-    channel: grpc.aio.Channel, redis_client: aioredis.Redis
+    channel: grpc.aio.Channel, engine_client: Any
 ) -> None:
     stub = location_ingest_service_pb2_grpc.LocationIngestServiceStub(channel)
     t = now_ms()
@@ -276,22 +276,30 @@ async def test_report_locations_validates_each_report(
     resp = await stub.ReportLocations(req)
     r = resp.results
     assert [x.disposition for x in r] == [ACCEPTED, 0, 0, 0, ACCEPTED]
-    assert r[0].error == "" and r[0].fix.recorded_at_ms >= t
-    assert "reports[1].fix.latitude" in r[1].error
-    assert "reports[2].user_id" in r[2].error
-    assert "reports[3].fix.recorded_at_ms" in r[3].error
+    assert not r[0].HasField("rejection") and r[0].fix.recorded_at_ms >= t
+    # structured rejections: the field relative to the report, and a description
+    # without it (the caller says it in its own client's words)
+    rejections = [(x.rejection.field, x.rejection.reason) for x in r[1:4]]
+    assert rejections == [
+        ("fix.latitude", "INVALID_FIELD"),
+        ("user_id", "INVALID_FIELD"),
+        ("fix.recorded_at_ms", "INVALID_FIELD"),
+    ]
+    assert "outside [-90, 90]" in r[1].rejection.description
+    assert "in the future" in r[3].rejection.description
+    assert "fix" not in r[3].rejection.description
     assert r[4].fix.recorded_at_ms == t
-    assert await cached(redis_client, "u2") is None
-    assert await cached(redis_client, "u3") is None
-    assert await cached(redis_client, "u4") is not None
+    assert await cached(engine_client, "u2") is None
+    assert await cached(engine_client, "u3") is None
+    assert await cached(engine_client, "u4") is not None
 
 
 async def test_scripts_are_reloaded_after_a_script_flush(
-    channel: grpc.aio.Channel, redis_client: aioredis.Redis
+    channel: grpc.aio.Channel, engine_client: Any
 ) -> None:
     stub = location_service_pb2_grpc.LocationServiceStub(channel)
     await stub.ReportLocation(report(1.0, 1.0), metadata=who("hank"))
-    await redis_client.script_flush()
+    await engine_client.script_flush()
     resp = await stub.ReportLocation(report(2.0, 2.0), metadata=who("hank"))
     assert resp.disposition == ACCEPTED
 

@@ -1,12 +1,12 @@
 """The inactivity sweeper against a report that lands in the middle of a sweep.
 
-The sweeper talks to a real Redis through a client whose connections run a
-hook before each command they send. The hook makes a real report (through
+The sweeper talks to a real Redis through an engine that runs a hook before
+each round trip it makes. The hook makes a real report (through
 location_svc's ReportLocations) before the k-th send of one sweep, for every k
 a sweep has: whichever step of the sweep a report falls between, the user is
 never reported offline after that report, and once they go silent again they
 are reported offline. The test knows nothing of the sweeper's steps but that
-it talks to Redis through the client it is given.
+it talks to Redis through the engine it is given.
 """
 
 from __future__ import annotations
@@ -24,28 +24,18 @@ from nearby.internal.v1 import (
     location_ingest_service_pb2,
     location_ingest_service_pb2_grpc,
 )
+from redis.asyncio.cluster import ClusterNode
 
 from location_svc.app import LocationApp
 from mesh import keys
 from mesh.clock import now_ms
+from mesh.redis import RedisEngine
 from mesh.settings import Settings
 from presence_svc.sweeper import Sweeper
 from tests.support.services import running
 
 TIMEOUT_S = 0.3
 MARK = "sweep-races:mark"
-
-
-class HookedConnection(aioredis.Connection):
-    """A real connection that awaits `before_send()` before each round trip."""
-
-    def __init__(self, *, before_send: Callable[[], Awaitable[None]], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._before_send = before_send
-
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        await self._before_send()
-        await super().send_packed_command(command, check_health)
 
 
 @dataclass
@@ -62,11 +52,18 @@ class Sends:
             await self.action()
 
 
-def hooked_client(url: str, sends: Sends) -> aioredis.Redis:
-    pool = aioredis.ConnectionPool.from_url(
-        url, connection_class=HookedConnection, before_send=sends.before_send
-    )
-    return aioredis.Redis(connection_pool=pool)
+class HookedEngine(RedisEngine):
+    """A real engine that awaits `sends.before_send()` before each round trip."""
+
+    def __init__(self, url: str, sends: Sends) -> None:
+        super().__init__(url)
+        self._sends = sends
+
+    async def _roundtrip(
+        self, node: ClusterNode | None, frames: list[bytes], timeout_s: float
+    ) -> list[Any]:
+        await self._sends.before_send()
+        return await super()._roundtrip(node, frames, timeout_s)
 
 
 class Reporter:
@@ -89,7 +86,7 @@ class Reporter:
                 ]
             )
         )
-        assert [r.error for r in resp.results] == [""], resp
+        assert not any(r.HasField("rejection") for r in resp.results), resp
         self.sent[user], self.answered[user] = before, now_ms()
 
     async def until_stale(self, user: str) -> None:
@@ -148,7 +145,7 @@ async def test_a_report_between_any_two_steps_of_a_sweep_is_honoured(
     channel = Channel(redis_client, sub)
 
     async def one_sweep(sends: Sends) -> int:
-        client = hooked_client(redis_url, sends)
+        client = HookedEngine(redis_url, sends)
         try:
             return await Sweeper(client, TIMEOUT_S, 1.0).sweep()
         finally:

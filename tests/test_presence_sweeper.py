@@ -9,7 +9,6 @@ from typing import Any
 
 import grpc
 import pytest
-import redis.asyncio as aioredis
 from nearby.internal.v1 import (
     events_pb2,
     location_ingest_service_pb2,
@@ -20,9 +19,11 @@ from nearby.internal.v1 import (
 
 from location_svc.app import LocationApp
 from mesh import keys
+from mesh.redis import RedisEngine
 from mesh.settings import Settings
 from presence_svc.app import PresenceApp
 from presence_svc.sweeper import Sweeper
+from tests.support.redis import subscription
 from tests.support.services import running
 
 TIMEOUT_S = 1.0
@@ -39,8 +40,8 @@ def report(users: list[str]) -> location_ingest_service_pb2.ReportLocationsReque
     )
 
 
-def short(settings: Settings) -> Settings:
-    return settings.replace(
+def short(engine_settings: Settings) -> Settings:
+    return engine_settings.replace(
         inactivity_timeout_s=TIMEOUT_S, presence_sweep_interval_s=0.1, min_report_interval_s=0.0
     )
 
@@ -57,8 +58,8 @@ async def offline_events(sub: Any, until: float) -> list[tuple[float, events_pb2
     return out
 
 
-async def test_batch_get_presence(settings: Settings, redis_client: aioredis.Redis) -> None:
-    s = settings.replace(inactivity_timeout_s=TIMEOUT_S)
+async def test_batch_get_presence(engine_settings: Settings, engine_client: Any) -> None:
+    s = engine_settings.replace(inactivity_timeout_s=TIMEOUT_S)
     async with (
         running(PresenceApp(s, sweeper=False)) as paddr,
         running(LocationApp(s, history_writer=False)) as laddr,
@@ -71,7 +72,7 @@ async def test_batch_get_presence(settings: Settings, redis_client: aioredis.Red
         await asyncio.sleep(TIMEOUT_S + 0.2)
         before = time.time_ns() // 1_000_000
         await ingest.ReportLocations(report(["fresh", "shy"]))
-        await redis_client.set(keys.hidden("shy"), b"1")
+        await engine_client.set(keys.hidden("shy"), b"1")
         resp = await query.BatchGetPresence(
             presence_query_service_pb2.BatchGetPresenceRequest(
                 user_ids=["fresh", "old", "never", "shy"]
@@ -92,16 +93,16 @@ async def test_batch_get_presence(settings: Settings, redis_client: aioredis.Red
 
 
 async def test_offline_event_after_the_timeout_and_not_before(
-    settings: Settings, redis_client: aioredis.Redis
+    engine_settings: Settings, engine_client: Any
 ) -> None:
-    s = short(settings)
+    s = short(engine_settings)
     async with (
         running(PresenceApp(s)),
         running(LocationApp(s, history_writer=False)) as laddr,
         grpc.aio.insecure_channel(laddr) as lch,
     ):
         ingest = location_ingest_service_pb2_grpc.LocationIngestServiceStub(lch)
-        sub: Any = redis_client.pubsub()
+        sub: Any = subscription(engine_client)
         await sub.subscribe(keys.location_channel("walker"), keys.location_channel("sitter"))
         sitter_last = time.monotonic()
         await ingest.ReportLocations(report(["sitter"]))
@@ -121,12 +122,12 @@ async def test_offline_event_after_the_timeout_and_not_before(
         assert sitter_last + TIMEOUT_S - 0.1 <= sitter_at <= sitter_last + TIMEOUT_S + 3.0
         event = next(e for _, e in got if e.user_id == "walker")
         assert event.offline.last_active_ms > 0
-        assert await redis_client.zcard(keys.presence_index_of("walker")) == 0
+        assert await engine_client.zcard(keys.presence_index_of("walker")) == 0
         await sub.aclose()
 
 
-async def test_two_sweepers_miss_nobody(settings: Settings, redis_client: aioredis.Redis) -> None:
-    s = short(settings)
+async def test_two_sweepers_miss_nobody(engine_settings: Settings, engine_client: Any) -> None:
+    s = short(engine_settings)
     users = [f"user{i}" for i in range(300)]
     async with (
         running(PresenceApp(s)),
@@ -135,7 +136,7 @@ async def test_two_sweepers_miss_nobody(settings: Settings, redis_client: aiored
         grpc.aio.insecure_channel(laddr) as lch,
     ):
         ingest = location_ingest_service_pb2_grpc.LocationIngestServiceStub(lch)
-        sub: Any = redis_client.pubsub()
+        sub: Any = subscription(engine_client)
         await sub.subscribe(*[keys.location_channel(u) for u in users])
         await ingest.ReportLocations(report(users))
         reported = time.monotonic()
@@ -148,33 +149,33 @@ async def test_two_sweepers_miss_nobody(settings: Settings, redis_client: aiored
                 seen.add(e.user_id)
         assert seen == set(users)
         total = sum(
-            [await redis_client.zcard(keys.presence_index(k)) for k in range(keys.PRESENCE_SHARDS)]
+            [await engine_client.zcard(keys.presence_index(k)) for k in range(keys.PRESENCE_SHARDS)]
         )
         assert total == 0
         await sub.aclose()
 
 
 async def test_crash_between_publish_and_remove_repeats_the_event(
-    settings: Settings, redis_client: aioredis.Redis
+    engine: RedisEngine, engine_client: Any
 ) -> None:
     """The user stays in the index until removed, so the next sweep publishes again."""
-    sweeper = Sweeper(redis_client, TIMEOUT_S, 0.1)
+    sweeper = Sweeper(engine, TIMEOUT_S, 0.1)
     stale = time.time_ns() // 1_000_000 - 5_000
-    await redis_client.zadd(keys.presence_index_of("pat"), {"pat": stale})
-    sub: Any = redis_client.pubsub()
+    await engine_client.zadd(keys.presence_index_of("pat"), {"pat": stale})
+    sub: Any = subscription(engine_client)
     await sub.subscribe(keys.location_channel("pat"))
 
     async def crash(*args: Any, **kwargs: Any) -> Any:
         raise ConnectionError("sweeper died")
 
-    real_remove = sweeper._remove
-    sweeper._remove = crash  # type: ignore[assignment]
+    real_remove = sweeper._remove_published
+    sweeper._remove_published = crash  # type: ignore[method-assign]
     with pytest.raises(ConnectionError):
         await sweeper.sweep()
-    assert await redis_client.zscore(keys.presence_index_of("pat"), "pat") == stale
-    sweeper._remove = real_remove
+    assert await engine_client.zscore(keys.presence_index_of("pat"), "pat") == stale
+    sweeper._remove_published = real_remove  # type: ignore[method-assign]
     assert await sweeper.sweep() == 1
     got = await offline_events(sub, time.monotonic() + 0.5)
     assert [e.user_id for _, e in got] == ["pat", "pat"]
-    assert await redis_client.zscore(keys.presence_index_of("pat"), "pat") is None
+    assert await engine_client.zscore(keys.presence_index_of("pat"), "pat") is None
     await sub.aclose()

@@ -9,7 +9,6 @@ from typing import Any
 
 import grpc
 import pytest
-import redis.asyncio as aioredis
 from nearby.internal.v1 import (
     events_pb2,
     location_ingest_service_pb2,
@@ -21,6 +20,7 @@ from location_svc.app import LocationApp
 from mesh import keys
 from mesh.settings import Settings
 from presence_svc.app import PresenceApp
+from tests.support.redis import subscription
 from tests.support.services import running
 
 VISIBLE = presence_service_pb2.VISIBILITY_VISIBLE
@@ -62,8 +62,8 @@ def one_report(user: str) -> location_ingest_service_pb2.ReportLocationsRequest:
     )
 
 
-async def test_ghost_mode_hides_and_shows(settings: Settings, redis_client: aioredis.Redis) -> None:
-    s = settings.replace(min_report_interval_s=0.0)
+async def test_ghost_mode_hides_and_shows(engine_settings: Settings, engine_client: Any) -> None:
+    s = engine_settings.replace(min_report_interval_s=0.0)
     async with (
         running(PresenceApp(s)) as paddr,
         running(LocationApp(s, history_writer=False)) as laddr,
@@ -72,7 +72,7 @@ async def test_ghost_mode_hides_and_shows(settings: Settings, redis_client: aior
     ):
         presence = presence_service_pb2_grpc.PresenceServiceStub(pch)
         ingest = location_ingest_service_pb2_grpc.LocationIngestServiceStub(lch)
-        sub: Any = redis_client.pubsub()
+        sub: Any = subscription(engine_client)
         await sub.subscribe(keys.location_channel("zoe"))
         assert await get_vis(presence, "zoe") == VISIBLE  # the default
         await ingest.ReportLocations(one_report("zoe"))
@@ -81,7 +81,7 @@ async def test_ghost_mode_hides_and_shows(settings: Settings, redis_client: aior
         assert (await set_vis(presence, "zoe", HIDDEN)).visibility == HIDDEN
         assert [e.WhichOneof("kind") for e in await events(sub, 0.3)] == ["hidden"]
         assert await get_vis(presence, "zoe") == HIDDEN
-        assert await redis_client.exists(keys.hidden("zoe"))
+        assert await engine_client.exists(keys.hidden("zoe"))
         await ingest.ReportLocations(one_report("zoe"))
         assert await events(sub, 0.3) == []  # not published while hidden
         got = await ingest.BatchGetLocations(
@@ -90,15 +90,15 @@ async def test_ghost_mode_hides_and_shows(settings: Settings, redis_client: aior
         assert list(got.locations) == []
 
         assert (await set_vis(presence, "zoe", VISIBLE)).visibility == VISIBLE
-        assert not await redis_client.exists(keys.hidden("zoe"))
+        assert not await engine_client.exists(keys.hidden("zoe"))
         assert await events(sub, 0.2) == []  # reappears at the next update
         await ingest.ReportLocations(one_report("zoe"))
         assert [e.WhichOneof("kind") for e in await events(sub, 0.3)] == ["moved"]
         await sub.aclose()
 
 
-async def test_bad_requests(settings: Settings, redis_client: aioredis.Redis) -> None:
-    async with running(PresenceApp(settings)) as addr, grpc.aio.insecure_channel(addr) as ch:
+async def test_bad_requests(engine_settings: Settings, engine_client: Any) -> None:
+    async with running(PresenceApp(engine_settings)) as addr, grpc.aio.insecure_channel(addr) as ch:
         stub = presence_service_pb2_grpc.PresenceServiceStub(ch)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await set_vis(stub, "amy", presence_service_pb2.VISIBILITY_UNSPECIFIED)
@@ -111,32 +111,32 @@ async def test_bad_requests(settings: Settings, redis_client: aioredis.Redis) ->
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.GetVisibility(presence_service_pb2.GetVisibilityRequest())
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        assert not await redis_client.exists(keys.hidden("amy"))
+        assert not await engine_client.exists(keys.hidden("amy"))
 
 
 async def test_ghost_mode_survives_a_restart_and_a_redis_flush(
-    settings: Settings, redis_client: aioredis.Redis
+    engine_settings: Settings, engine_client: Any
 ) -> None:
-    async with running(PresenceApp(settings)) as addr, grpc.aio.insecure_channel(addr) as ch:
+    async with running(PresenceApp(engine_settings)) as addr, grpc.aio.insecure_channel(addr) as ch:
         stub = presence_service_pb2_grpc.PresenceServiceStub(ch)
         await set_vis(stub, "kim", HIDDEN)
         await set_vis(stub, "lou", HIDDEN)
         await set_vis(stub, "lou", VISIBLE)
-    await redis_client.flushall()  # e.g. Redis restarted while presence was down
-    async with running(PresenceApp(settings, flag_check_s=0.1)) as addr:
+    await engine_client.flushall()  # e.g. Redis restarted while presence was down
+    async with running(PresenceApp(engine_settings, flag_check_s=0.1)) as addr:
         async with grpc.aio.insecure_channel(addr) as ch:
             stub = presence_service_pb2_grpc.PresenceServiceStub(ch)
             assert await get_vis(stub, "kim") == HIDDEN
             assert await get_vis(stub, "lou") == VISIBLE
-        assert await redis_client.exists(keys.hidden("kim"))  # reloaded on start
-        assert not await redis_client.exists(keys.hidden("lou"))
-        await redis_client.flushall()  # Redis restarts while presence runs
+        assert await engine_client.exists(keys.hidden("kim"))  # reloaded on start
+        assert not await engine_client.exists(keys.hidden("lou"))
+        await engine_client.flushall()  # Redis restarts while presence runs
         # the marker is written last, after every flag of the reload: wait for
         # it, then the flags must be there (waiting for a flag and then checking
         # the marker would race the reload's last step)
         deadline = time.monotonic() + 5
-        while not await redis_client.exists(keys.VISIBILITY_SYNCED):
+        while not all([await engine_client.exists(m) for m in keys.visibility_synced_markers()]):
             assert time.monotonic() < deadline, "hidden flags were not reloaded"
             await asyncio.sleep(0.05)
-        assert await redis_client.exists(keys.hidden("kim"))
-        assert not await redis_client.exists(keys.hidden("lou"))
+        assert await engine_client.exists(keys.hidden("kim"))
+        assert not await engine_client.exists(keys.hidden("lou"))

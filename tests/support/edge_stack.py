@@ -24,6 +24,8 @@ Arguments of `edge_stack`:
   (real SIGTERM handling, separate cores).
 - `health_interval_s`, `stream_idle_timeout_s`, and any other EdgeConfig field
   via `edge`: {...}.
+- `per_service`: Settings changes for one service only, e.g.
+  `{"location_svc": {"friend_cap": 2}}` (services that disagree, on purpose).
 
 Envoy and every backend are stopped at the end, and the temporary folder
 (key, config, logs) is removed. Never call blocking code while the stack is up
@@ -202,6 +204,7 @@ async def edge_stack(
     health_interval_s: float = 0.5,
     stream_idle_timeout_s: float | None = None,
     edge: dict[str, Any] | None = None,
+    per_service: dict[str, dict[str, Any]] | None = None,
 ) -> AsyncIterator[EdgeStack]:
     unknown = set(services) - set(ALL_SERVICES)
     if unknown:
@@ -222,12 +225,13 @@ async def edge_stack(
             jwks_path=str(key.jwks_path),
         )
         for name in (s for s in ALL_SERVICES if s in services):
+            own = settings.replace(**(per_service or {}).get(name, {}))
             if processes:
                 children[name] = [
                     procs.spawn(
                         f"{name}#{i}" if name == "fanout_svc" else name,
                         procs.SERVICES[name],
-                        settings,
+                        own,
                         port,
                         infra.free_port(),
                         log_path=tmp / "logs" / f"{name}-{i}.log",
@@ -238,7 +242,7 @@ async def edge_stack(
                 cls = app_class(name)
                 runners[name] = []
                 for port in ports[name]:
-                    runner = Runner(cls(settings), "127.0.0.1", port, grace_s=2.0)
+                    runner = Runner(cls(own), "127.0.0.1", port, grace_s=2.0)
                     await runner.start()
                     runners[name].append(runner)
         if children:

@@ -8,11 +8,10 @@ import time
 from typing import Any
 
 import psycopg
-import redis.asyncio as aioredis
 from nearby.internal.v1 import events_pb2, location_ingest_service_pb2
 
-from mesh import keys
 from mesh.settings import Settings
+from tests.support.redis import stream_lengths
 
 
 def batch(
@@ -56,8 +55,9 @@ async def wait_rows(url: str, expected: int, within_s: float = 30.0) -> tuple[in
         await asyncio.sleep(0.1)
 
 
-async def buffered(r: aioredis.Redis) -> int:
-    return sum([await r.xlen(keys.history_stream(s)) for s in range(keys.HISTORY_SHARDS)])
+async def buffered(r: Any) -> int:
+    """Entries in the history buffer (a Redis or a RedisCluster client)."""
+    return await stream_lengths(r)
 
 
 def fast(settings: Settings, **changes: Any) -> Settings:

@@ -26,7 +26,7 @@ from nearby.internal.v1 import events_pb2 as nearby_dot_internal_dot_v1_dot_even
 from nearby.v1 import location_service_pb2 as nearby_dot_v1_dot_location__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0nearby/internal/v1/location_ingest_service.proto\x12\x12nearby.internal.v1\x1a\x1fnearby/internal/v1/events.proto\x1a nearby/v1/location_service.proto\"O\n\x0eLocationReport\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12,\n\x03\x66ix\x18\x02 \x01(\x0b\x32\x1f.nearby.internal.v1.PositionFix\"M\n\x16ReportLocationsRequest\x12\x33\n\x07reports\x18\x01 \x03(\x0b\x32\".nearby.internal.v1.LocationReport\"~\n\x0cReportResult\x12\x31\n\x0b\x64isposition\x18\x01 \x01(\x0e\x32\x1c.nearby.v1.ReportDisposition\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12,\n\x03\x66ix\x18\x03 \x01(\x0b\x32\x1f.nearby.internal.v1.PositionFix\"L\n\x17ReportLocationsResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .nearby.internal.v1.ReportResult\"D\n\x18\x42\x61tchGetLocationsRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12\x16\n\x0einclude_hidden\x18\x02 \x01(\x08\"O\n\x0e\x43\x61\x63hedLocation\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12,\n\x03\x66ix\x18\x02 \x01(\x0b\x32\x1f.nearby.internal.v1.PositionFix\"R\n\x19\x42\x61tchGetLocationsResponse\x12\x35\n\tlocations\x18\x01 \x03(\x0b\x32\".nearby.internal.v1.CachedLocation2\xf5\x01\n\x15LocationIngestService\x12j\n\x0fReportLocations\x12*.nearby.internal.v1.ReportLocationsRequest\x1a+.nearby.internal.v1.ReportLocationsResponse\x12p\n\x11\x42\x61tchGetLocations\x12,.nearby.internal.v1.BatchGetLocationsRequest\x1a-.nearby.internal.v1.BatchGetLocationsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0nearby/internal/v1/location_ingest_service.proto\x12\x12nearby.internal.v1\x1a\x1fnearby/internal/v1/events.proto\x1a nearby/v1/location_service.proto\"O\n\x0eLocationReport\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12,\n\x03\x66ix\x18\x02 \x01(\x0b\x32\x1f.nearby.internal.v1.PositionFix\"M\n\x16ReportLocationsRequest\x12\x33\n\x07reports\x18\x01 \x03(\x0b\x32\".nearby.internal.v1.LocationReport\"\xb4\x01\n\x0cReportResult\x12\x31\n\x0b\x64isposition\x18\x01 \x01(\x0e\x32\x1c.nearby.v1.ReportDisposition\x12,\n\x03\x66ix\x18\x03 \x01(\x0b\x32\x1f.nearby.internal.v1.PositionFix\x12\x36\n\trejection\x18\x04 \x01(\x0b\x32#.nearby.internal.v1.ReportRejectionJ\x04\x08\x02\x10\x03R\x05\x65rror\"E\n\x0fReportRejection\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"L\n\x17ReportLocationsResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .nearby.internal.v1.ReportResult\"D\n\x18\x42\x61tchGetLocationsRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12\x16\n\x0einclude_hidden\x18\x02 \x01(\x08\"O\n\x0e\x43\x61\x63hedLocation\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12,\n\x03\x66ix\x18\x02 \x01(\x0b\x32\x1f.nearby.internal.v1.PositionFix\"R\n\x19\x42\x61tchGetLocationsResponse\x12\x35\n\tlocations\x18\x01 \x03(\x0b\x32\".nearby.internal.v1.CachedLocation2\xf5\x01\n\x15LocationIngestService\x12j\n\x0fReportLocations\x12*.nearby.internal.v1.ReportLocationsRequest\x1a+.nearby.internal.v1.ReportLocationsResponse\x12p\n\x11\x42\x61tchGetLocations\x12,.nearby.internal.v1.BatchGetLocationsRequest\x1a-.nearby.internal.v1.BatchGetLocationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,16 +37,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOCATIONREPORT']._serialized_end=218
   _globals['_REPORTLOCATIONSREQUEST']._serialized_start=220
   _globals['_REPORTLOCATIONSREQUEST']._serialized_end=297
-  _globals['_REPORTRESULT']._serialized_start=299
-  _globals['_REPORTRESULT']._serialized_end=425
-  _globals['_REPORTLOCATIONSRESPONSE']._serialized_start=427
-  _globals['_REPORTLOCATIONSRESPONSE']._serialized_end=503
-  _globals['_BATCHGETLOCATIONSREQUEST']._serialized_start=505
-  _globals['_BATCHGETLOCATIONSREQUEST']._serialized_end=573
-  _globals['_CACHEDLOCATION']._serialized_start=575
-  _globals['_CACHEDLOCATION']._serialized_end=654
-  _globals['_BATCHGETLOCATIONSRESPONSE']._serialized_start=656
-  _globals['_BATCHGETLOCATIONSRESPONSE']._serialized_end=738
-  _globals['_LOCATIONINGESTSERVICE']._serialized_start=741
-  _globals['_LOCATIONINGESTSERVICE']._serialized_end=986
+  _globals['_REPORTRESULT']._serialized_start=300
+  _globals['_REPORTRESULT']._serialized_end=480
+  _globals['_REPORTREJECTION']._serialized_start=482
+  _globals['_REPORTREJECTION']._serialized_end=551
+  _globals['_REPORTLOCATIONSRESPONSE']._serialized_start=553
+  _globals['_REPORTLOCATIONSRESPONSE']._serialized_end=629
+  _globals['_BATCHGETLOCATIONSREQUEST']._serialized_start=631
+  _globals['_BATCHGETLOCATIONSREQUEST']._serialized_end=699
+  _globals['_CACHEDLOCATION']._serialized_start=701
+  _globals['_CACHEDLOCATION']._serialized_end=780
+  _globals['_BATCHGETLOCATIONSRESPONSE']._serialized_start=782
+  _globals['_BATCHGETLOCATIONSRESPONSE']._serialized_end=864
+  _globals['_LOCATIONINGESTSERVICE']._serialized_start=867
+  _globals['_LOCATIONINGESTSERVICE']._serialized_end=1112
 # @@protoc_insertion_point(module_scope)

@@ -23,14 +23,24 @@ class ReportLocationsRequest(_message.Message):
     def __init__(self, reports: _Optional[_Iterable[_Union[LocationReport, _Mapping]]] = ...) -> None: ...
 
 class ReportResult(_message.Message):
-    __slots__ = ("disposition", "error", "fix")
+    __slots__ = ("disposition", "fix", "rejection")
     DISPOSITION_FIELD_NUMBER: _ClassVar[int]
-    ERROR_FIELD_NUMBER: _ClassVar[int]
     FIX_FIELD_NUMBER: _ClassVar[int]
+    REJECTION_FIELD_NUMBER: _ClassVar[int]
     disposition: _location_service_pb2.ReportDisposition
-    error: str
     fix: _events_pb2.PositionFix
-    def __init__(self, disposition: _Optional[_Union[_location_service_pb2.ReportDisposition, str]] = ..., error: _Optional[str] = ..., fix: _Optional[_Union[_events_pb2.PositionFix, _Mapping]] = ...) -> None: ...
+    rejection: ReportRejection
+    def __init__(self, disposition: _Optional[_Union[_location_service_pb2.ReportDisposition, str]] = ..., fix: _Optional[_Union[_events_pb2.PositionFix, _Mapping]] = ..., rejection: _Optional[_Union[ReportRejection, _Mapping]] = ...) -> None: ...
+
+class ReportRejection(_message.Message):
+    __slots__ = ("field", "description", "reason")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    description: str
+    reason: str
+    def __init__(self, field: _Optional[str] = ..., description: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ReportLocationsResponse(_message.Message):
     __slots__ = ("results",)

@@ -56,7 +56,7 @@ class LocationIngestServiceServicer:
     def ReportLocations(self, request, context):
         """Records many users' reports in one call (the fan-out service batches the
         updates of all its streams). Each report is validated on its own; an
-        invalid one gets its own error and does not fail the others.
+        invalid one gets its own rejection and does not fail the others.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -38,7 +38,7 @@ class LocationIngestServiceStub:
     ReportLocations: _grpc.UnaryUnaryMultiCallable[_location_ingest_service_pb2.ReportLocationsRequest, _location_ingest_service_pb2.ReportLocationsResponse]
     """Records many users' reports in one call (the fan-out service batches the
     updates of all its streams). Each report is validated on its own; an
-    invalid one gets its own error and does not fail the others.
+    invalid one gets its own rejection and does not fail the others.
     """
     BatchGetLocations: _grpc.UnaryUnaryMultiCallable[_location_ingest_service_pb2.BatchGetLocationsRequest, _location_ingest_service_pb2.BatchGetLocationsResponse]
     """Latest cached locations of up to the friend cap of users in one call.
@@ -56,7 +56,7 @@ class LocationIngestServiceAsyncStub(LocationIngestServiceStub):
     ReportLocations: _aio.UnaryUnaryMultiCallable[_location_ingest_service_pb2.ReportLocationsRequest, _location_ingest_service_pb2.ReportLocationsResponse]  # type: ignore[assignment]
     """Records many users' reports in one call (the fan-out service batches the
     updates of all its streams). Each report is validated on its own; an
-    invalid one gets its own error and does not fail the others.
+    invalid one gets its own rejection and does not fail the others.
     """
     BatchGetLocations: _aio.UnaryUnaryMultiCallable[_location_ingest_service_pb2.BatchGetLocationsRequest, _location_ingest_service_pb2.BatchGetLocationsResponse]  # type: ignore[assignment]
     """Latest cached locations of up to the friend cap of users in one call.
@@ -77,7 +77,7 @@ class LocationIngestServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_location_ingest_service_pb2.ReportLocationsResponse, _abc.Awaitable[_location_ingest_service_pb2.ReportLocationsResponse]]:
         """Records many users' reports in one call (the fan-out service batches the
         updates of all its streams). Each report is validated on its own; an
-        invalid one gets its own error and does not fail the others.
+        invalid one gets its own rejection and does not fail the others.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,247 @@
+"""What one user knows of their friends, and what their client is owed.
+
+Pure state, no gRPC and no asyncio: the stream (session.py) feeds it the
+hub's callbacks, the user's own moves and the friend list it loads, and takes
+what is owed when it writes. Rules:
+
+- Hysteresis: a friend enters at distance <= radius and leaves only beyond
+  radius + hysteresis; inside the band, whoever was in the list stays in it.
+- Own moves: friends with known positions enter or leave without moving.
+- Out-of-order guard: a fix older than the one held is ignored.
+- Offline, hidden: the friend's position is forgotten at once (it must not
+  come back when the user moves), and a friend in the list gets FriendGone.
+- Loading (connect, resync): positions are recorded but nothing is owed; the
+  snapshot that follows replaces everything the client had.
+- What is owed coalesces by friend (`owed`: friend id -> newest event), so it
+  holds at most one entry per friend; a replaced entry is a drop.
+
+The view tells its owner (the stream) through the `Owner` callbacks: the
+queue went from empty to not empty, an entry was replaced, the queue grew
+past `queue_max` (once: the client fell behind).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from nearby.v1 import nearby_service_pb2 as pb
+
+from fanout_svc.nearby import Entry, Page, page_of
+from mesh.geo import distance_m
+
+OUT_OF_RANGE = pb.FRIEND_GONE_REASON_OUT_OF_RANGE
+UNFRIENDED = pb.FRIEND_GONE_REASON_UNFRIENDED
+
+
+class Owner(Protocol):
+    """Who is told about changes of the queue (all synchronous)."""
+
+    def owed(self) -> None:
+        """The queue was empty and now holds something."""
+        ...
+
+    def dropped(self) -> None:
+        """A queued event was replaced by a newer one of the same friend."""
+        ...
+
+    def overflowed(self) -> None:
+        """The queue holds more than queue_max friends (called once)."""
+        ...
+
+
+class Friend:
+    """A friend as this user knows them; lat is None while the position is unknown."""
+
+    __slots__ = ("dist", "inside", "lat", "lng", "name", "t_ms")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lat: float | None = None
+        self.lng = 0.0
+        self.t_ms = 0
+        self.dist = 0.0
+        self.inside = False
+
+
+class FriendView:
+    """One user's friends, their nearby list and the events owed to the client.
+
+    `owed` values: >= 0 a FriendUpdate (the LocationEvent's published_at_ms, 0
+    when no pub/sub event caused it), < 0 a FriendGone (minus its reason).
+    """
+
+    __slots__ = (
+        "friends",
+        "lat",
+        "leave_m",
+        "lng",
+        "loading",
+        "overflowed",
+        "owed",
+        "owner",
+        "queue_max",
+        "radius_m",
+        "user_id",
+    )
+
+    def __init__(
+        self,
+        user_id: str,
+        owner: Owner,
+        *,
+        radius_m: float,
+        hysteresis_m: float,
+        queue_max: int,
+    ) -> None:
+        self.user_id = user_id
+        self.owner = owner
+        self.radius_m = radius_m
+        self.leave_m = radius_m + hysteresis_m
+        self.queue_max = queue_max
+        self.lat = 0.0
+        self.lng = 0.0
+        self.friends: dict[str, Friend] = {}
+        self.owed: dict[str, int] = {}
+        self.loading = True
+        self.overflowed = False
+
+    # --- friends' events (the hub calls these once per message) -----------
+    def on_moved(self, user_id: str, lat: float, lng: float, t_ms: int, pub_ms: int) -> None:
+        f = self.friends.get(user_id)
+        if f is None or (f.lat is not None and t_ms < f.t_ms):
+            return
+        f.lat, f.lng, f.t_ms = lat, lng, t_ms
+        d = f.dist = distance_m(self.lat, self.lng, lat, lng)
+        if self.loading:
+            return
+        if d <= self.radius_m or (f.inside and d <= self.leave_m):
+            f.inside = True
+            self._owe(user_id, pub_ms)
+        elif f.inside:
+            f.inside = False
+            self._owe(user_id, -OUT_OF_RANGE)
+
+    def on_gone(self, user_id: str, reason: int) -> None:
+        """reason: a FriendGoneReason (OFFLINE, HIDDEN). The position is forgotten."""
+        f = self.friends.get(user_id)
+        if f is None:
+            return
+        f.lat = None
+        if f.inside:
+            f.inside = False
+            if not self.loading:
+                self._owe(user_id, -reason)
+
+    # --- the user's own moves -----------------------------------------------
+    def on_my_move(self, lat: float, lng: float) -> None:
+        """Friends with known positions may enter or leave without moving."""
+        self.lat, self.lng = lat, lng
+        if self.loading:
+            return
+        radius, leave = self.radius_m, self.leave_m
+        for fid, f in self.friends.items():
+            if f.lat is None:
+                continue
+            d = f.dist = distance_m(lat, lng, f.lat, f.lng)
+            if f.inside:
+                if d > leave:
+                    f.inside = False
+                    self._owe(fid, -OUT_OF_RANGE)
+            elif d <= radius:
+                f.inside = True
+                self._owe(fid, 0)
+
+    # --- the friend list ------------------------------------------------------
+    def add_friend(self, fid: str, name: str) -> bool:
+        """True when fid is a new friend (the caller subscribes and fetches them)."""
+        if fid == self.user_id or not fid:
+            return False
+        f = self.friends.get(fid)
+        if f is not None:
+            f.name = name
+            return False
+        self.friends[fid] = Friend(name)
+        return True
+
+    def remove_friend(self, fid: str) -> bool:
+        """True when fid was a friend; a client that knew of them is owed UNFRIENDED."""
+        f = self.friends.pop(fid, None)
+        if f is None:
+            return False
+        if f.inside or fid in self.owed:
+            self._owe(fid, -UNFRIENDED)
+        return True
+
+    def begin_load(self) -> None:
+        """A (re)load starts: positions keep arriving, nothing is owed until finish_load."""
+        self.loading = True
+
+    def set_friends(self, wanted: dict[str, str]) -> tuple[list[str], list[str]]:
+        """Replace the friend list (id -> display name); returns (added, removed).
+
+        Known positions are forgotten: the caller reads them again."""
+        friends = self.friends
+        removed = [fid for fid in friends if fid not in wanted]
+        for fid in removed:
+            del friends[fid]
+        added = []
+        for fid, name in wanted.items():
+            if fid == self.user_id:
+                continue
+            f = friends.get(fid)
+            if f is None:
+                friends[fid] = Friend(name)
+                added.append(fid)
+            else:
+                f.name = name
+                f.lat = None
+        return added, removed
+
+    def finish_load(self) -> None:
+        """Fresh inside flags (plain radius) and an empty queue: a snapshot follows."""
+        self.loading = False
+        radius = self.radius_m
+        for f in self.friends.values():
+            if f.lat is None:
+                f.inside = False
+            else:
+                f.dist = distance_m(self.lat, self.lng, f.lat, f.lng)
+                f.inside = f.dist <= radius
+        self.owed.clear()
+
+    # --- reading ----------------------------------------------------------------
+    def entries(self) -> list[Entry]:
+        """The nearby list, in no particular order."""
+        return [
+            Entry(f.dist, fid, f.name, f.lat, f.lng, f.t_ms)
+            for fid, f in self.friends.items()
+            if f.inside and f.lat is not None
+        ]
+
+    def page(self, token: str, size: int) -> Page:
+        return page_of(self.entries(), token, size)
+
+    def take_owed(self) -> dict[str, int]:
+        """Everything owed, in the order it was first queued; the queue is empty after."""
+        owed, self.owed = self.owed, {}
+        return owed
+
+    def clear(self) -> None:
+        """The stream is over: hold nothing."""
+        self.friends.clear()
+        self.owed.clear()
+
+    # --- the queue ----------------------------------------------------------------
+    def _owe(self, fid: str, code: int) -> None:
+        owed = self.owed
+        if fid in owed:
+            owed[fid] = code
+            self.owner.dropped()
+            return
+        owed[fid] = code
+        n = len(owed)
+        if n == 1:
+            self.owner.owed()
+        elif n > self.queue_max and not self.overflowed:
+            self.overflowed = True
+            self.owner.overflowed()
