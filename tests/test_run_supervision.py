@@ -135,7 +135,10 @@ def test_a_killed_service_a_drained_replica_and_a_killed_envoy_are_restarted(
     kids = descendants(proc.pid)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(90) == 0, out.read_text()
-    assert "nearby: stopped; every process exited cleanly" in out.read_text()
+    text = out.read_text()
+    assert "nearby: stopped; every process exited cleanly" in text
+    # the processes the stop ended were not restarted
+    assert "restarting" not in text.split("nearby: stopping (signal)", 1)[1], text
     assert_all_gone(kids)
 
 
