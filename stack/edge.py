@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from stack.procs import parent_death_signal
+from stack.procs import dying_with_parent
 
 
 def envoy_binary() -> str:
@@ -89,6 +89,9 @@ class Envoy:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
             out = log
+        preexec = None
+        if self.die_with_parent:
+            args, preexec = dying_with_parent(args)
         try:
             self.proc = subprocess.Popen(
                 args,
@@ -96,7 +99,7 @@ class Envoy:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=parent_death_signal if self.die_with_parent else None,
+                preexec_fn=preexec,
             )
         finally:
             if log is not None:

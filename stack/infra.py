@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psycopg
 
-from stack.procs import parent_death_signal
+from stack.procs import dying_with_parent
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -93,7 +93,7 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
+        argv, preexec = dying_with_parent(
             [
                 find_binary("redis-server"),
                 "--port",
@@ -108,13 +108,16 @@ class RedisServer:
                 str(self.data_dir),
                 "--logfile",
                 str(self.data_dir / "redis.log"),
-            ],
+            ]
+        )
+        self.proc = subprocess.Popen(
+            argv,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             # own process group: a terminal's Ctrl-C reaches only the owner,
             # which stops this server last (after the services using it)
             start_new_session=True,
-            preexec_fn=parent_death_signal,
+            preexec_fn=preexec,
         )
         wait_port("127.0.0.1", self.port, 10, self.proc, "redis-server")
         return self
@@ -199,13 +202,14 @@ class PostgresServer:
                 "full_page_writes=off",
             ]
         log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115 - owned by the process
+        argv, preexec = dying_with_parent(args)
         self.proc = subprocess.Popen(
-            args,
+            argv,
             stdout=log,
             stderr=log,
             user=self._user,
             start_new_session=True,
-            preexec_fn=parent_death_signal,
+            preexec_fn=preexec,
         )
         log.close()
         wait_port("127.0.0.1", self.port, 30, self.proc, "postgres")
@@ -267,6 +271,8 @@ class RedisCluster:
         self.masters = masters
         self.replicas = replicas
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        #: ports of nodes that are part of the cluster, in the order they joined
+        self._joined: list[int] = []
 
     @staticmethod
     def _ports(n: int, taken: set[int] | None = None) -> list[int]:
@@ -295,7 +301,7 @@ class RedisCluster:
     def _spawn(self, port: int) -> None:
         d = self.data_dir / str(port)
         d.mkdir(parents=True, exist_ok=True)
-        self.procs[port] = subprocess.Popen(
+        argv, preexec = dying_with_parent(
             [
                 find_binary("redis-server"),
                 *("--port", str(port), "--bind", "127.0.0.1"),
@@ -306,11 +312,14 @@ class RedisCluster:
                 *("--cluster-replica-validity-factor", "0"),
                 *("--save", "", "--appendonly", "yes", "--appendfsync", "everysec"),
                 *("--dir", str(d), "--logfile", str(d / "redis.log")),
-            ],
+            ]
+        )
+        self.procs[port] = subprocess.Popen(
+            argv,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=parent_death_signal,
+            preexec_fn=preexec,
         )
         wait_port("127.0.0.1", port, 10, self.procs[port], f"redis-server :{port}")
 
@@ -341,6 +350,7 @@ class RedisCluster:
             )
         else:
             self._create_small(timeout)
+        self._joined = self.ports
         self.wait_ok(timeout)
         return self
 
@@ -373,8 +383,10 @@ class RedisCluster:
         return dict(line.strip().split(":", 1) for line in out.splitlines() if ":" in line.strip())
 
     def nodes(self, port: int | None = None) -> list[dict[str, str]]:
-        """CLUSTER NODES as seen by a live node: id, port, role, master_id, slots."""
-        alive = [p for p in self.ports if self.procs[p].poll() is None]
+        """CLUSTER NODES as seen by a live node that has joined (a node just
+        started by `add_master` knows only itself): id, port, role, master_id, slots."""
+        joined = self._joined or self.ports
+        alive = [p for p in joined if self.procs[p].poll() is None]
         out = self.cli("cluster", "nodes", port=port or alive[0])
         nodes = []
         for line in out.splitlines():
@@ -482,6 +494,7 @@ class RedisCluster:
         self.cli(
             "--cluster", "add-node", f"127.0.0.1:{port}", f"127.0.0.1:{self.master_ports()[0]}"
         )
+        self._joined.append(port)
         self.wait_ok()
         return port
 

@@ -13,11 +13,12 @@ import ctypes
 import dataclasses
 import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,16 +60,30 @@ def signal_group(pid: int, sig: int) -> None:
 
 
 def parent_death_signal() -> None:  # pragma: no cover - runs in the child
-    """Linux: SIGTERM this child if its parent dies (even by SIGKILL), so a
-    killed launcher or test run leaves no server behind.
-
-    The kernel fires it when the *thread* that started the child ends, so
-    start such children from the main thread (or one that outlives them)."""
+    """Linux: SIGTERM this child if its parent dies (PR_SET_PDEATHSIG). Only
+    a fallback where `setpriv` is missing: Python code between fork and exec
+    in a process with other threads (grpc's) can crash or hang the child."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+_SETPRIV = shutil.which("setpriv")
+
+
+def dying_with_parent(argv: Sequence[str]) -> tuple[list[str], Callable[[], None] | None]:
+    """(argv, preexec_fn) of a child that gets SIGTERM if its parent dies
+    (even by SIGKILL), so a killed launcher or test run leaves no server
+    behind. util-linux's `setpriv --pdeathsig` sets it just before exec'ing
+    the program; without setpriv a preexec_fn does.
+
+    The kernel fires it when the *thread* that started the child ends, so
+    start such children from the main thread (or one that outlives them)."""
+    if _SETPRIV:
+        return [_SETPRIV, "--pdeathsig", "TERM", *argv], None
+    return list(argv), parent_death_signal
 
 
 @dataclass
@@ -169,6 +184,9 @@ def start(
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
         out = log
+    preexec: Callable[[], None] | None = None
+    if die_with_parent:
+        argv, preexec = dying_with_parent(argv)
     try:
         return subprocess.Popen(
             argv,
@@ -178,7 +196,7 @@ def start(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=parent_death_signal if die_with_parent else None,
+            preexec_fn=preexec,
         )
     finally:
         if log is not None:

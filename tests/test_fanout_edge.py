@@ -30,6 +30,12 @@ ROUNDS = 5
 CITIES = [(52.52, 13.405), (52.52, 14.2), (51.9, 13.405)]  # ~54 km and ~69 km apart
 
 
+@pytest.fixture
+def settings(engine_settings: Settings) -> Settings:
+    """Every test runs on both Redis engines (standalone, then the shared cluster)."""
+    return engine_settings
+
+
 @dataclass
 class Person:
     user_id: str

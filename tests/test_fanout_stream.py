@@ -13,6 +13,12 @@ from tests.support.fanout import ORIGIN, Mesh, fast_settings, mesh, offset
 
 
 @pytest.fixture
+def settings(engine_settings: Settings) -> Settings:
+    """Every test runs on both Redis engines (standalone, then the shared cluster)."""
+    return engine_settings
+
+
+@pytest.fixture
 async def m(settings: Settings) -> AsyncIterator[Mesh]:
     async with mesh(fast_settings(settings)) as value:
         yield value

@@ -35,6 +35,7 @@ from mesh.geo import EARTH_RADIUS_M
 from mesh.settings import Settings
 from stack import infra, watch
 from tests.support.edge_stack import EdgeStack, edge_stack
+from tests.support.redis import CLUSTER, STANDALONE
 
 FAST = BackoffPolicy(initial_s=0.05, multiplier=2, max_s=0.5)
 HOME = (52.52, 13.405)
@@ -50,12 +51,21 @@ def uid(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture(scope="module")
-def sdk_settings(redis_server: infra.RedisServer, pg_admin_url: str) -> Iterator[Settings]:
-    """One database for the module's stack (tests use fresh user ids)."""
+@pytest.fixture(scope="module", params=[STANDALONE, CLUSTER])
+def sdk_settings(
+    request: pytest.FixtureRequest, redis_server: infra.RedisServer, pg_admin_url: str
+) -> Iterator[Settings]:
+    """One database for the module's stack (tests use fresh user ids), on each
+    Redis engine in turn: the private Redis, then the shared Redis Cluster."""
     name = f"nearby_sdk_{uuid.uuid4().hex[:12]}"
     infra.create_database(pg_admin_url, name)
-    yield Settings(redis_url=redis_server.url, database_url=infra.database_url(pg_admin_url, name))
+    database_url = infra.database_url(pg_admin_url, name)
+    if request.param == CLUSTER:
+        cluster: infra.RedisCluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        yield Settings(redis_url=cluster.url, redis_cluster=True, database_url=database_url)
+    else:
+        yield Settings(redis_url=redis_server.url, database_url=database_url)
     infra.drop_database(pg_admin_url, name)
 
 
