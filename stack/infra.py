@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import logging
 import os
 import pwd
 import shutil
@@ -16,11 +17,15 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 
 from stack.procs import dying_with_parent
+
+log = logging.getLogger("stack.infra")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -49,9 +54,29 @@ def wait_port(
         if port_open(host, port):
             return
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode} before listening")
+            kind = CrashedAtStart if proc.returncode < 0 else RuntimeError
+            raise kind(f"{what} exited with code {proc.returncode} before listening")
         time.sleep(0.05)
     raise TimeoutError(f"{what} did not listen on {host}:{port} within {timeout:.0f}s")
+
+
+class CrashedAtStart(RuntimeError):
+    """A server process died by a signal before it listened."""
+
+
+T = TypeVar("T")
+
+
+def once_more_if_crashed(start: Callable[[], T], what: str) -> T:
+    """Start a server; if it died by a signal (not an error exit) before it
+    listened, start it once more. On a crowded machine redis-server and
+    postgres were seen to die with SIGSEGV at start, rarely and without a
+    log line; an error exit (a bad flag, a port taken) is not retried."""
+    try:
+        return start()
+    except CrashedAtStart as exc:
+        log.warning("%s crashed while starting (%s): starting it once more", what, exc)
+        return start()
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
@@ -92,6 +117,9 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
+        return once_more_if_crashed(self._start, "redis-server")
+
+    def _start(self) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv, preexec = dying_with_parent(
             [
@@ -178,6 +206,9 @@ class PostgresServer:
         )
 
     def start(self) -> PostgresServer:
+        return once_more_if_crashed(self._start, "postgres")
+
+    def _start(self) -> PostgresServer:
         self.init()
         args = [
             find_binary("postgres"),
@@ -299,6 +330,9 @@ class RedisCluster:
         return f"redis://127.0.0.1:{port}"
 
     def _spawn(self, port: int) -> None:
+        once_more_if_crashed(lambda: self._spawn_once(port), f"redis-server :{port}")
+
+    def _spawn_once(self, port: int) -> None:
         d = self.data_dir / str(port)
         d.mkdir(parents=True, exist_ok=True)
         argv, preexec = dying_with_parent(
