@@ -12,6 +12,7 @@ import glob
 import logging
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -28,8 +29,41 @@ from stack.procs import dying_with_parent
 log = logging.getLogger("stack.infra")
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    """A port that is free now, below the kernel's ephemeral range, and not
+    handed out before by this process.
+
+    A port from the ephemeral range (what binding port 0 gives) can be taken
+    by any outgoing connection of this machine between the moment it is
+    chosen and the moment a server binds it; with hundreds of connections to
+    Postgres and Redis open, that happened (a service failing to start with
+    "address already in use"). Outgoing connections never use ports below
+    the ephemeral range.
+    """
+    high = min(_ephemeral_low(), 65536) - 1
+    low = max(1024, high - 12000)
+    for _ in range(500):
+        port = random.randint(low, high)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    with socket.socket() as s:  # the low range is crowded: fall back to the kernel's pick
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
