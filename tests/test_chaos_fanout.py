@@ -30,6 +30,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -279,11 +280,11 @@ async def survive(
         users = [f"{prefix}{wave}{i:03d}" for i in range(max(8, SESSIONS // 4))]
         await chaos.befriended("mover", users)
         new = chaos.connect(users)
-        await until(
-            "the new sessions have their snapshots",
-            lambda new=new: all(any(isinstance(e, Snapshot) for _, e in w.events) for w in new),
-            60,
-        )
+
+        def all_snapshotted(batch: list[Any] = new) -> bool:
+            return all(any(isinstance(e, Snapshot) for _, e in w.events) for w in batch)
+
+        await until("the new sessions have their snapshots", all_snapshotted, 60)
         taken = await asyncio.to_thread(chaos.streams, replica) - before
         if taken >= len(new) // 3:
             break
