@@ -346,7 +346,13 @@ class RedisCluster:
         ports: list[int] = []
         while len(ports) < n:
             p = free_port()
-            if p + 10000 < 65536 and p not in taken and not port_open("127.0.0.1", p + 10000):
+            bus_clash = p - 10000 in taken or p + 10000 in taken  # a bus port of ours
+            if (
+                p + 10000 < 65536
+                and p not in taken
+                and not bus_clash
+                and not port_open("127.0.0.1", p + 10000)
+            ):
                 ports.append(p)
                 taken.add(p)
         return ports
