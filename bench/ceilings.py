@@ -22,11 +22,11 @@ from typing import Any
 
 import psycopg
 import redis.asyncio as aioredis
-from nearby.internal.v1 import events_pb2
 
 from bench.harness import Harness, LoadClient, measured
 from bench.procstat import CpuMeter, Proc, cpu_seconds
 from mesh import keys
+from mesh.internal.v1 import events_pb2
 from stack import infra
 from stack.procs import Child
 

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from nearby.internal.v1 import events_pb2
 
 from bench import ceilings, graph
 from bench.config import Config
@@ -30,6 +29,7 @@ from bench.harness import Harness, LoadClient, Mesh, measured
 from bench.procstat import CpuMeter
 from bench.stats import median_of, scenario
 from mesh import keys
+from mesh.internal.v1 import events_pb2
 
 
 class Publisher:

@@ -32,13 +32,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from google.protobuf.message import DecodeError
-from nearby.internal.v1 import events_pb2
 from nearby.v1 import nearby_service_pb2 as nearby_pb
 
 from fanout_svc import metrics
 from fanout_svc.sharded import ShardedSubscriber
 from fanout_svc.subscriber import RedisSubscriber, Subscriber
 from mesh import keys
+from mesh.internal.v1 import events_pb2
 from mesh.settings import Settings
 
 log = logging.getLogger("fanout_svc.hub")

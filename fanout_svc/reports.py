@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from nearby.internal.v1 import events_pb2
-from nearby.internal.v1 import location_ingest_service_pb2 as li
-
 from fanout_svc import metrics
 from fanout_svc.upstream import Upstream
 from mesh.batcher import Batcher
+from mesh.internal.v1 import events_pb2
+from mesh.internal.v1 import location_ingest_service_pb2 as li
 
 
 class ReportBatcher:

@@ -25,8 +25,6 @@ from typing import Any, Protocol
 
 import grpc
 from google.protobuf import duration_pb2
-from nearby.internal.v1 import events_pb2
-from nearby.internal.v1 import location_ingest_service_pb2 as li
 from nearby.v1 import location_service_pb2
 from nearby.v1 import nearby_service_pb2 as pb
 
@@ -39,6 +37,8 @@ from fanout_svc.view import FriendView
 from mesh.clock import now_ms
 from mesh.errors import InvalidArgument, ServiceError, Unavailable, invalid_field
 from mesh.fixes import PUBLIC_FIELDS, FixRules
+from mesh.internal.v1 import events_pb2
+from mesh.internal.v1 import location_ingest_service_pb2 as li
 from mesh.settings import Settings
 from mesh.types import Context
 

@@ -7,18 +7,6 @@ from collections.abc import Sequence
 import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
-from nearby.internal.v1 import (
-    friend_graph_service_pb2 as fg,
-)
-from nearby.internal.v1 import (
-    friend_graph_service_pb2_grpc as fg_grpc,
-)
-from nearby.internal.v1 import (
-    location_ingest_service_pb2 as li,
-)
-from nearby.internal.v1 import (
-    location_ingest_service_pb2_grpc as li_grpc,
-)
 
 from mesh.errors import (
     FailedPrecondition,
@@ -27,6 +15,18 @@ from mesh.errors import (
     PermissionDenied,
     ServiceError,
     Unavailable,
+)
+from mesh.internal.v1 import (
+    friend_graph_service_pb2 as fg,
+)
+from mesh.internal.v1 import (
+    friend_graph_service_pb2_grpc as fg_grpc,
+)
+from mesh.internal.v1 import (
+    location_ingest_service_pb2 as li,
+)
+from mesh.internal.v1 import (
+    location_ingest_service_pb2_grpc as li_grpc,
 )
 
 CALL_TIMEOUT_S = 5.0

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import grpc
-from nearby.internal.v1 import friend_graph_service_pb2_grpc as graph_grpc
 from nearby.v1 import friend_service_pb2_grpc as pb2_grpc
 from psycopg_pool import AsyncConnectionPool
 
+from mesh.internal.v1 import friend_graph_service_pb2_grpc as graph_grpc
 from mesh.redis import RedisEngine
 from mesh.server import ServiceApp
 
@@ -17,7 +17,7 @@ from .store import FriendStore
 
 class FriendApp(ServiceApp):
     name = "friend_svc"
-    services = ("nearby.v1.FriendService", "nearby.internal.v1.FriendGraphService")
+    services = ("nearby.v1.FriendService", "mesh.internal.v1.FriendGraphService")
 
     pool: AsyncConnectionPool
     redis: RedisEngine

@@ -7,14 +7,14 @@ import uuid
 from datetime import datetime
 
 from google.protobuf import timestamp_pb2
-from nearby.internal.v1 import friend_graph_service_pb2 as graph_pb2
-from nearby.internal.v1 import friend_graph_service_pb2_grpc as graph_grpc
 from nearby.v1 import friend_service_pb2 as pb2
 from nearby.v1 import friend_service_pb2_grpc as pb2_grpc
 from nearby.v1 import user_pb2
 
 from mesh.errors import InvalidArgument, invalid_field
 from mesh.identity import caller_id, check_user_id, require_admin
+from mesh.internal.v1 import friend_graph_service_pb2 as graph_pb2
+from mesh.internal.v1 import friend_graph_service_pb2_grpc as graph_grpc
 from mesh.paging import page_size
 from mesh.settings import Settings
 from mesh.types import Context

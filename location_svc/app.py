@@ -8,7 +8,6 @@ import datetime as dt
 import logging
 
 import grpc
-from nearby.internal.v1 import location_ingest_service_pb2_grpc
 from nearby.v1 import location_service_pb2_grpc
 
 from location_svc import store
@@ -16,6 +15,7 @@ from location_svc.cache import LocationCache
 from location_svc.history import HistoryBuffer, HistoryWriter, ensure_groups
 from location_svc.ingest import Ingestor
 from location_svc.service import LocationIngestServicer, LocationServicer
+from mesh.internal.v1 import location_ingest_service_pb2_grpc
 from mesh.server import ServiceApp
 from mesh.settings import Settings
 
@@ -27,7 +27,7 @@ MAINTENANCE_INTERVAL_S = 3600.0
 
 class LocationApp(ServiceApp):
     name = "location_svc"
-    services = ("nearby.v1.LocationService", "nearby.internal.v1.LocationIngestService")
+    services = ("nearby.v1.LocationService", "mesh.internal.v1.LocationIngestService")
 
     def __init__(self, settings: Settings, *, history_writer: bool = True) -> None:
         super().__init__(settings)

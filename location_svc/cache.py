@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nearby.internal.v1 import events_pb2
 from nearby.v1 import location_service_pb2
 from redis.exceptions import ResponseError
 
 from mesh import keys, resp
+from mesh.internal.v1 import events_pb2
 from mesh.redis import RedisEngine, Routed, check, is_unavailable
 
 ACCEPTED = location_service_pb2.REPORT_DISPOSITION_ACCEPTED

@@ -6,11 +6,6 @@ from __future__ import annotations
 import datetime as dt
 
 from google.protobuf import timestamp_pb2
-from nearby.internal.v1 import (
-    events_pb2,
-    location_ingest_service_pb2,
-    location_ingest_service_pb2_grpc,
-)
 from nearby.v1 import geo_pb2, location_service_pb2, location_service_pb2_grpc
 from psycopg_pool import AsyncConnectionPool
 
@@ -21,6 +16,11 @@ from mesh import fixes, paging
 from mesh.clock import now_ms
 from mesh.errors import InvalidArgument, PermissionDenied, invalid_field
 from mesh.identity import USER_ID_RE, caller_id, check_user_ids
+from mesh.internal.v1 import (
+    events_pb2,
+    location_ingest_service_pb2,
+    location_ingest_service_pb2_grpc,
+)
 from mesh.settings import Settings
 from mesh.types import Context
 

@@ -21,7 +21,7 @@ import binascii
 import functools
 import zlib
 
-from nearby.internal.v1 import events_pb2
+from mesh.internal.v1 import events_pb2
 
 SLOTS = 16384
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 from types import ModuleType
 
 from google.protobuf.descriptor import ServiceDescriptor
-from nearby.internal.v1 import (
-    friend_graph_service_pb2,
-    location_ingest_service_pb2,
-    presence_query_service_pb2,
-)
 from nearby.v1 import (
     friend_service_pb2,
     location_service_pb2,
     nearby_service_pb2,
     presence_service_pb2,
+)
+
+from mesh.internal.v1 import (
+    friend_graph_service_pb2,
+    location_ingest_service_pb2,
+    presence_query_service_pb2,
 )
 
 _MODULES: tuple[ModuleType, ...] = (
@@ -38,4 +39,4 @@ def all_service_names() -> list[str]:
 
 
 PUBLIC_PACKAGE = "nearby.v1"
-INTERNAL_PACKAGE = "nearby.internal.v1"
+INTERNAL_PACKAGE = "mesh.internal.v1"

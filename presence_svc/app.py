@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import grpc
-from nearby.internal.v1 import presence_query_service_pb2_grpc
 from nearby.v1 import presence_service_pb2_grpc
 
+from mesh.internal.v1 import presence_query_service_pb2_grpc
 from mesh.server import ServiceApp
 from mesh.settings import Settings
 from presence_svc.cache import PresenceCache
@@ -17,7 +17,7 @@ from presence_svc.sweeper import Sweeper
 
 class PresenceApp(ServiceApp):
     name = "presence_svc"
-    services = ("nearby.v1.PresenceService", "nearby.internal.v1.PresenceQueryService")
+    services = ("nearby.v1.PresenceService", "mesh.internal.v1.PresenceQueryService")
 
     def __init__(
         self, settings: Settings, *, sweeper: bool = True, flag_check_s: float = CHECK_INTERVAL_S

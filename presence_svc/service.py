@@ -3,11 +3,11 @@ caller) and internal PresenceQueryService (user ids in the request body)."""
 
 from __future__ import annotations
 
-from nearby.internal.v1 import presence_query_service_pb2, presence_query_service_pb2_grpc
 from nearby.v1 import presence_service_pb2, presence_service_pb2_grpc
 
 from mesh.errors import invalid_field
 from mesh.identity import caller_id, check_user_ids
+from mesh.internal.v1 import presence_query_service_pb2, presence_query_service_pb2_grpc
 from mesh.types import Context
 from presence_svc import metrics
 from presence_svc.cache import PresenceCache

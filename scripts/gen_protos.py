@@ -1,9 +1,11 @@
 """Generate the Python stubs (messages, .pyi, gRPC, typed gRPC) from protos/.
 
-The stubs live in the SDK package (sdk/nearby/...), so that the SDK ships them
-and the server imports the very same modules. Run `make proto` after editing a
-.proto; `--check` (used by the test suite) fails when the committed stubs are
-stale.
+The public API's stubs (nearby.v1) live in the SDK package (sdk/nearby/v1), so
+that the SDK ships them and the servers import the very same modules; the
+internal contracts (mesh.internal.v1) live server-side, in the kernel package
+(mesh/internal/v1), so the SDK never carries them. Run `make proto` after
+editing a .proto; `--check` (used by the test suite) fails when the committed
+stubs are stale.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 SDK = ROOT / "sdk"
-PACKAGES = ("nearby/v1", "nearby/internal/v1")
+# generated package -> the folder it is written under
+TARGETS = {"nearby/v1": SDK, "mesh/internal/v1": ROOT}
+PACKAGES = tuple(TARGETS)
 
 
 def generate(out: Path) -> None:
@@ -44,10 +48,18 @@ def generate(out: Path) -> None:
         (out / pkg / "__init__.py").write_text("")
 
 
-def generated_files(root: Path) -> list[Path]:
+def generated_files(root: Path, *packages: str) -> list[Path]:
     return sorted(
-        p.relative_to(root) for pkg in PACKAGES for p in (root / pkg).glob("*") if p.is_file()
+        p.relative_to(root)
+        for pkg in packages or PACKAGES
+        for p in (root / pkg).glob("*")
+        if p.is_file()
     )
+
+
+def target(generated: Path) -> Path:
+    """The folder a generated file (relative path) is written under."""
+    return next(root for pkg, root in TARGETS.items() if generated.is_relative_to(pkg))
 
 
 def main() -> int:
@@ -59,11 +71,12 @@ def main() -> int:
         generate(out)
         fresh = generated_files(out)
         if args.check:
-            current = generated_files(SDK)
+            current = [p for pkg, root in TARGETS.items() for p in generated_files(root, pkg)]
             stale = [
                 str(p)
                 for p in fresh
-                if not (SDK / p).exists() or not filecmp.cmp(out / p, SDK / p, shallow=False)
+                if not (target(p) / p).exists()
+                or not filecmp.cmp(out / p, target(p) / p, shallow=False)
             ]
             extra = [str(p) for p in current if p not in fresh]
             if stale or extra:
@@ -71,12 +84,12 @@ def main() -> int:
                 return 1
             print(f"stubs up to date ({len(fresh)} files)")
             return 0
-        for pkg in PACKAGES:
-            shutil.rmtree(SDK / pkg, ignore_errors=True)
+        for pkg, root in TARGETS.items():
+            shutil.rmtree(root / pkg, ignore_errors=True)
         for p in fresh:
-            (SDK / p).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(out / p, SDK / p)
-        print(f"wrote {len(fresh)} files under sdk/")
+            (target(p) / p).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(out / p, target(p) / p)
+        print(f"wrote {len(fresh)} files: " + ", ".join(f"{pkg}/" for pkg in PACKAGES))
     return 0
 
 

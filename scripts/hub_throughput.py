@@ -21,11 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from nearby.internal.v1 import events_pb2
 from redis.asyncio.cluster import RedisCluster
 
 from fanout_svc.hub import Hub, loc_channel
 from fanout_svc.sharded import ShardedSubscriber
+from mesh.internal.v1 import events_pb2
 from stack import infra
 
 PUBLISHER = r"""

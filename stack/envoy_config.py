@@ -305,7 +305,7 @@ def _routes() -> list[dict[str, Any]]:
             "route": {"cluster": "friend_svc", "timeout": "0s"},
         }
     )
-    # /nearby.internal.v1.* and anything else: no route (gRPC UNIMPLEMENTED)
+    # /mesh.internal.v1.* and anything else: no route (gRPC UNIMPLEMENTED)
     return routes
 
 

@@ -17,7 +17,6 @@ import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from nearby.internal.v1 import friend_graph_service_pb2, friend_graph_service_pb2_grpc
 from nearby.v1 import (
     friend_service_pb2,
     friend_service_pb2_grpc,
@@ -29,6 +28,7 @@ from nearby.v1 import (
     presence_service_pb2_grpc,
 )
 
+from mesh.internal.v1 import friend_graph_service_pb2, friend_graph_service_pb2_grpc
 from mesh.settings import Settings
 from stack import infra
 from stack.edge import validate

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from nearby.internal.v1 import location_ingest_service_pb2, location_ingest_service_pb2_grpc
 from nearby.v1 import geo_pb2, location_service_pb2, location_service_pb2_grpc
 
+from mesh.internal.v1 import location_ingest_service_pb2, location_ingest_service_pb2_grpc
 from mesh.settings import Settings
 from tests.support.edge_stack import EdgeStack, edge_stack
 

@@ -14,9 +14,6 @@ import psycopg
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from nearby.internal.v1 import events_pb2
-from nearby.internal.v1 import friend_graph_service_pb2 as graph_pb2
-from nearby.internal.v1 import friend_graph_service_pb2_grpc as graph_grpc
 from nearby.v1 import friend_service_pb2 as pb2
 from nearby.v1 import friend_service_pb2_grpc as pb2_grpc
 from prometheus_client import REGISTRY
@@ -24,6 +21,9 @@ from prometheus_client import REGISTRY
 from friend_svc.app import FriendApp
 from friend_svc.inbox import Inbox
 from mesh import db, keys
+from mesh.internal.v1 import events_pb2
+from mesh.internal.v1 import friend_graph_service_pb2 as graph_pb2
+from mesh.internal.v1 import friend_graph_service_pb2_grpc as graph_grpc
 from mesh.redis import RedisEngine
 from mesh.settings import Settings
 from stack import infra

@@ -14,11 +14,6 @@ import grpc
 import psycopg
 import pytest
 from google.protobuf import timestamp_pb2
-from nearby.internal.v1 import (
-    events_pb2,
-    location_ingest_service_pb2,
-    location_ingest_service_pb2_grpc,
-)
 from nearby.v1 import location_service_pb2, location_service_pb2_grpc
 from prometheus_client import REGISTRY
 
@@ -26,6 +21,11 @@ from location_svc import store
 from location_svc.app import LocationApp
 from mesh import keys
 from mesh.clock import now_ms
+from mesh.internal.v1 import (
+    events_pb2,
+    location_ingest_service_pb2,
+    location_ingest_service_pb2_grpc,
+)
 from mesh.settings import Settings
 from stack import infra
 from tests.support.history import batch, buffered, count_rows, fast, wait_rows

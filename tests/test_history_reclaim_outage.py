@@ -10,11 +10,11 @@ from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
-from nearby.internal.v1 import location_ingest_service_pb2_grpc
 
 from location_svc.app import LocationApp
 from mesh import keys
 from mesh.clock import now_ms
+from mesh.internal.v1 import location_ingest_service_pb2_grpc
 from mesh.settings import Settings
 from stack import infra
 from tests.support.history import batch, buffered, count_rows, fast, wait_rows

@@ -8,14 +8,14 @@ import time
 import grpc
 import pytest
 import redis.asyncio as aioredis
-from nearby.internal.v1 import (
+
+from location_svc.app import LocationApp
+from mesh import keys
+from mesh.internal.v1 import (
     events_pb2,
     location_ingest_service_pb2,
     location_ingest_service_pb2_grpc,
 )
-
-from location_svc.app import LocationApp
-from mesh import keys
 from mesh.settings import Settings
 from tests.support.services import running
 

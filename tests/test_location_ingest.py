@@ -12,15 +12,15 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
-from nearby.internal.v1 import (
-    events_pb2,
-    location_ingest_service_pb2,
-    location_ingest_service_pb2_grpc,
-)
 from nearby.v1 import geo_pb2, location_service_pb2, location_service_pb2_grpc
 
 from location_svc.app import LocationApp
 from mesh import keys
+from mesh.internal.v1 import (
+    events_pb2,
+    location_ingest_service_pb2,
+    location_ingest_service_pb2_grpc,
+)
 from mesh.settings import Settings
 from tests.support.redis import subscription
 from tests.support.services import running

@@ -19,16 +19,16 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as aioredis
-from nearby.internal.v1 import (
-    events_pb2,
-    location_ingest_service_pb2,
-    location_ingest_service_pb2_grpc,
-)
 from redis.asyncio.cluster import ClusterNode
 
 from location_svc.app import LocationApp
 from mesh import keys
 from mesh.clock import now_ms
+from mesh.internal.v1 import (
+    events_pb2,
+    location_ingest_service_pb2,
+    location_ingest_service_pb2_grpc,
+)
 from mesh.redis import RedisEngine
 from mesh.settings import Settings
 from presence_svc.sweeper import Sweeper

@@ -9,16 +9,16 @@ from typing import Any
 
 import grpc
 import pytest
-from nearby.internal.v1 import (
+
+from location_svc.app import LocationApp
+from mesh import keys
+from mesh.internal.v1 import (
     events_pb2,
     location_ingest_service_pb2,
     location_ingest_service_pb2_grpc,
     presence_query_service_pb2,
     presence_query_service_pb2_grpc,
 )
-
-from location_svc.app import LocationApp
-from mesh import keys
 from mesh.redis import RedisEngine
 from mesh.settings import Settings
 from presence_svc.app import PresenceApp

@@ -9,15 +9,15 @@ from typing import Any
 
 import grpc
 import pytest
-from nearby.internal.v1 import (
-    events_pb2,
-    location_ingest_service_pb2,
-    location_ingest_service_pb2_grpc,
-)
 from nearby.v1 import presence_service_pb2, presence_service_pb2_grpc
 
 from location_svc.app import LocationApp
 from mesh import keys
+from mesh.internal.v1 import (
+    events_pb2,
+    location_ingest_service_pb2,
+    location_ingest_service_pb2_grpc,
+)
 from mesh.settings import Settings
 from presence_svc.app import PresenceApp
 from tests.support.redis import subscription

@@ -15,17 +15,17 @@ import grpc
 import psycopg
 import pytest
 import redis.asyncio as aioredis
-from nearby.internal.v1 import (
-    events_pb2,
-    location_ingest_service_pb2,
-    location_ingest_service_pb2_grpc,
-)
 from prometheus_client import REGISTRY
 from redis.asyncio.cluster import RedisCluster
 
 from location_svc.app import LocationApp
 from mesh import keys, redis_checks
 from mesh.clock import now_ms
+from mesh.internal.v1 import (
+    events_pb2,
+    location_ingest_service_pb2,
+    location_ingest_service_pb2_grpc,
+)
 from mesh.redis import RedisEngine
 from mesh.settings import Settings
 from presence_svc.cache import PresenceCache

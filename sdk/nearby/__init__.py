@@ -9,8 +9,9 @@ Quick start::
         async for event in session:
             print(event, session.nearby)
 
-The generated stubs stay importable as ``nearby.v1`` (public API) and
-``nearby.internal.v1`` (service-to-service API).
+The generated stubs of the public API are importable as ``nearby.v1``. The
+mesh's internal contracts are not part of the SDK: they live server-side, in
+``mesh.internal.v1``.
 """
 
 from nearby.backoff import Backoff, BackoffPolicy

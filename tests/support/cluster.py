@@ -10,12 +10,12 @@ import itertools
 from collections.abc import AsyncIterator, Iterable
 
 import redis.asyncio as aioredis
-from nearby.internal.v1 import events_pb2
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from fanout_svc.hub import Hub, loc_channel
 from fanout_svc.sharded import ShardedSubscriber
+from mesh.internal.v1 import events_pb2
 from stack import infra
 
 

@@ -13,9 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from nearby.internal.v1 import events_pb2
-from nearby.internal.v1 import location_ingest_service_pb2 as li
-from nearby.internal.v1 import location_ingest_service_pb2_grpc as li_grpc
 from nearby.v1 import (
     friend_service_pb2 as fpb,
 )
@@ -42,6 +39,9 @@ from fanout_svc.app import FanoutApp
 from friend_svc.app import FriendApp
 from location_svc.app import LocationApp
 from mesh.geo import EARTH_RADIUS_M
+from mesh.internal.v1 import events_pb2
+from mesh.internal.v1 import location_ingest_service_pb2 as li
+from mesh.internal.v1 import location_ingest_service_pb2_grpc as li_grpc
 from mesh.settings import Settings
 from presence_svc.app import PresenceApp
 from tests.support.services import running

@@ -8,8 +8,8 @@ import time
 from typing import Any
 
 import psycopg
-from nearby.internal.v1 import events_pb2, location_ingest_service_pb2
 
+from mesh.internal.v1 import events_pb2, location_ingest_service_pb2
 from mesh.settings import Settings
 from tests.support.redis import stream_lengths
 

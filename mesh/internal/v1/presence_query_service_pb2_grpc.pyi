@@ -5,7 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from nearby.internal.v1 import presence_query_service_pb2 as _presence_query_service_pb2
+from mesh.internal.v1 import presence_query_service_pb2 as _presence_query_service_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from nearby.internal.v1 import location_ingest_service_pb2 as nearby_dot_internal_dot_v1_dot_location__ingest__service__pb2
+from mesh.internal.v1 import location_ingest_service_pb2 as mesh_dot_internal_dot_v1_dot_location__ingest__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in nearby/internal/v1/location_ingest_service_pb2_grpc.py depends on'
+        + ' but the generated code in mesh/internal/v1/location_ingest_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,14 +37,14 @@ class LocationIngestServiceStub:
             channel: A grpc.Channel.
         """
         self.ReportLocations = channel.unary_unary(
-                '/nearby.internal.v1.LocationIngestService/ReportLocations',
-                request_serializer=nearby_dot_internal_dot_v1_dot_location__ingest__service__pb2.ReportLocationsRequest.SerializeToString,
-                response_deserializer=nearby_dot_internal_dot_v1_dot_location__ingest__service__pb2.ReportLocationsResponse.FromString,
+                '/mesh.internal.v1.LocationIngestService/ReportLocations',
+                request_serializer=mesh_dot_internal_dot_v1_dot_location__ingest__service__pb2.ReportLocationsRequest.SerializeToString,
+                response_deserializer=mesh_dot_internal_dot_v1_dot_location__ingest__service__pb2.ReportLocationsResponse.FromString,
                 _registered_method=True)
         self.BatchGetLocations = channel.unary_unary(
-                '/nearby.internal.v1.LocationIngestService/BatchGetLocations',
-                request_serializer=nearby_dot_internal_dot_v1_dot_location__ingest__service__pb2.BatchGetLocationsRequest.SerializeToString,
-                response_deserializer=nearby_dot_internal_dot_v1_dot_location__ingest__service__pb2.BatchGetLocationsResponse.FromString,
+                '/mesh.internal.v1.LocationIngestService/BatchGetLocations',
+                request_serializer=mesh_dot_internal_dot_v1_dot_location__ingest__service__pb2.BatchGetLocationsRequest.SerializeToString,
+                response_deserializer=mesh_dot_internal_dot_v1_dot_location__ingest__service__pb2.BatchGetLocationsResponse.FromString,
                 _registered_method=True)
 
 
@@ -76,19 +76,19 @@ def add_LocationIngestServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ReportLocations': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportLocations,
-                    request_deserializer=nearby_dot_internal_dot_v1_dot_location__ingest__service__pb2.ReportLocationsRequest.FromString,
-                    response_serializer=nearby_dot_internal_dot_v1_dot_location__ingest__service__pb2.ReportLocationsResponse.SerializeToString,
+                    request_deserializer=mesh_dot_internal_dot_v1_dot_location__ingest__service__pb2.ReportLocationsRequest.FromString,
+                    response_serializer=mesh_dot_internal_dot_v1_dot_location__ingest__service__pb2.ReportLocationsResponse.SerializeToString,
             ),
             'BatchGetLocations': grpc.unary_unary_rpc_method_handler(
                     servicer.BatchGetLocations,
-                    request_deserializer=nearby_dot_internal_dot_v1_dot_location__ingest__service__pb2.BatchGetLocationsRequest.FromString,
-                    response_serializer=nearby_dot_internal_dot_v1_dot_location__ingest__service__pb2.BatchGetLocationsResponse.SerializeToString,
+                    request_deserializer=mesh_dot_internal_dot_v1_dot_location__ingest__service__pb2.BatchGetLocationsRequest.FromString,
+                    response_serializer=mesh_dot_internal_dot_v1_dot_location__ingest__service__pb2.BatchGetLocationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'nearby.internal.v1.LocationIngestService', rpc_method_handlers)
+            'mesh.internal.v1.LocationIngestService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('nearby.internal.v1.LocationIngestService', rpc_method_handlers)
+    server.add_registered_method_handlers('mesh.internal.v1.LocationIngestService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -111,9 +111,9 @@ class LocationIngestService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/nearby.internal.v1.LocationIngestService/ReportLocations',
-            nearby_dot_internal_dot_v1_dot_location__ingest__service__pb2.ReportLocationsRequest.SerializeToString,
-            nearby_dot_internal_dot_v1_dot_location__ingest__service__pb2.ReportLocationsResponse.FromString,
+            '/mesh.internal.v1.LocationIngestService/ReportLocations',
+            mesh_dot_internal_dot_v1_dot_location__ingest__service__pb2.ReportLocationsRequest.SerializeToString,
+            mesh_dot_internal_dot_v1_dot_location__ingest__service__pb2.ReportLocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -138,9 +138,9 @@ class LocationIngestService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/nearby.internal.v1.LocationIngestService/BatchGetLocations',
-            nearby_dot_internal_dot_v1_dot_location__ingest__service__pb2.BatchGetLocationsRequest.SerializeToString,
-            nearby_dot_internal_dot_v1_dot_location__ingest__service__pb2.BatchGetLocationsResponse.FromString,
+            '/mesh.internal.v1.LocationIngestService/BatchGetLocations',
+            mesh_dot_internal_dot_v1_dot_location__ingest__service__pb2.BatchGetLocationsRequest.SerializeToString,
+            mesh_dot_internal_dot_v1_dot_location__ingest__service__pb2.BatchGetLocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

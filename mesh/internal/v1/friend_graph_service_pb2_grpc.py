@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from nearby.internal.v1 import friend_graph_service_pb2 as nearby_dot_internal_dot_v1_dot_friend__graph__service__pb2
+from mesh.internal.v1 import friend_graph_service_pb2 as mesh_dot_internal_dot_v1_dot_friend__graph__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in nearby/internal/v1/friend_graph_service_pb2_grpc.py depends on'
+        + ' but the generated code in mesh/internal/v1/friend_graph_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,9 +37,9 @@ class FriendGraphServiceStub:
             channel: A grpc.Channel.
         """
         self.ListAllFriends = channel.unary_unary(
-                '/nearby.internal.v1.FriendGraphService/ListAllFriends',
-                request_serializer=nearby_dot_internal_dot_v1_dot_friend__graph__service__pb2.ListAllFriendsRequest.SerializeToString,
-                response_deserializer=nearby_dot_internal_dot_v1_dot_friend__graph__service__pb2.ListAllFriendsResponse.FromString,
+                '/mesh.internal.v1.FriendGraphService/ListAllFriends',
+                request_serializer=mesh_dot_internal_dot_v1_dot_friend__graph__service__pb2.ListAllFriendsRequest.SerializeToString,
+                response_deserializer=mesh_dot_internal_dot_v1_dot_friend__graph__service__pb2.ListAllFriendsResponse.FromString,
                 _registered_method=True)
 
 
@@ -60,14 +60,14 @@ def add_FriendGraphServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ListAllFriends': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAllFriends,
-                    request_deserializer=nearby_dot_internal_dot_v1_dot_friend__graph__service__pb2.ListAllFriendsRequest.FromString,
-                    response_serializer=nearby_dot_internal_dot_v1_dot_friend__graph__service__pb2.ListAllFriendsResponse.SerializeToString,
+                    request_deserializer=mesh_dot_internal_dot_v1_dot_friend__graph__service__pb2.ListAllFriendsRequest.FromString,
+                    response_serializer=mesh_dot_internal_dot_v1_dot_friend__graph__service__pb2.ListAllFriendsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'nearby.internal.v1.FriendGraphService', rpc_method_handlers)
+            'mesh.internal.v1.FriendGraphService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('nearby.internal.v1.FriendGraphService', rpc_method_handlers)
+    server.add_registered_method_handlers('mesh.internal.v1.FriendGraphService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -90,9 +90,9 @@ class FriendGraphService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/nearby.internal.v1.FriendGraphService/ListAllFriends',
-            nearby_dot_internal_dot_v1_dot_friend__graph__service__pb2.ListAllFriendsRequest.SerializeToString,
-            nearby_dot_internal_dot_v1_dot_friend__graph__service__pb2.ListAllFriendsResponse.FromString,
+            '/mesh.internal.v1.FriendGraphService/ListAllFriends',
+            mesh_dot_internal_dot_v1_dot_friend__graph__service__pb2.ListAllFriendsRequest.SerializeToString,
+            mesh_dot_internal_dot_v1_dot_friend__graph__service__pb2.ListAllFriendsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,4 +1,4 @@
-from nearby.internal.v1 import events_pb2 as _events_pb2
+from mesh.internal.v1 import events_pb2 as _events_pb2
 from nearby.v1 import location_service_pb2 as _location_service_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor

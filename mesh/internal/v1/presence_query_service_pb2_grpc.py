@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from nearby.internal.v1 import presence_query_service_pb2 as nearby_dot_internal_dot_v1_dot_presence__query__service__pb2
+from mesh.internal.v1 import presence_query_service_pb2 as mesh_dot_internal_dot_v1_dot_presence__query__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in nearby/internal/v1/presence_query_service_pb2_grpc.py depends on'
+        + ' but the generated code in mesh/internal/v1/presence_query_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,9 +37,9 @@ class PresenceQueryServiceStub:
             channel: A grpc.Channel.
         """
         self.BatchGetPresence = channel.unary_unary(
-                '/nearby.internal.v1.PresenceQueryService/BatchGetPresence',
-                request_serializer=nearby_dot_internal_dot_v1_dot_presence__query__service__pb2.BatchGetPresenceRequest.SerializeToString,
-                response_deserializer=nearby_dot_internal_dot_v1_dot_presence__query__service__pb2.BatchGetPresenceResponse.FromString,
+                '/mesh.internal.v1.PresenceQueryService/BatchGetPresence',
+                request_serializer=mesh_dot_internal_dot_v1_dot_presence__query__service__pb2.BatchGetPresenceRequest.SerializeToString,
+                response_deserializer=mesh_dot_internal_dot_v1_dot_presence__query__service__pb2.BatchGetPresenceResponse.FromString,
                 _registered_method=True)
 
 
@@ -60,14 +60,14 @@ def add_PresenceQueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'BatchGetPresence': grpc.unary_unary_rpc_method_handler(
                     servicer.BatchGetPresence,
-                    request_deserializer=nearby_dot_internal_dot_v1_dot_presence__query__service__pb2.BatchGetPresenceRequest.FromString,
-                    response_serializer=nearby_dot_internal_dot_v1_dot_presence__query__service__pb2.BatchGetPresenceResponse.SerializeToString,
+                    request_deserializer=mesh_dot_internal_dot_v1_dot_presence__query__service__pb2.BatchGetPresenceRequest.FromString,
+                    response_serializer=mesh_dot_internal_dot_v1_dot_presence__query__service__pb2.BatchGetPresenceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'nearby.internal.v1.PresenceQueryService', rpc_method_handlers)
+            'mesh.internal.v1.PresenceQueryService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('nearby.internal.v1.PresenceQueryService', rpc_method_handlers)
+    server.add_registered_method_handlers('mesh.internal.v1.PresenceQueryService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -90,9 +90,9 @@ class PresenceQueryService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/nearby.internal.v1.PresenceQueryService/BatchGetPresence',
-            nearby_dot_internal_dot_v1_dot_presence__query__service__pb2.BatchGetPresenceRequest.SerializeToString,
-            nearby_dot_internal_dot_v1_dot_presence__query__service__pb2.BatchGetPresenceResponse.FromString,
+            '/mesh.internal.v1.PresenceQueryService/BatchGetPresence',
+            mesh_dot_internal_dot_v1_dot_presence__query__service__pb2.BatchGetPresenceRequest.SerializeToString,
+            mesh_dot_internal_dot_v1_dot_presence__query__service__pb2.BatchGetPresenceResponse.FromString,
             options,
             channel_credentials,
             insecure,
