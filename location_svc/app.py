@@ -40,7 +40,7 @@ class LocationApp(ServiceApp):
         self.pool = await self.open_postgres("location_svc")
         await self.maintain_partitions()
         await ensure_groups(self.redis)
-        self.buffer = HistoryBuffer(self.redis, s.history_buffer_max)
+        self.buffer = HistoryBuffer(self.redis, s.history_buffer_max, pool=self.pool)
         await self.buffer.refresh()
         replicas = s.history_wait_replicas
         if replicas < 0:  # auto: wait for a replica wherever every master has one

@@ -26,9 +26,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+from psycopg_pool import AsyncConnectionPool
 from redis.exceptions import RedisError, ResponseError
 
 from location_svc import metrics, store
+from location_svc.lag import HistoryLag, group_states
 from mesh import keys, resp
 from mesh.redis import RedisEngine, check
 from mesh.server import stop_task
@@ -63,8 +65,15 @@ class HistoryBuffer:
     of traffic.
     """
 
-    def __init__(self, engine: RedisEngine, bound: int, interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        engine: RedisEngine,
+        bound: int,
+        interval_s: float = 1.0,
+        pool: AsyncConnectionPool | None = None,
+    ) -> None:
         self.engine = engine
+        self.lag = HistoryLag(engine, pool)
         self.bound = bound
         self.interval_s = interval_s
         self.length = 0
@@ -76,15 +85,12 @@ class HistoryBuffer:
         self._last_unreplicated_log = 0.0
 
     async def refresh(self) -> None:
-        commands: list[tuple[str, bytes]] = []
-        for stream in keys.history_streams():
-            commands.append((stream, resp.command(b"XLEN", stream)))
-            commands.append((stream, resp.command(b"XRANGE", stream, b"-", b"+", b"COUNT", 1)))
-        res = await self.engine.execute(commands)
+        res = await self.engine.execute(
+            [(stream, resp.command(b"XLEN", stream)) for stream in keys.history_streams()]
+        )
         check(res)
-        self.length = sum(res[0::2])
-        oldest = [int(entries[0][0].split(b"-")[0]) for entries in res[1::2] if entries]
-        metrics.HISTORY_LAG.set(max(0.0, time.time() - min(oldest) / 1000) if oldest else 0.0)
+        self.length = sum(res)
+        metrics.HISTORY_LAG.set(await self.lag.measure())
         metrics.HISTORY_BUFFER.set(self.length)
         metrics.HISTORY_BUFFER_RATIO.set(self.length / self.bound)
         self.accepting = self.length < self.bound
@@ -136,34 +142,8 @@ class HistoryBuffer:
         ids are read in one MULTI, so an entry delivered meanwhile (newer than
         the last-delivered id read) is never trimmed.
         """
-        streams = keys.history_streams()
-        execs = await self.engine.transactions(
-            [
-                (
-                    s,
-                    [
-                        resp.command(b"XINFO", b"GROUPS", s),
-                        resp.command(b"XPENDING", s, keys.HISTORY_GROUP),
-                    ],
-                )
-                for s in streams
-            ]
-        )
         trims: list[tuple[str, bytes]] = []
-        for stream, replies in zip(streams, execs, strict=True):
-            if not isinstance(replies, list) or any(isinstance(r, Exception) for r in replies):
-                continue  # no stream or no group yet
-            groups, pending = replies
-            last = next(
-                (
-                    fields[b"last-delivered-id"]
-                    for fields in (_fields(g) for g in groups)
-                    if fields[b"name"] == keys.HISTORY_GROUP.encode()
-                ),
-                None,
-            )
-            if last is None:
-                continue
+        for stream, last, pending in await group_states(self.engine):
             if pending[0]:
                 min_id = _text(pending[1])
             else:
@@ -182,13 +162,6 @@ class HistoryBuffer:
             except RedisError as exc:
                 log.warning("cannot read the history buffer size: %s", exc)
             await asyncio.sleep(self.interval_s)
-
-
-def _fields(group: Any) -> dict[bytes, Any]:
-    """One group of XINFO GROUPS: a map (RESP3) or a flat list (RESP2)."""
-    if isinstance(group, dict):
-        return group
-    return dict(zip(group[0::2], group[1::2], strict=True))
 
 
 def _text(value: bytes | str) -> str:

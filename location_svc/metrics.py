@@ -34,7 +34,9 @@ HISTORY_BUFFER_RATIO = Gauge(
     "location_history_buffer_ratio", "Buffered history entries / HISTORY_BUFFER_MAX"
 )
 HISTORY_LAG = Gauge(
-    "location_history_lag_seconds", "Age of the oldest history entry not yet in Postgres"
+    "location_history_lag_seconds",
+    "Age of the oldest history entry not yet in Postgres (entries a dead writer "
+    "committed before it could acknowledge them do not count)",
 )
 HISTORY_UNREPLICATED = Counter(
     "location_history_unreplicated_total",

@@ -47,6 +47,18 @@ def encode_row(user_id: str, recorded_at_ms: int, latitude: float, longitude: fl
     )
 
 
+_ROW_USER_LEN = struct.Struct("!i")
+_ROW_AT = struct.Struct("!iq")
+_PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+
+def decode_key(row: bytes) -> tuple[str, dt.datetime]:
+    """The key (user_id, recorded_at) of a row made by `encode_row`."""
+    (n,) = _ROW_USER_LEN.unpack_from(row, 2)
+    _, micros = _ROW_AT.unpack_from(row, 6 + n)
+    return row[6 : 6 + n].decode(), _PG_EPOCH + dt.timedelta(microseconds=micros)
+
+
 def copy_payload(rows: Sequence[bytes]) -> bytes:
     return COPY_SIGNATURE + b"".join(rows) + COPY_TRAILER
 
