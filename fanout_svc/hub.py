@@ -49,6 +49,10 @@ _INBOX = keys.inbox_channel("").encode().partition(b"{")[0]
 CHUNK = 1000
 """Channels per SUBSCRIBE/UNSUBSCRIBE command."""
 FLUSH_DELAY_S = 0.001
+RECONNECT_MAX_S = 1.0
+"""Longest wait between two reconnect attempts of the pub/sub connection (one
+connection per process: trying every second costs nothing, and the streams
+resync sooner once Redis is back)."""
 
 
 class Listener(Protocol):
@@ -306,7 +310,7 @@ class Hub:
                     break
                 except OSError as exc:
                     log.warning("Redis pub/sub reconnect failed: %s", exc)
-                    delay = min(delay * 2, 5.0)
+                    delay = min(delay * 2, RECONNECT_MAX_S)
             self.reconnects += 1
             metrics.HUB_RECONNECTS.inc()
             await self.barrier()

@@ -58,6 +58,10 @@ REPORT_TO_CLIENT = {
 }
 """ReportRejection.field (relative to a LocationReport) -> the client's field."""
 
+RESYNC_BACKOFF_S = (0.25, 0.5, 1.0, 2.0, 4.0)
+"""Waits between the attempts of a resync that fails with UNAVAILABLE (about
+8 s in all, each jittered by ±50 %); then the stream ends (RESYNC_FAILED)."""
+
 
 class Process(Protocol):
     """What a session uses of its process (streams.Streams provides it)."""
@@ -339,20 +343,32 @@ class Session:
         return msg
 
     async def _resync(self) -> None:
-        async with self.process.resync_limit:
-            if self.ending is not None:
-                return
-            self.inbox_backlog = []
-            try:
-                await self._load(first=False)
-            except ServiceError as exc:
-                self.end(
-                    Unavailable(f"resynchronising failed: {exc.message}", reason="RESYNC_FAILED")
-                )
-                return
-            self.direct.append(self._snapshot())
-            metrics.RESYNCS.inc()
-            self.kick()
+        """Re-read everything for a fresh snapshot. A read that fails with
+        UNAVAILABLE (Redis or a service still recovering) is tried again
+        after RESYNC_BACKOFF_S (jittered); the stream ends only when the
+        last attempt fails too."""
+        self.inbox_backlog = []
+        for backoff in (*RESYNC_BACKOFF_S, None):
+            async with self.process.resync_limit:
+                if self.ending is not None:
+                    return
+                try:
+                    await self._load(first=False)
+                except ServiceError as exc:
+                    if backoff is None or exc.code != grpc.StatusCode.UNAVAILABLE:
+                        self.end(
+                            Unavailable(
+                                f"resynchronising failed: {exc.message}", reason="RESYNC_FAILED"
+                            )
+                        )
+                        return
+                    log.info("resync of %s failed (%s); retrying", self.user_id, exc.message)
+                else:
+                    self.direct.append(self._snapshot())
+                    metrics.RESYNCS.inc()
+                    self.kick()
+                    return
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
 
     async def _fetch_friend(self, fid: str) -> None:
         process = self.process

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
@@ -27,6 +28,12 @@ import hiredis
 
 from fanout_svc import metrics
 from mesh.resp import command
+
+log = logging.getLogger("fanout_svc.subscriber")
+
+READY_TIMEOUT_S = 60.0
+"""How long a connection waits for a Redis that is loading its data to be ready."""
+READY_POLL_MAX_S = 0.25
 
 OnMessage = Callable[[bytes, bytes], None]
 """(channel, payload) of a published message."""
@@ -102,6 +109,38 @@ class RespConnection(asyncio.Protocol):
                 auth.insert(0, unquote(u.username).encode())
             await self.call(b"AUTH", *auth)
         await self.call(b"CLIENT", b"SETNAME", name)
+        await self.wait_ready()
+
+    async def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """PING until Redis answers PONG, not `-LOADING`.
+
+        A restarted Redis accepts connections, and even SUBSCRIBE, while it
+        loads its AOF, but answers every read with LOADING: streams that
+        resynchronised then would find no cached location. So the hub
+        subscribes (and its streams resync) only once Redis is ready."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        delay = 0.02
+        logged = False
+        while True:
+            reply = await self._exchange(b"PING")
+            if not isinstance(reply, hiredis.ReplyError):
+                if logged:
+                    log.info("Redis at %s finished loading its data", self.url)
+                return
+            if not str(reply).startswith("LOADING"):
+                self.close()
+                raise OSError(f"Redis at {self.url}: {reply}")
+            if not logged:
+                logged = True
+                log.warning("Redis at %s is loading its data; waiting for it", self.url)
+            if loop.time() + delay > deadline:
+                self.close()
+                raise OSError(
+                    f"Redis at {self.url} is still loading its data after {timeout_s:g} s"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, READY_POLL_MAX_S)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
@@ -113,6 +152,14 @@ class RespConnection(asyncio.Protocol):
 
     async def call(self, *parts: bytes) -> Any:
         """A plain command before subscribing (the reply comes back in order)."""
+        reply = await self._exchange(*parts)
+        if isinstance(reply, BaseException):
+            self.close()
+            raise OSError(f"Redis at {self.url}: {reply}")
+        return reply
+
+    async def _exchange(self, *parts: bytes) -> Any:
+        """Send one command, return its reply (an error reply too)."""
         if self.transport is None:
             raise OSError(f"Redis at {self.url} closed the connection")
         self.transport.write(command(*parts))
@@ -121,9 +168,8 @@ class RespConnection(asyncio.Protocol):
         except TimeoutError as exc:
             self.close()
             raise OSError(f"Redis at {self.url} did not answer {parts[0]!r}") from exc
-        if isinstance(reply, BaseException):
-            self.close()
-            raise OSError(f"Redis at {self.url}: {reply}")
+        if isinstance(reply, ConnectionError):
+            raise OSError(f"Redis at {self.url} closed the connection")
         return reply
 
     def data_received(self, data: bytes) -> None:
@@ -164,12 +210,13 @@ class _Protocol(RespConnection):
         super().__init__(owner.url, owner.connect_timeout_s)
         self.owner = owner
         self.on_message = owner.on_message
+        self.live = False  # set once connected: errors are fatal from then on
 
     def on_reply(self, reply: Any) -> None:
         if type(reply) is list and len(reply) == 3:
             if reply[0] == b"subscribe":
                 self.owner.on_subscribed(reply[1])
-        elif isinstance(reply, hiredis.ReplyError):
+        elif isinstance(reply, hiredis.ReplyError) and self.live:
             self.owner.fail(ConnectionError(f"redis replied with an error: {reply}"))
         else:
             super().on_reply(reply)
@@ -201,13 +248,12 @@ class RedisSubscriber:
         self.on_message, self.on_subscribed = on_message, on_subscribed
         conn = _Protocol(self)
         await conn.open()
+        conn.live = True
         self._conn = conn
         self._on_lost = on_lost
 
     def fail(self, exc: BaseException) -> None:
-        if self._on_lost is None and self._conn is not None:
-            self._conn.on_reply(exc)
-        elif self._conn is not None:
+        if self._conn is not None:
             self._conn.close()
 
     def subscribe_many(self, channels: Sequence[bytes]) -> None:
