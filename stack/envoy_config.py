@@ -105,6 +105,13 @@ class EdgeConfig:
     #: Envoy's read/write buffer per connection, client side and backend side
     #: (Envoy's default is 1 MiB): past it Envoy stops reading from the peer.
     buffer_limit_bytes: int = 64 * 1024
+    #: largest header block (all headers of one call) Envoy accepts, in KiB
+    #: (Envoy's default is 60). Up to it a call reaches its backend, whose gRPC
+    #: answers a block over 16 KiB with RESOURCE_EXHAUSTED; a bigger block gets
+    #: that one stream reset. 64 is also the most one header may hold: Envoy
+    #: ends the whole connection (GOAWAY COMPRESSION_ERROR) on a single header
+    #: over 64 KiB, whatever this limit. docs/edge.md, tests/test_chaos_edge.py
+    max_request_headers_kb: int = 64
     access_log: bool = False
 
 
@@ -202,8 +209,12 @@ def _cluster(
         # eject a host at its first refused connection or reset (a replica that
         # died), not after health-check intervals; a passing health check or
         # the ejection time brings it back
+        # and only then: UNAVAILABLE answers (a Redis or Postgres outage) are
+        # not the host's fault, and ejecting the only host of a service would
+        # answer "no healthy upstream" after the store is back
         "outlier_detection": {
             "split_external_local_origin_errors": True,
+            "enforcing_consecutive_5xx": 0,
             "consecutive_local_origin_failure": 1,
             "enforcing_consecutive_local_origin_failure": 100,
             "interval": "1s",
@@ -329,6 +340,7 @@ def build(cfg: EdgeConfig) -> dict[str, Any]:
         # h2c for gRPC, HTTP/1.1 too for grpc-web from browsers
         "codec_type": "AUTO",
         "stream_idle_timeout": _dur(cfg.stream_idle_timeout_s),
+        "max_request_headers_kb": cfg.max_request_headers_kb,
         "common_http_protocol_options": {"idle_timeout": "3600s"},
         "http2_protocol_options": _http2(cfg),
         "route_config": {

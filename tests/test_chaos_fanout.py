@@ -34,15 +34,15 @@ from typing import Any
 
 import grpc
 import pytest
-from nearby import Event, FriendMoved, NearbyClient, Reconnecting, Snapshot
+from nearby import NearbyClient, Snapshot
 from nearby.v1 import friend_service_pb2 as fpb
 from nearby.v1 import friend_service_pb2_grpc, geo_pb2, location_service_pb2_grpc
 from nearby.v1 import location_service_pb2 as lpb
 
-from mesh.geo import EARTH_RADIUS_M
 from mesh.settings import Settings
 from stack import tokens
 from stack.edge import Envoy
+from tests.support.chaos import Watcher, east, until
 from tests.support.nearby_run import (
     assert_all_gone,
     descendants,
@@ -59,47 +59,8 @@ SNAPSHOT_BOUND_S = 15.0
 seconds of the fault (plus DRAIN_S for a drain). Generous for a loaded 2-core
 machine: measured figures are in docs/operations.md."""
 DRAIN_S = 2.0
-HOME = (52.52, 13.405)
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def east(meters: float) -> tuple[float, float]:
-    lat, lng = HOME
-    return lat, lng + math.degrees(meters / (EARTH_RADIUS_M * math.cos(math.radians(lat))))
-
-
-class Watcher:
-    """One SDK session and every event it yielded, with when."""
-
-    def __init__(self, client: NearbyClient, user: str, token: str) -> None:
-        self.user = user
-        self.session = client.connect(*HOME, token=token)
-        self.events: list[tuple[float, Event]] = []
-        self.task = asyncio.create_task(self._consume())
-
-    async def _consume(self) -> None:
-        async for event in self.session:
-            self.events.append((time.monotonic(), event))
-
-    def reconnected_since(self, t: float) -> bool:
-        return any(at >= t and isinstance(e, Reconnecting) for at, e in self.events)
-
-    def fresh_snapshot_at(self, t: float) -> float | None:
-        """When the first snapshot after a reconnect that began at or after `t` came."""
-        broke = next((at for at, e in self.events if at >= t and isinstance(e, Reconnecting)), None)
-        if broke is None:
-            return None
-        return next((at for at, e in self.events if at >= broke and isinstance(e, Snapshot)), None)
-
-    def saw_friend_at(self, meters: float) -> bool:
-        """The friend at `meters`: in a snapshot or as a move (whichever came last)."""
-        for _, e in reversed(self.events):
-            if isinstance(e, FriendMoved):
-                return abs(e.friend.distance_meters - meters) < 5
-            if isinstance(e, Snapshot) and e.friends:
-                return abs(e.friends[0].distance_meters - meters) < 5
-        return False
 
 
 class Chaos:
@@ -202,16 +163,6 @@ class Chaos:
         for c in self.clients:
             await c.close()
         await self.channel.close()
-
-
-async def until(what: str, predicate: Callable[[], object], within_s: float) -> float:
-    """Polls until `predicate()` is truthy; returns when; fails naming `what`."""
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within_s:g} s: {what}")
-        await asyncio.sleep(0.05)
-    return time.monotonic()
 
 
 async def fault(
