@@ -42,7 +42,7 @@ from nearby.v1 import location_service_pb2 as lpb
 from mesh.settings import Settings
 from stack import tokens
 from stack.edge import Envoy
-from tests.support.chaos import Watcher, east, until
+from tests.support.chaos import Watcher, create_users, east, until
 from tests.support.nearby_run import (
     assert_all_gone,
     descendants,
@@ -99,24 +99,7 @@ class Chaos:
 
     async def befriended(self, mover: str, users: list[str]) -> None:
         """Creates `users`, each a friend of `mover`."""
-        friends = friend_service_pb2_grpc.FriendServiceStub(self.channel)
-        limit = asyncio.Semaphore(16)
-
-        async def one(user: str) -> None:
-            async with limit:
-                await self.create(user)
-                await friends.SendFriendRequest(
-                    fpb.SendFriendRequestRequest(to_user_id=mover),
-                    metadata=self.auth(user),
-                    timeout=30,
-                )
-                await friends.AcceptFriendRequest(
-                    fpb.AcceptFriendRequestRequest(from_user_id=user),
-                    metadata=self.auth(mover),
-                    timeout=30,
-                )
-
-        await asyncio.gather(*(one(u) for u in users))
+        await create_users(self.channel, self.auth, users, friend_of=mover)
 
     async def move(self, mover: str, meters: float) -> None:
         lat, lng = east(meters)

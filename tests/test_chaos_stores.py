@@ -49,10 +49,11 @@ from nearby.v1 import friend_service_pb2 as fpb
 from nearby.v1 import friend_service_pb2_grpc, geo_pb2, location_service_pb2_grpc
 from nearby.v1 import location_service_pb2 as lpb
 
+from fanout_svc.subscriber import RedisSubscriber
 from mesh.settings import Settings
 from stack import infra, tokens
 from tests.support.aof_redis import AofRedis
-from tests.support.chaos import Watcher, east, until
+from tests.support.chaos import Watcher, create_users, east, until
 from tests.support.nearby_run import free_block, kill_tree, pid_on_port, run, run_env, stack_args
 
 PG_DOWN_S = float(os.environ.get("NEARBY_CHAOS_PG_DOWN_S", "4"))
@@ -109,30 +110,7 @@ class Stack:
         return int(self.env["LOCATION_PORT"])
 
     async def users(self, names: list[str], friend_of: str | None = None) -> None:
-        friends = friend_service_pb2_grpc.FriendServiceStub(self.channel)
-        limit = asyncio.Semaphore(16)
-
-        async def one(user: str) -> None:
-            async with limit:
-                await friends.CreateUser(
-                    fpb.CreateUserRequest(user_id=user, display_name=user),
-                    metadata=self.auth("ops", admin=True),
-                    timeout=30,
-                )
-                if friend_of is None:
-                    return
-                await friends.SendFriendRequest(
-                    fpb.SendFriendRequestRequest(to_user_id=friend_of),
-                    metadata=self.auth(user),
-                    timeout=30,
-                )
-                await friends.AcceptFriendRequest(
-                    fpb.AcceptFriendRequestRequest(from_user_id=user),
-                    metadata=self.auth(friend_of),
-                    timeout=30,
-                )
-
-        await asyncio.gather(*(one(u) for u in names))
+        await create_users(self.channel, self.auth, names, friend_of)
 
     async def report(self, user: str, meters: float, at_ms: int | None = None) -> Any:
         lat, lng = east(meters)
@@ -473,3 +451,32 @@ async def test_redis_restart_with_aof_under_streams(stack: Stack) -> None:
         f"fresh snapshot after Redis was ready: p50 {statistics.median(delays):.2f} s, "
         f"max {max(delays):.2f} s; 0 streams ended"
     )
+
+
+async def test_the_hub_subscribes_only_once_redis_has_loaded(stack: Stack) -> None:
+    """The pub/sub connection a hub opens to a Redis that is loading its AOF
+    (SUBSCRIBE would be accepted already) is handed over only once PING
+    answers PONG, so the resync that follows finds the cached locations."""
+    await asyncio.to_thread(stack.redis.stop)
+    await asyncio.to_thread(stack.redis.start)
+    assert not await asyncio.to_thread(stack.redis.ready), "no loading to wait for"
+    sub = RedisSubscriber(stack.redis.url)
+
+    async def connect() -> float:
+        await sub.connect(lambda c, d: None, lambda c: None, lambda e: None)
+        return time.monotonic()
+
+    connecting = asyncio.create_task(connect())
+
+    def last_loading() -> float:
+        """When PING last answered LOADING (polling until it answers PONG)."""
+        seen = time.monotonic()
+        while not stack.redis.ready():
+            seen = time.monotonic()
+            time.sleep(0.01)
+        return seen
+
+    loading_until = await asyncio.to_thread(last_loading)
+    connected_at = await asyncio.wait_for(connecting, 30)
+    sub.close()
+    assert connected_at > loading_until, "connected while Redis was still loading"

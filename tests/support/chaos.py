@@ -8,7 +8,10 @@ import math
 import time
 from collections.abc import Callable
 
+import grpc
 from nearby import Event, FriendMoved, NearbyClient, Reconnecting, Snapshot
+from nearby.v1 import friend_service_pb2 as fpb
+from nearby.v1 import friend_service_pb2_grpc
 
 from mesh.geo import EARTH_RADIUS_M
 
@@ -61,3 +64,38 @@ async def until(what: str, predicate: Callable[[], object], within_s: float) -> 
             raise AssertionError(f"not within {within_s:g} s: {what}")
         await asyncio.sleep(0.05)
     return time.monotonic()
+
+
+Auth = Callable[..., tuple[tuple[str, str], ...]]
+"""auth(user, admin=False): the call metadata of a user's token."""
+
+
+async def create_users(
+    channel: grpc.aio.Channel, auth: Auth, users: list[str], friend_of: str | None = None
+) -> None:
+    """Creates `users` through Envoy (as the admin "ops"), each a friend of
+    `friend_of` if given (a request and its acceptance), 16 at a time."""
+    friends = friend_service_pb2_grpc.FriendServiceStub(channel)
+    limit = asyncio.Semaphore(16)
+
+    async def one(user: str) -> None:
+        async with limit:
+            await friends.CreateUser(
+                fpb.CreateUserRequest(user_id=user, display_name=user),
+                metadata=auth("ops", admin=True),
+                timeout=30,
+            )
+            if friend_of is None:
+                return
+            await friends.SendFriendRequest(
+                fpb.SendFriendRequestRequest(to_user_id=friend_of),
+                metadata=auth(user),
+                timeout=30,
+            )
+            await friends.AcceptFriendRequest(
+                fpb.AcceptFriendRequestRequest(from_user_id=user),
+                metadata=auth(friend_of),
+                timeout=30,
+            )
+
+    await asyncio.gather(*(one(u) for u in users))
