@@ -40,6 +40,7 @@ from fanout_svc.subscriber import RedisSubscriber, Subscriber
 from mesh import keys
 from mesh.internal.v1 import events_pb2
 from mesh.settings import Settings
+from mesh.startup import wait_for_store
 
 log = logging.getLogger("fanout_svc.hub")
 
@@ -88,8 +89,11 @@ class Hub:
         self,
         redis_url: str,
         subscriber_factory: Callable[[], Subscriber] | None = None,
+        *,
+        startup_wait_s: float = 0.0,
     ) -> None:
         self._factory = subscriber_factory or (lambda: RedisSubscriber(redis_url))
+        self._startup_wait_s = startup_wait_s
         self._sub: Subscriber | None = None
         # channel -> listeners (a list: most channels have one listener)
         self._listeners: dict[bytes, list[Listener]] = {}
@@ -109,14 +113,16 @@ class Hub:
     def for_settings(cls, settings: Settings) -> Hub:
         """Sharded pub/sub on a Redis Cluster (REDIS_URL = a seed node), else one Redis."""
         url = settings.redis_url
+        wait = settings.startup_wait_s
         if settings.redis_cluster:
-            return cls(url, lambda: ShardedSubscriber(url))
-        return cls(url)
+            return cls(url, lambda: ShardedSubscriber(url), startup_wait_s=wait)
+        return cls(url, startup_wait_s=wait)
 
     # --- lifecycle ------------------------------------------------------
     async def open(self) -> None:
-        """Connect (fails fast when Redis is unreachable) and start supervising."""
-        await self._connect()
+        """Connect and start supervising. An unreachable Redis is waited for
+        up to `startup_wait_s` (STARTUP_WAIT_S), then the OSError is raised."""
+        await wait_for_store("Redis", self._connect, self._startup_wait_s)
         self._task = asyncio.create_task(self._supervise(), name="hub-supervisor")
 
     async def close(self) -> None:

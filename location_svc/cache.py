@@ -20,7 +20,8 @@ from redis.exceptions import ResponseError
 
 from mesh import keys, resp
 from mesh.internal.v1 import events_pb2
-from mesh.redis import RedisEngine, Routed, check, is_unavailable
+from mesh.outages import outage_of
+from mesh.redis import RedisEngine, Routed, check
 
 ACCEPTED = location_service_pb2.REPORT_DISPOSITION_ACCEPTED
 COALESCED = location_service_pb2.REPORT_DISPOSITION_COALESCED
@@ -203,6 +204,6 @@ def _outcome(reply: Any) -> Outcome:
 def _error(reply: Exception) -> Exception:
     """Redis-side failures stay as they are (the caller answers UNAVAILABLE);
     a refused command becomes a ResponseError."""
-    if is_unavailable(reply) or not resp.is_error(reply):
+    if outage_of(reply) is not None or not resp.is_error(reply):
         return reply
     return ResponseError(str(reply))

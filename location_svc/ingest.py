@@ -13,8 +13,7 @@ from mesh.batcher import Batcher
 from mesh.clock import now_ms
 from mesh.errors import Unavailable
 from mesh.fixes import FixRules
-from mesh.outages import RETRY_AFTER_S
-from mesh.redis import is_unavailable
+from mesh.outages import RETRY_AFTER_S, outage_of
 from mesh.settings import Settings
 
 MAX_FLUSHES = 4  # pipelines in flight at once
@@ -90,7 +89,7 @@ class Ingestor:
 def _failure(exc: Exception) -> Exception:
     """What the caller of a failed report gets: UNAVAILABLE when Redis (a node
     of it) was out of reach, else the error itself."""
-    if is_unavailable(exc):
+    if outage_of(exc) is not None:
         return Unavailable(
             f"the location store is unavailable for this report ({exc}): retry",
             reason="REDIS_UNAVAILABLE",

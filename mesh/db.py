@@ -36,11 +36,11 @@ async def open_pool(
         await pool.open(wait=True, timeout=15)
     except Exception as exc:
         await pool.close()
-        raise OSError(f"cannot connect to Postgres at {_redact(url)}: {exc}") from exc
+        raise OSError(f"cannot connect to Postgres at {redact(url)}: {exc}") from exc
     return pool
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     return re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", url)
 
 

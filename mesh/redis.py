@@ -594,14 +594,6 @@ def _raise_failures(results: list[Any]) -> list[Any]:
     return results
 
 
-def is_unavailable(reply: Any) -> bool:
-    """A failure of the Redis side (unreachable, failing over, loading,
-    resharding), not of the command: the caller may retry."""
-    if isinstance(reply, hiredis.ReplyError):
-        return str(reply).split(" ", 1)[0] in ("MOVED", "ASK", *_WAITED)
-    return isinstance(reply, (RedisConnectionError, RedisTimeoutError, OSError))
-
-
 def check(replies: Sequence[Any]) -> None:
     """Raise the first error among replies (as a redis-py exception)."""
     for reply in replies:

@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 from psycopg_pool import AsyncConnectionPool
 
-from mesh import db, logs
+from mesh import db, logs, startup
 from mesh import redis as mesh_redis
 from mesh.interceptor import KernelInterceptor
 from mesh.protos import all_service_names
@@ -90,13 +90,19 @@ class ServiceApp(ABC):
             retry_s=self.settings.redis_retry_s,
         )
         self.resources.push_async_callback(engine.aclose)
-        await engine.open()
+        await startup.wait_for_store("Redis", engine.open, self.settings.startup_wait_s)
         return engine
 
     async def open_postgres(self, package: str | None = None) -> AsyncConnectionPool:
         """An open Postgres pool, closed by close(); with `package`, its
         migrations (`<package>/migrations/NNNN_*.sql`) are applied first."""
-        pool = await db.open_pool(self.settings.database_url, wait_s=self.settings.postgres_wait_s)
+        url = self.settings.database_url
+        await startup.wait_for_store(
+            "Postgres",
+            lambda: startup.probe_postgres(url, db.redact(url)),
+            self.settings.startup_wait_s,
+        )
+        pool = await db.open_pool(url, wait_s=self.settings.postgres_wait_s)
         self.resources.push_async_callback(pool.close)
         if package is not None:
             await db.migrate(pool, package, package)

@@ -55,6 +55,15 @@ class Settings:
             "A call waits this long for a Postgres connection, then answers UNAVAILABLE",
         ),
     )
+    # --- faults: starting while a store is down ------------------------
+    startup_wait_s: float = field(
+        default=30.0,
+        metadata=_env(
+            "STARTUP_WAIT_S",
+            "A service started while Redis or Postgres is unreachable waits this long for it "
+            "(one log line), then exits",
+        ),
+    )
     bind_host: str = field(
         default="127.0.0.1",
         metadata=_env("BIND_HOST", "Interface the backends listen on (loopback by default)"),

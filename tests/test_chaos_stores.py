@@ -402,14 +402,15 @@ async def test_redis_restart_with_aof_under_streams(stack: Stack) -> None:
         assert code == grpc.StatusCode.UNAVAILABLE, code.name
         down_calls = [took]
         await asyncio.to_thread(stack.redis.start)
+        ready = asyncio.create_task(asyncio.to_thread(stack.redis.wait_ready))
         loading_calls: list[float] = []
-        while not await asyncio.to_thread(stack.redis.ready):
+        while not ready.done():
             took, code = await elapsed_error(lambda: stack.report(mover, 1100))
             if code == grpc.StatusCode.OK:
                 break  # it just finished loading
             assert code == grpc.StatusCode.UNAVAILABLE, code.name
             loading_calls.append(took)
-        ready_at = time.monotonic()
+        ready_at = await ready
         assert loading_calls, "Redis did not load long enough to be tested while loading"
 
         def fresh(w: Watcher) -> float | None:
