@@ -11,7 +11,7 @@ PYTHON ?= python3
 help:
 	@echo "make run    - start Redis/Postgres (if needed), the four services and Envoy"
 	@echo "make test   - stubs/protos/envoy checks, ruff, mypy and the test suite"
-	@echo "make chaos  - the chaos tests at full size (CHAOS_SESSIONS=1000 SDK sessions)"
+	@echo "make chaos  - the chaos tests at full size (1000 SDK sessions, 30 s Postgres outage, ...)"
 	@echo "make bench  - the benchmark suite (writes docs/benchmarks.md)"
 	@echo "make proto  - regenerate the Python stubs after editing protos/"
 
@@ -48,10 +48,13 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-# The chaos tests alone, with more sessions than make test gives them (200).
+# The chaos tests alone, at full size: more sessions than make test gives them
+# (200), a 30 s Postgres outage (3 s), 100 streams through a Redis restart (30),
+# 100 frozen HTTP/2 clients (10).
 CHAOS_SESSIONS ?= 1000
 chaos: $(STAMP)
-	NEARBY_CHAOS_SESSIONS=$(CHAOS_SESSIONS) $(BIN)/pytest -q -s -p no:cacheprovider tests/test_chaos_*.py $(PYTEST_ARGS)
+	NEARBY_CHAOS_SESSIONS=$(CHAOS_SESSIONS) NEARBY_CHAOS_PG_DOWN_S=30 NEARBY_CHAOS_STREAMS=100 \
+	NEARBY_CHAOS_FROZEN=100 $(BIN)/pytest -q -s -p no:cacheprovider tests/test_chaos_*.py $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)

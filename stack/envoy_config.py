@@ -110,7 +110,7 @@ class EdgeConfig:
     #: answers a block over 16 KiB with RESOURCE_EXHAUSTED; a bigger block gets
     #: that one stream reset. 64 is also the most one header may hold: Envoy
     #: ends the whole connection (GOAWAY COMPRESSION_ERROR) on a single header
-    #: over 64 KiB, whatever this limit. docs/edge.md, tests/test_chaos_edge.py
+    #: over 64 KiB, whatever this limit (docs/operations.md, tests/test_chaos_edge.py).
     max_request_headers_kb: int = 64
     access_log: bool = False
 

@@ -85,17 +85,24 @@ async def create_users(
                 metadata=auth("ops", admin=True),
                 timeout=30,
             )
-            if friend_of is None:
-                return
-            await friends.SendFriendRequest(
-                fpb.SendFriendRequestRequest(to_user_id=friend_of),
-                metadata=auth(user),
-                timeout=30,
-            )
-            await friends.AcceptFriendRequest(
-                fpb.AcceptFriendRequestRequest(from_user_id=user),
-                metadata=auth(friend_of),
-                timeout=30,
-            )
 
     await asyncio.gather(*(one(u) for u in users))
+    if friend_of is not None:
+        await befriend(channel, auth, [(u, friend_of) for u in users])
+
+
+async def befriend(channel: grpc.aio.Channel, auth: Auth, pairs: list[tuple[str, str]]) -> None:
+    """Each (a, b): a asks b, b accepts; 16 pairs at a time."""
+    friends = friend_service_pb2_grpc.FriendServiceStub(channel)
+    limit = asyncio.Semaphore(16)
+
+    async def one(a: str, b: str) -> None:
+        async with limit:
+            await friends.SendFriendRequest(
+                fpb.SendFriendRequestRequest(to_user_id=b), metadata=auth(a), timeout=30
+            )
+            await friends.AcceptFriendRequest(
+                fpb.AcceptFriendRequestRequest(from_user_id=a), metadata=auth(b), timeout=30
+            )
+
+    await asyncio.gather(*(one(a, b) for a, b in pairs))

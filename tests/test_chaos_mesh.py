@@ -44,20 +44,33 @@ import grpc
 import psycopg
 import pytest
 from google.protobuf import timestamp_pb2
-from nearby import NearbyClient, Reconnecting, Snapshot
+from nearby import FriendMoved, NearbyClient, Reconnecting, Snapshot
 from nearby.v1 import friend_service_pb2 as fpb
 from nearby.v1 import friend_service_pb2_grpc, geo_pb2, location_service_pb2_grpc
 from nearby.v1 import location_service_pb2 as lpb
 
 from fanout_svc.subscriber import RedisSubscriber
+from mesh.internal.v1 import events_pb2
+from mesh.internal.v1 import location_ingest_service_pb2 as li
+from mesh.internal.v1 import location_ingest_service_pb2_grpc as li_grpc
 from mesh.settings import Settings
 from stack import infra, tokens
 from tests.support.aof_redis import AofRedis
-from tests.support.chaos import Watcher, create_users, east, until
-from tests.support.nearby_run import free_block, kill_tree, pid_on_port, run, run_env, stack_args
+from tests.support.chaos import HOME, Watcher, befriend, create_users, east, until
+from tests.support.fanout import location as first_location
+from tests.support.frozen import FrozenClient
+from tests.support.nearby_run import (
+    children,
+    free_block,
+    kill_tree,
+    pid_on_port,
+    run,
+    run_env,
+    stack_args,
+)
 
-PG_DOWN_S = float(os.environ.get("NEARBY_CHAOS_PG_DOWN_S", "4"))
-STREAMS = int(os.environ.get("NEARBY_CHAOS_STREAMS", "40"))
+PG_DOWN_S = float(os.environ.get("NEARBY_CHAOS_PG_DOWN_S", "3"))
+STREAMS = int(os.environ.get("NEARBY_CHAOS_STREAMS", "30"))
 FAIL_WITHIN_S = 2.0
 """A friend or history call answers UNAVAILABLE this fast while Postgres is down."""
 BACK_WITHIN_S = 5.0
@@ -65,8 +78,24 @@ BACK_WITHIN_S = 5.0
 RESYNC_WITHIN_S = 10.0
 """Every stream has a fresh snapshot this soon after Redis answers PING again."""
 CLAIM_IDLE_S = 3.0
-FILLER_KEYS = 30_000  # at 50 µs each: Redis loads for about 3 s after its restart
+FILLER_KEYS = 20_000  # at 50 µs each: Redis loads for a few seconds after its restart
 REPORTERS = 10
+FROZEN = int(os.environ.get("NEARBY_CHAOS_FROZEN", "10"))
+MOVERS = 10
+ROUND_S = 0.025
+STALL_S = 2.0
+FROZEN_END_S = 60.0
+"""The fan-out ends every frozen stream this soon after it connected: the time
+to fill the edge's buffers at this push rate, FANOUT_STALL_S, the watchdog's tick."""
+IDLE_S = 6.0
+"""STREAM_IDLE_TIMEOUT_S of this stack: Envoy resets a frozen client's stream
+(whose end it cannot deliver: the client's window is full) this long after
+the last byte moved on it (HEARTBEAT_S is 2 s so that live streams are never
+idle that long)."""
+PER_STREAM_MIB = 0.5
+SLACK_MIB = 24.0
+"""Envoy's and the fan-out's RSS grow by less than PER_STREAM_MIB per frozen
+stream plus SLACK_MIB (allocator noise) while the frozen clients are there."""
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -81,6 +110,7 @@ class Stack:
     database_url: str
     channel: grpc.aio.Channel = field(init=False)
     sign: Callable[..., str] = field(init=False)
+    _internal: grpc.aio.Channel | None = None
 
     def __post_init__(self) -> None:
         self.port = int(self.env["CHAOS_ENVOY_PORT"])
@@ -104,6 +134,22 @@ class Stack:
                 if line.startswith(name + " ") or line.startswith(name + "{"):
                     return float(line.rsplit(" ", 1)[1])
         raise LookupError(name)
+
+    @property
+    def internal(self) -> grpc.aio.Channel:
+        """A channel straight to location_svc (its internal ingest service)."""
+        if self._internal is None:
+            self._internal = grpc.aio.insecure_channel(f"127.0.0.1:{self.location_port}")
+        return self._internal
+
+    def stalled(self) -> float:
+        """Streams the fan-out replica ended because their writes stalled."""
+        url = f"http://127.0.0.1:{int(self.env['FANOUT_PORT']) + 1000}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith('nearby_fanout_fell_behind_total{why="stalled"}'):
+                    return float(line.rsplit(" ", 1)[1])
+        return 0.0
 
     @property
     def location_port(self) -> int:
@@ -161,6 +207,9 @@ async def stack(chaos_root: Path) -> AsyncIterator[Stack]:
             MIN_REPORT_INTERVAL_S="0",
             HISTORY_CLAIM_IDLE_S=str(CLAIM_IDLE_S),
             POSTGRES_WAIT_S="1",
+            FANOUT_STALL_S=str(STALL_S),
+            STREAM_IDLE_TIMEOUT_S=str(IDLE_S),
+            HEARTBEAT_S="2",
             LOG_LEVEL="WARNING",
         )
         out = chaos_root / "out.txt"
@@ -170,6 +219,8 @@ async def stack(chaos_root: Path) -> AsyncIterator[Stack]:
         await s.users(["ops"])
         yield s
         await s.channel.close()
+        if s._internal is not None:
+            await s._internal.close()
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 90) == 0, out.read_text()
     finally:
@@ -355,10 +406,16 @@ async def test_location_svc_killed_under_load(stack: Stack) -> None:
             assert time.monotonic() < deadline, "the dead writer's entries were not replayed"
             await asyncio.sleep(0.1)
         replay_after = time.monotonic() - killed_at
-        reclaimed = await asyncio.to_thread(
-            stack.metric, stack.location_port, "location_history_reclaimed_total"
+        # the claim moves them in Redis first; the new process counts them
+        # when its reply arrives
+        await until(
+            f"the new location_svc counts the {held} entries it reclaimed",
+            lambda: (
+                stack.metric(stack.location_port, "location_history_reclaimed_total")
+                >= reclaimed_before + held
+            ),
+            10,
         )
-        assert reclaimed - reclaimed_before >= held
 
         def lag() -> float:
             return stack.metric(stack.location_port, "location_history_lag_seconds")
@@ -481,3 +538,154 @@ async def test_the_hub_subscribes_only_once_redis_has_loaded(stack: Stack) -> No
     connected_at = await asyncio.wait_for(connecting, 30)
     sub.close()
     assert connected_at > loading_until, "connected while Redis was still loading"
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise LookupError(pid)
+
+
+def envoy_pid(launcher: int) -> int:
+    return next(
+        p
+        for p in children(launcher)
+        if b"envoy" in Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0]
+    )
+
+
+async def test_frozen_clients_through_envoy(stack: Stack) -> None:
+    """`FROZEN` raw HTTP/2 clients that never grant flow-control credit, each
+    a friend of `MOVERS` users who move every `ROUND_S`, next to one healthy
+    SDK session friend of the same movers: each frozen stream is ended by the
+    fan-out's stall watchdog (FANOUT_STALL_S) once the edge's buffers are
+    full, Envoy's and the fan-out's memory stay bounded, and the healthy
+    session keeps getting every move."""
+    movers = [f"fm{i:02d}-" + "n" * 56 for i in range(MOVERS)]  # 61 characters: long updates
+    frozen_users = [f"fz{i:03d}" for i in range(FROZEN)]
+    healthy = "fhealthy"
+    await stack.users([*movers, *frozen_users, healthy])
+    # each frozen user and the healthy one: a friend of every mover
+    await befriend(
+        stack.channel, stack.auth, [(u, m) for u in [*frozen_users, healthy] for m in movers]
+    )
+    location = li_grpc.LocationIngestServiceStub(stack.internal)
+    rounds: list[float] = []
+
+    async def move_all() -> None:
+        r = len(rounds)
+        lat, lng = east(1000 + 2 * r)
+        now = int(time.time() * 1000)
+        rounds.append(time.monotonic())
+        await location.ReportLocations(
+            li.ReportLocationsRequest(
+                reports=[
+                    li.LocationReport(
+                        user_id=m,
+                        fix=events_pb2.PositionFix(latitude=lat, longitude=lng, recorded_at_ms=now),
+                    )
+                    for m in movers
+                ]
+            ),
+            timeout=10,
+        )
+
+    client = NearbyClient(f"127.0.0.1:{stack.port}", secure=False)
+    watcher = Watcher(client, healthy, stack.sign(healthy))
+    fanout_port = int(stack.env["FANOUT_PORT"])
+    fanout = await asyncio.to_thread(pid_on_port, stack.proc.pid, fanout_port)
+    envoy = await asyncio.to_thread(envoy_pid, stack.proc.pid)
+    frozen = [FrozenClient(stack.port, stack.sign(u), first_location(*HOME)) for u in frozen_users]
+    try:
+        await move_all()
+        await until("the healthy session has its snapshot", lambda: watcher.saw_friend_at(1000), 30)
+        for _ in range(20):
+            await move_all()
+            await asyncio.sleep(ROUND_S)
+        before_rounds = len(rounds)
+        rss_before = (rss_mib(envoy), rss_mib(fanout))
+        stalled_before = await asyncio.to_thread(stack.stalled)
+        for f in frozen:
+            await f.open()
+        opened_at = time.monotonic()
+        peak = list(rss_before)
+
+        async def flood_until(what: str, done: Callable[[], bool], within_s: float) -> float:
+            deadline = time.monotonic() + within_s
+            while not done():
+                assert time.monotonic() < deadline, f"not within {within_s:g} s: {what}"
+                await move_all()
+                peak[:] = [max(peak[0], rss_mib(envoy)), max(peak[1], rss_mib(fanout))]
+                await asyncio.sleep(ROUND_S)
+            return time.monotonic()
+
+        fanout_done = await flood_until(
+            "the fan-out ends every frozen stream",
+            lambda: stack.stalled() - stalled_before >= FROZEN,
+            FROZEN_END_S,
+        )
+        edge_done = await flood_until(
+            "Envoy ends every frozen client's stream",
+            lambda: all(f.ended_at is not None for f in frozen),
+            IDLE_S + 10,
+        )
+        during_rounds = len(rounds)
+        ended = sorted((f.ended_at or 0.0) - fanout_done for f in frozen)
+        hows = {f.how for f in frozen}
+        for _ in range(5):
+            await move_all()
+            await asyncio.sleep(ROUND_S)
+        await until(
+            "the healthy session sees the last move",
+            lambda: watcher.saw_friend_at(1000 + 2 * (len(rounds) - 1)),
+            10,
+        )
+        assert not watcher.task.done(), "the healthy session ended"
+        lat_before = latencies(watcher, rounds, 1, before_rounds)
+        lat_during = latencies(watcher, rounds, before_rounds, during_rounds)
+    finally:
+        for f in frozen:
+            await f.close()
+        watcher.task.cancel()
+        await asyncio.gather(watcher.task, return_exceptions=True)
+        await client.close()
+    await asyncio.sleep(2.0)
+    rss_after = (rss_mib(envoy), rss_mib(fanout))
+    growth = (peak[0] - rss_before[0], peak[1] - rss_before[1])
+    assert growth[0] < FROZEN * PER_STREAM_MIB + SLACK_MIB, f"Envoy grew {growth[0]:.1f} MiB"
+    assert growth[1] < FROZEN * PER_STREAM_MIB + SLACK_MIB, f"the fan-out grew {growth[1]:.1f} MiB"
+    assert statistics.median(lat_during) < 1.0, "the healthy session's moves came late"
+    print(
+        f"\n{FROZEN} frozen HTTP/2 clients through Envoy ({MOVERS} movers every {ROUND_S:g} s): "
+        f"the fan-out ended all {fanout_done - opened_at:.1f} s after they connected "
+        f"(FANOUT_STALL_S {STALL_S:g}), Envoy their streams ({', '.join(sorted(hows))}) "
+        f"{edge_done - fanout_done:.1f} s after that (STREAM_IDLE_TIMEOUT_S {IDLE_S:g}; "
+        f"per client p50 {statistics.median(ended):.1f} s); received per client "
+        f"max {max(f.received for f in frozen)} bytes; "
+        f"RSS Envoy {rss_before[0]:.0f} -> peak {peak[0]:.0f} -> {rss_after[0]:.0f} MiB, "
+        f"fan-out {rss_before[1]:.0f} -> peak {peak[1]:.0f} -> {rss_after[1]:.0f} MiB; "
+        f"healthy session push latency p50 {statistics.median(lat_before) * 1000:.0f} ms before, "
+        f"{statistics.median(lat_during) * 1000:.0f} ms during"
+    )
+
+
+def latencies(w: Watcher, rounds: list[float], first: int, last: int) -> list[float]:
+    """From each round's send to the healthy session's FriendMoved at its distance."""
+    out = []
+    for r in range(first, last):
+        meters = 1000 + 2 * r
+        at = next(
+            (
+                t
+                for t, e in w.events
+                if t >= rounds[r]
+                and isinstance(e, FriendMoved)
+                and abs(e.friend.distance_meters - meters) < 0.5
+            ),
+            None,
+        )
+        if at is not None:
+            out.append(at - rounds[r])
+    assert out, "the healthy session saw none of these moves"
+    return out
