@@ -13,6 +13,7 @@ log = logging.getLogger("mesh.db")
 
 # Any constant works; it only has to be the same for every replica.
 _MIGRATION_LOCK = 0x6E656172  # "near"
+RECONNECT_TIMEOUT_S = 2.0
 _MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
@@ -30,6 +31,11 @@ async def open_pool(
         min_size=min_size,
         max_size=max_size,
         timeout=wait_s,
+        # psycopg_pool retries a failed connection with a doubling delay
+        # until this timeout (default 5 min): after a 30 s outage its next
+        # attempt could come 30 s after Postgres is back. Given up sooner, a
+        # new attempt starts with the next call that finds the pool short.
+        reconnect_timeout=RECONNECT_TIMEOUT_S,
         open=False,
     )
     try:
