@@ -221,8 +221,8 @@ async def stack(chaos_root: Path) -> AsyncIterator[Stack]:
         await s.channel.close()
         if s._internal is not None:
             await s._internal.close()
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(proc.wait, 90) == 0, out.read_text()
+        # killed, not stopped: the graceful stop is tested elsewhere
+        # (test_edge_run.py), and it takes seconds
     finally:
         if proc is not None:
             kill_tree(proc)
