@@ -43,9 +43,11 @@ class Eraser:
         async with self.pool.connection() as conn, conn.transaction():
             await store.lock_shard(conn, shard, shared=False)
             buffered = await self._purge_buffer(shard, user_id, start, end)
-            stored = await store.delete_rows(conn, user_id, start, end)
-        metrics.HISTORY_ERASED.inc(buffered + stored)
-        return buffered + stored
+            stored = await store.delete_rows(conn, user_id, start, end, buffered)
+        # a location counts once, whether it was buffered, stored, or both
+        deleted = len(buffered) + stored
+        metrics.HISTORY_ERASED.inc(deleted)
+        return deleted
 
     async def delete_user(self, user_id: str) -> int:
         """Everything location_svc keeps about a user: history, the cached
@@ -60,32 +62,36 @@ class Eraser:
 
     async def _purge_buffer(
         self, shard: int, user_id: str, start: dt.datetime | None, end: dt.datetime | None
-    ) -> int:
+    ) -> list[int]:
         """Bump the shard's deletion counter, then XDEL the user's matching
-        entries (the buffer is small: trimmed every second while Postgres is up)."""
+        entries (the buffer is small: trimmed every second while Postgres is
+        up); the times (µs since 2000) of the entries deleted."""
         stream, counter = keys.history_stream(shard), keys.history_deletes(shard)
         check(await self.engine.execute([(counter, resp.command(b"INCR", counter))]))
         uid = user_id.encode()
         lo = store.pg_us(start) if start is not None else None
         hi = store.pg_us(end) if end is not None else None
         cursor: bytes = b"-"
-        deleted = 0
+        deleted: list[int] = []
         while True:
             (page,) = await self.engine.execute(
                 [(stream, resp.command(b"XRANGE", stream, cursor, b"+", b"COUNT", _PAGE))]
             )
             check([page])
-            doomed = []
+            doomed: list[bytes] = []
+            times: list[int] = []
             for entry_id, fields in page:
                 if not fields or fields[0] != keys.HISTORY_ROW:
                     continue
                 owner, us = store.row_key(fields[1])
                 if owner == uid and (lo is None or us >= lo) and (hi is None or us < hi):
                     doomed.append(entry_id)
+                    times.append(us)
             if doomed:
                 (n,) = await self.engine.execute([(stream, resp.command(b"XDEL", stream, *doomed))])
                 check([n])
-                deleted += int(n)
+                # one trimmed meanwhile was stored: it still counts once
+                deleted += times
             if len(page) < _PAGE:
                 return deleted
             cursor = b"(" + page[-1][0]

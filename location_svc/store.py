@@ -144,8 +144,11 @@ async def delete_rows(
     user_id: str,
     start: dt.datetime | None,
     end: dt.datetime | None,
+    buffered: Sequence[int] = (),
 ) -> int:
-    """Delete a user's stored rows with recorded_at in [start, end); how many."""
+    """Delete a user's stored rows with recorded_at in [start, end); how many
+    of them were not among `buffered` (times in µs since 2000 of entries just
+    deleted from the buffer, which may have been stored already)."""
     conds = [sql.SQL("user_id = %s")]
     params: list[object] = [user_id]
     if start is not None:
@@ -154,11 +157,16 @@ async def delete_rows(
     if end is not None:
         conds.append(sql.SQL("recorded_at < %s"))
         params.append(end)
+    params.append([_PG_EPOCH + dt.timedelta(microseconds=us) for us in buffered])
     cur = await conn.execute(
-        sql.SQL("DELETE FROM location_history WHERE {}").format(sql.SQL(" AND ").join(conds)),
+        sql.SQL(
+            "WITH d AS (DELETE FROM location_history WHERE {} RETURNING recorded_at) "
+            "SELECT count(*) FILTER (WHERE NOT recorded_at = ANY(%s::timestamptz[])) FROM d"
+        ).format(sql.SQL(" AND ").join(conds)),
         params,
     )
-    return max(cur.rowcount, 0)
+    row = await cur.fetchone()
+    return int(row[0]) if row is not None else 0
 
 
 @dataclass(frozen=True, slots=True)
