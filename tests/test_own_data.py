@@ -246,10 +246,10 @@ async def test_deleting_an_account_leaves_nothing_and_ends_its_streams(
         # alice deletes herself (one more report first: maybe still buffered);
         # an admin deletes gina.
         await api.report(alice, offset(*here, 100), 9)
-        resp = await delete_user(U(), metadata=api.md(alice))
-        assert resp.user_id == alice
-        resp = await delete_user(U(user_id=gina), metadata=api.md("ops", admin=True))
-        assert resp.user_id == gina
+        deleted = await delete_user(U(), metadata=api.md(alice))
+        assert deleted.user_id == alice
+        deleted = await delete_user(U(user_id=gina), metadata=api.md("ops", admin=True))
+        assert deleted.user_id == gina
 
         # Her stream ends with a clear status; bob's drops her.
         await asyncio.wait_for(alices.done.wait(), 10)
