@@ -10,6 +10,8 @@ finished by a retry, or by friend_svc itself.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
@@ -123,6 +125,30 @@ async def stack(engine_settings: Settings) -> AsyncIterator[EdgeStack]:
     s = fast_settings(engine_settings, nearby_page_size=1)
     async with edge_stack(s) as st:
         yield st
+
+
+def iso(i: int) -> str:
+    return ts(i).ToDatetime(dt.UTC).isoformat()
+
+
+async def cli(stack: EdgeStack, *args: str, user: str) -> str:
+    """`nearby forget ARGS` as `user`, against the stack's Envoy; its output."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "stack.cli",
+        "forget",
+        *args,
+        "--token",
+        stack.token(user),
+        "--target",
+        stack.envoy_addr,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return out.decode().strip()
 
 
 async def drained(target: RedisTarget) -> None:
@@ -242,6 +268,9 @@ async def test_deleting_an_account_leaves_nothing_and_ends_its_streams(
         resp = await delete_history(H(end_time=ts(1)), metadata=api.md(frank))
         assert resp.deleted_count == 1
         assert await api.history(frank) == [1, 5, 6, 7]
+        out = await cli(stack, "history", "--since", iso(6), "--until", iso(7), user=frank)
+        assert out == "deleted 1 location(s) from the history"
+        assert await api.history(frank) == [1, 5, 7]
 
         # alice deletes herself (one more report first: maybe still buffered);
         # an admin deletes gina.
