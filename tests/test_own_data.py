@@ -36,9 +36,13 @@ from friend_svc.app import FriendApp
 from location_svc.app import LocationApp
 from mesh import keys
 from mesh.clock import now_ms
+from mesh.internal.v1 import user_data_service_pb2 as ud
 from mesh.server import Runner
 from mesh.settings import Settings
 from presence_svc.app import PresenceApp
+from presence_svc.flags import FlagSync
+from presence_svc.service import UserDataServicer
+from presence_svc.store import VisibilityStore
 from stack import infra
 from tests.support.edge_stack import EdgeStack, edge_stack
 from tests.support.fanout import ORIGIN, Stream, fast_settings, offset, until, who
@@ -407,3 +411,37 @@ async def test_a_deletion_that_failed_part_way_is_finished_by_a_retry_or_by_itse
             finally:
                 await presence.stop()
             assert (await traces(s.database_url, target, ben))[0].keys() == {"users"}
+
+
+async def test_a_ghost_flag_reload_racing_a_deletion_does_not_bring_the_flag_back(
+    settings: Settings,
+) -> None:
+    """presence_svc reloads the ghost-mode flags from Postgres (at start, or
+    after Redis lost them); a user deleted between its read and its writes
+    must not get their flag back."""
+    user = f"hid-{uuid.uuid4().hex[:8]}"
+    app = PresenceApp(settings)
+    async with running(app):
+        await app.store.set_hidden(user, True)
+        await app.cache.hide(user)
+        eraser = UserDataServicer(app.store, app.cache)
+
+        class Racing(VisibilityStore):
+            """Deletes the user right after the reload read the hidden users."""
+
+            raced = False
+
+            async def hidden_users(self) -> list[str]:
+                found = await super().hidden_users()
+                if not self.raced:
+                    self.raced = True
+                    await eraser.DeleteUserData(ud.DeleteUserDataRequest(user_id=user), None)  # type: ignore[arg-type]
+                return found
+
+        await FlagSync(Racing(app.pool), app.cache).reload()
+        assert await traces(
+            settings.database_url, RedisTarget(settings.redis_url, False), user
+        ) == (
+            {},
+            {},
+        )
