@@ -191,6 +191,12 @@ def _fields(group: Any) -> dict[bytes, Any]:
     return dict(zip(group[0::2], group[1::2], strict=True))
 
 
+def _entry_id(value: bytes | str) -> tuple[int, int]:
+    """A stream entry id as numbers (ms, seq), for ordering."""
+    ms, _, seq = _text(value).partition("-")
+    return int(ms), int(seq or 0)
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -414,9 +420,11 @@ class HistoryWriter:
             check([now])
             if now == seen:
                 return rows
-            first, last = found[0][0], found[-1][0]
+            # (a counter that vanished means Redis lost its data: entries not
+            # in the stream any more are not written either, as if deleted)
+            ids = sorted((_entry_id(eid), eid) for eid, _ in found)
             (present,) = await self.engine.execute(
-                [(stream, resp.command("XRANGE", stream, first, last))]
+                [(stream, resp.command("XRANGE", stream, ids[0][1], ids[-1][1]))]
             )
             check([present])
             still = {entry[0] for entry in present}

@@ -125,7 +125,7 @@ class LocationServicer(location_service_pb2_grpc.LocationServiceServicer):
             )
         start = _bound(request, "start_time")
         end = _bound(request, "end_time")
-        if request.all and (start or end):
+        if request.all and (start is not None or end is not None):
             raise invalid_field("all", "set either all or a time range, not both")
         if not request.all and start is None and end is None:
             raise invalid_field(
