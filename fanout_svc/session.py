@@ -35,7 +35,7 @@ from fanout_svc.reports import ReportBatcher
 from fanout_svc.upstream import Upstream
 from fanout_svc.view import FriendView
 from mesh.clock import now_ms
-from mesh.errors import InvalidArgument, ServiceError, Unavailable, invalid_field
+from mesh.errors import InvalidArgument, NotFound, ServiceError, Unavailable, invalid_field
 from mesh.fixes import PUBLIC_FIELDS, FixRules
 from mesh.internal.v1 import events_pb2
 from mesh.internal.v1 import location_ingest_service_pb2 as li
@@ -186,6 +186,10 @@ class Session:
             fid = event.friend_removed.friend_id
             if self.view.remove_friend(fid):
                 self.process.hub.unsubscribe((loc_channel(fid),), self)
+        elif kind == "account_deleted":
+            self.end(
+                NotFound("your account was deleted: this stream ends", reason="ACCOUNT_DELETED")
+            )
 
     def resync(self) -> None:
         if self.ending is not None:

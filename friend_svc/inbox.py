@@ -15,6 +15,8 @@ from redis.exceptions import RedisError
 
 from mesh import keys, resp
 from mesh.clock import now_ms
+from mesh.errors import Unavailable
+from mesh.outages import RETRY_AFTER_S
 from mesh.redis import RedisEngine, check
 
 log = logging.getLogger("friend_svc.inbox")
@@ -47,14 +49,31 @@ class Inbox:
             ]
         )
 
-    async def _publish(self, events: list[tuple[str, bytes]]) -> None:
-        """One round trip per node (the two users' channels may be on two)."""
+    async def account_deleted(self, user_id: str, friend_ids: list[str]) -> None:
+        """The deleted user's streams end; each friend's stream drops the user
+        (UNFRIENDED). Unlike the others this raises UNAVAILABLE when it could
+        not publish: DeleteUser fails and its retry publishes again (a repeat
+        is harmless), so no stream keeps showing a deleted user."""
+        now = now_ms()
+        events = [(fid, keys.friend_removed_event(user_id, now)) for fid in friend_ids]
+        events.append((user_id, keys.account_deleted_event(now)))
+        if not await self._publish(events):
+            raise Unavailable(
+                "could not tell the live streams about the deletion: retry",
+                reason="REDIS_UNAVAILABLE",
+                retry_after_s=RETRY_AFTER_S,
+            )
+
+    async def _publish(self, events: list[tuple[str, bytes]]) -> bool:
+        """One round trip per node (the users' channels may be on several);
+        False when it failed (logged and counted)."""
         commands = [
             (channel, resp.command(self.engine.publish, channel, payload))
             for channel, payload in ((keys.inbox_channel(uid), p) for uid, p in events)
         ]
         try:
             check(await self.engine.execute(commands))
+            return True
         except (RedisError, OSError):
             PUBLISH_FAILURES.inc(len(events))
             log.warning(
@@ -62,3 +81,4 @@ class Inbox:
                 exc_info=True,
                 extra={"users": [user_id for user_id, _ in events]},
             )
+            return False

@@ -11,8 +11,8 @@ from nearby.v1 import friend_service_pb2 as pb2
 from nearby.v1 import friend_service_pb2_grpc as pb2_grpc
 from nearby.v1 import user_pb2
 
-from mesh.errors import InvalidArgument, invalid_field
-from mesh.identity import caller_id, check_user_id, require_admin
+from mesh.errors import InvalidArgument, PermissionDenied, invalid_field
+from mesh.identity import caller_id, check_user_id, is_admin, require_admin
 from mesh.internal.v1 import friend_graph_service_pb2 as graph_pb2
 from mesh.internal.v1 import friend_graph_service_pb2_grpc as graph_grpc
 from mesh.paging import page_size
@@ -20,6 +20,7 @@ from mesh.settings import Settings
 from mesh.types import Context
 
 from . import store as st
+from .erasure import AccountEraser
 from .inbox import Inbox
 from .validation import (
     check_display_name,
@@ -39,8 +40,11 @@ _INCOMING = (
 
 
 class FriendService(pb2_grpc.FriendServiceServicer):
-    def __init__(self, store: st.FriendStore, inbox: Inbox, settings: Settings) -> None:
+    def __init__(
+        self, store: st.FriendStore, inbox: Inbox, settings: Settings, eraser: AccountEraser
+    ) -> None:
         self.store, self.inbox, self.settings = store, inbox, settings
+        self.eraser = eraser
 
     async def CreateUser(
         self, request: pb2.CreateUserRequest, context: Context
@@ -131,6 +135,20 @@ class FriendService(pb2_grpc.FriendServiceServicer):
             friends=[pb2.Friend(user=_user(f.user), friends_since=_ts(f.since)) for f in page],
             next_page_token=friends_token(page[-1].user.user_id) if more else "",
         )
+
+    async def DeleteUser(
+        self, request: pb2.DeleteUserRequest, context: Context
+    ) -> pb2.DeleteUserResponse:
+        me = caller_id(context)
+        user_id = check_user_id(request.user_id, "user_id") if request.user_id else me
+        if user_id != me and not is_admin(context):
+            raise PermissionDenied(
+                "you can only delete your own account (another user's needs a token with "
+                "the admin claim)",
+                reason="NOT_OWNER",
+            )
+        await self.eraser.erase(user_id)
+        return pb2.DeleteUserResponse(user_id=user_id)
 
 
 class FriendGraphService(graph_grpc.FriendGraphServiceServicer):

@@ -55,6 +55,8 @@ RequestPosition = tuple[datetime, str]
 """Keyset position in a request list: (created_at, the other user's id)."""
 
 _USER_COLS = "user_id, display_name, created_at"
+_LIVE = "deleting_since IS NULL"
+"""A user being deleted (migration 0002) is invisible to every call."""
 
 
 def _user(row: Sequence[Any], at: int = 0) -> User:
@@ -96,7 +98,7 @@ class FriendStore:
     async def get_user(self, user_id: str, *, caller: bool = False) -> User:
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                f"SELECT {_USER_COLS} FROM users WHERE user_id = %s", (user_id,)
+                f"SELECT {_USER_COLS} FROM users WHERE user_id = %s AND {_LIVE}", (user_id,)
             )
             row = await cur.fetchone()
         if row is None:
@@ -209,8 +211,8 @@ class FriendStore:
                       f.user_id, f.display_name, f.created_at,
                       t.user_id, t.display_name, t.created_at
                FROM friend_requests r
-               JOIN users f ON f.user_id = r.from_id
-               JOIN users t ON t.user_id = r.to_id
+               JOIN users f ON f.user_id = r.from_id AND f.deleting_since IS NULL
+               JOIN users t ON t.user_id = r.to_id AND t.deleting_since IS NULL
                WHERE r.{own} = %s {keyset}
                ORDER BY r.created_at DESC, r.{other} DESC
                LIMIT %s"""
@@ -250,7 +252,8 @@ class FriendStore:
         params: list[Any] = [user_id] + ([after] if after is not None else []) + [limit + 1]
         query = sql.SQL(
             """SELECT f.created_at, u.user_id, u.display_name, u.created_at
-               FROM friendships f JOIN users u ON u.user_id = f.friend_id
+               FROM friendships f
+               JOIN users u ON u.user_id = f.friend_id AND u.deleting_since IS NULL
                WHERE f.user_id = %s {keyset}
                ORDER BY f.friend_id
                LIMIT %s"""
@@ -268,7 +271,8 @@ class FriendStore:
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 """SELECT u.user_id, u.display_name, u.created_at
-                   FROM friendships f JOIN users u ON u.user_id = f.friend_id
+                   FROM friendships f
+                   JOIN users u ON u.user_id = f.friend_id AND u.deleting_since IS NULL
                    WHERE f.user_id = %s ORDER BY f.friend_id""",
                 (user_id,),
             )
@@ -277,15 +281,82 @@ class FriendStore:
                 await _require_user(conn, user_id, caller=False)
         return [_user(r) for r in rows]
 
+    # --- account deletion (friend_svc/erasure.py runs the steps) ----------
+
+    async def mark_deleting(self, user_id: str) -> None:
+        """Step 1: the user becomes invisible to every call of this service.
+
+        Waits for transactions that hold the user's row (a friendship being
+        added), so none can complete after this. NOT_FOUND if there is no such
+        user; a user marked already (a retry) stays marked.
+        """
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                """UPDATE users SET deleting_since = coalesce(deleting_since, now())
+                   WHERE user_id = %s RETURNING 1""",
+                (user_id,),
+            )
+            if await cur.fetchone() is None:
+                raise user_not_found(user_id)
+
+    async def friend_ids(self, user_id: str) -> list[str]:
+        """Every friend id of a user, whatever their state."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT friend_id FROM friendships WHERE user_id = %s ORDER BY friend_id",
+                (user_id,),
+            )
+            return [row[0] for row in await cur.fetchall()]
+
+    async def purge_user(self, user_id: str) -> int:
+        """Last step: the user's friendships and requests (both directions)
+        and the user row, in one transaction; rows deleted."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "SELECT 1 FROM users WHERE user_id = %s FOR UPDATE", (user_id,)
+            )
+            if await cur.fetchone() is None:
+                return 0
+            cur = await conn.execute(
+                "DELETE FROM friendships WHERE user_id = %s RETURNING friend_id", (user_id,)
+            )
+            friends = [row[0] for row in await cur.fetchall()]
+            deleted = len(friends)
+            # the reverse rows, by primary key (friend_id alone has no index)
+            cur = await conn.execute(
+                "DELETE FROM friendships WHERE user_id = ANY(%s) AND friend_id = %s",
+                (friends, user_id),
+            )
+            deleted += max(cur.rowcount, 0)
+            cur = await conn.execute(
+                "DELETE FROM friend_requests WHERE from_id = %s OR to_id = %s",
+                (user_id, user_id),
+            )
+            deleted += max(cur.rowcount, 0)
+            cur = await conn.execute("DELETE FROM users WHERE user_id = %s", (user_id,))
+            return deleted + max(cur.rowcount, 0)
+
+    async def unfinished_deletions(self, older_than_s: float) -> list[str]:
+        """Users marked for deletion longer than `older_than_s` ago."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                """SELECT user_id FROM users
+                   WHERE deleting_since < now() - make_interval(secs => %s)
+                   ORDER BY deleting_since LIMIT 100""",
+                (older_than_s,),
+            )
+            return [row[0] for row in await cur.fetchall()]
+
 
 async def _lock_users(conn: AsyncConnection[Any], *, caller: str, other: str) -> dict[str, User]:
-    """Lock both users' rows in id order; NOT_FOUND if either does not exist.
+    """Lock both users' rows in id order; NOT_FOUND if either does not exist
+    (or is being deleted).
 
     FOR NO KEY UPDATE excludes the other transactions of this module but not
     the KEY SHARE locks that foreign-key checks take.
     """
     cur = await conn.execute(
-        f"""SELECT {_USER_COLS} FROM users WHERE user_id = ANY(%s)
+        f"""SELECT {_USER_COLS} FROM users WHERE user_id = ANY(%s) AND {_LIVE}
             ORDER BY user_id FOR NO KEY UPDATE""",
         (sorted({caller, other}),),
     )
@@ -298,7 +369,7 @@ async def _lock_users(conn: AsyncConnection[Any], *, caller: str, other: str) ->
 
 
 async def _require_user(conn: AsyncConnection[Any], user_id: str, *, caller: bool) -> None:
-    cur = await conn.execute("SELECT 1 FROM users WHERE user_id = %s", (user_id,))
+    cur = await conn.execute(f"SELECT 1 FROM users WHERE user_id = %s AND {_LIVE}", (user_id,))
     if await cur.fetchone() is None:
         raise user_not_found(user_id, caller=caller)
 

@@ -12,10 +12,11 @@ from nearby.v1 import location_service_pb2_grpc
 
 from location_svc import store
 from location_svc.cache import LocationCache
+from location_svc.erase import Eraser
 from location_svc.history import HistoryBuffer, HistoryWriter, ensure_groups
 from location_svc.ingest import Ingestor
-from location_svc.service import LocationIngestServicer, LocationServicer
-from mesh.internal.v1 import location_ingest_service_pb2_grpc
+from location_svc.service import LocationIngestServicer, LocationServicer, UserDataServicer
+from mesh.internal.v1 import location_ingest_service_pb2_grpc, user_data_service_pb2_grpc
 from mesh.server import ServiceApp
 from mesh.settings import Settings
 
@@ -27,7 +28,11 @@ MAINTENANCE_INTERVAL_S = 3600.0
 
 class LocationApp(ServiceApp):
     name = "location_svc"
-    services = ("nearby.v1.LocationService", "mesh.internal.v1.LocationIngestService")
+    services = (
+        "nearby.v1.LocationService",
+        "mesh.internal.v1.LocationIngestService",
+        "mesh.internal.v1.UserDataService",
+    )
 
     def __init__(self, settings: Settings, *, history_writer: bool = True) -> None:
         super().__init__(settings)
@@ -85,8 +90,12 @@ class LocationApp(ServiceApp):
                 log.exception("history partition maintenance failed; retrying in an hour")
 
     def register(self, server: grpc.aio.Server) -> None:
+        eraser = Eraser(self.pool, self.redis)
         location_service_pb2_grpc.add_LocationServiceServicer_to_server(
-            LocationServicer(self.ingest, self.pool), server
+            LocationServicer(self.ingest, self.pool, eraser), server
+        )
+        user_data_service_pb2_grpc.add_UserDataServiceServicer_to_server(
+            UserDataServicer(eraser), server
         )
         location_ingest_service_pb2_grpc.add_LocationIngestServiceServicer_to_server(
             LocationIngestServicer(self.ingest, self.cache, self.settings), server

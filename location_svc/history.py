@@ -164,6 +164,12 @@ class HistoryBuffer:
             await asyncio.sleep(self.interval_s)
 
 
+def _entry_id(value: bytes | str) -> tuple[int, int]:
+    """A stream entry id as numbers (ms, seq), for ordering."""
+    ms, _, seq = _text(value).partition("-")
+    return int(ms), int(seq or 0)
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -198,6 +204,9 @@ class HistoryWriter:
         self.consumer = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._tasks: list[asyncio.Task[None]] = []
         self._outage = False
+        streams = keys.history_streams()
+        self._shards = {s: k for k, s in enumerate(streams)}
+        self._deletes = {s: keys.history_deletes(k) for k, s in enumerate(streams)}
 
     async def start(self) -> None:
         await self.engine.open()
@@ -221,6 +230,7 @@ class HistoryWriter:
         next_claim = 0.0
         unacked: list[bytes] = []  # committed, acknowledged with the next read
         held: list[tuple[bytes, Any]] = []  # read, not committed yet: retried first
+        seen: Any = None  # the shard's deletion counter when `held` was read
         try:
             while True:
                 try:
@@ -228,10 +238,10 @@ class HistoryWriter:
                         conn = await self._reclaim(stream, conn)
                         next_claim = time.monotonic() + self.claim_idle_ms / 4000
                     if not held:
-                        held = await self._read(stream, unacked)
+                        held, seen = await self._read(stream, unacked)
                         unacked = []
                     if held:
-                        conn = await self._write(held, conn)
+                        conn = await self._write(stream, held, conn, seen)
                         unacked = [entry_id for entry_id, _ in held]
                         partial = len(held) < self.batch_size
                         held = []
@@ -274,11 +284,14 @@ class HistoryWriter:
                 with contextlib.suppress(psycopg.Error, OSError, TimeoutError):
                     await asyncio.wait_for(conn.close(), STOP_TIMEOUT_S / 2)
 
-    async def _read(self, stream: str, ack: list[bytes]) -> list[tuple[bytes, Any]]:
-        """Acknowledge the last committed batch and read the next, in one round trip."""
+    async def _read(self, stream: str, ack: list[bytes]) -> tuple[list[tuple[bytes, Any]], Any]:
+        """Acknowledge the last committed batch and read the next, in one round
+        trip; also returns the shard's deletion counter, read before the entries."""
         commands = []
         if ack:
             commands.append((stream, resp.command("XACK", stream, keys.HISTORY_GROUP, *ack)))
+        counter = self._deletes[stream]
+        commands.append((counter, resp.command("GET", counter)))
         commands.append(
             (
                 stream,
@@ -299,12 +312,12 @@ class HistoryWriter:
         )
         replies = await self.engine.execute(commands, timeout_s=self.block_ms / 1000 + 10)
         check(replies)
-        res = replies[-1]
+        seen, res = replies[-2], replies[-1]
         if not res:
-            return []
+            return [], seen
         # A map (RESP3) or a list (RESP2) of stream -> [[id, [field, value, ...]], ...].
         streams = res.items() if isinstance(res, dict) else res
-        return [(entry[0], entry[1]) for _, entries in streams for entry in entries]
+        return [(entry[0], entry[1]) for _, entries in streams for entry in entries], seen
 
     async def _ack(self, stream: str, ids: Sequence[bytes]) -> None:
         await self.engine.client.xack(stream, keys.HISTORY_GROUP, *ids)
@@ -318,9 +331,11 @@ class HistoryWriter:
         commit, since their idle time grows while we retry.
         """
         cursor: bytes | str = "0-0"
+        counter = self._deletes[stream]
         while True:
-            (res,) = await self.engine.execute(
+            seen, res = await self.engine.execute(
                 [
+                    (counter, resp.command("GET", counter)),
                     (
                         stream,
                         resp.command(
@@ -333,15 +348,15 @@ class HistoryWriter:
                             "COUNT",
                             self.batch_size,
                         ),
-                    )
+                    ),
                 ]
             )
-            check([res])
+            check([seen, res])
             cursor, entries = res[0], [(e[0], e[1]) for e in res[1]]
             if entries:
                 metrics.HISTORY_RECLAIMED.inc(len(entries))
                 log.info("reclaimed %d history entries from %s", len(entries), stream)
-                conn = await self._write(entries, conn)
+                conn = await self._write(stream, entries, conn, seen)
                 await self._ack(stream, [entry_id for entry_id, _ in entries])
             if cursor in (b"0-0", "0-0"):
                 break
@@ -355,14 +370,45 @@ class HistoryWriter:
                 await self.engine.client.xgroup_delconsumer(stream, keys.HISTORY_GROUP, name)
 
     async def _write(
-        self, entries: Sequence[tuple[bytes, Any]], conn: psycopg.AsyncConnection[Any] | None
+        self,
+        stream: str,
+        entries: Sequence[tuple[bytes, Any]],
+        conn: psycopg.AsyncConnection[Any] | None,
+        seen: Any,
     ) -> psycopg.AsyncConnection[Any]:
-        """Commit the rows of raw stream entries ([b"r", row] fields; None if deleted)."""
-        rows = [fields[1] for _, fields in entries if fields and fields[0] == keys.HISTORY_ROW]
+        """Commit the rows of raw stream entries ([b"r", row] fields; None if deleted).
+
+        `seen` is the shard's deletion counter read before the entries: if it
+        changed by the time the shard's lock is held, a deletion ran
+        meanwhile, and only the entries still in the stream are written.
+        """
+        found = [(eid, f[1]) for eid, f in entries if f and f[0] == keys.HISTORY_ROW]
+        rows = [row for _, row in found]
         if conn is None or conn.closed:
             conn = await psycopg.AsyncConnection.connect(self.database_url, connect_timeout=5)
+
+        async def recheck() -> Sequence[bytes]:
+            counter = self._deletes[stream]
+            (now,) = await self.engine.execute([(counter, resp.command("GET", counter))])
+            check([now])
+            if now == seen:
+                return rows
+            # (a counter that vanished means Redis lost its data: entries not
+            # in the stream any more are not written either, as if deleted)
+            ids = sorted((_entry_id(eid), eid) for eid, _ in found)
+            (present,) = await self.engine.execute(
+                [(stream, resp.command("XRANGE", stream, ids[0][1], ids[-1][1]))]
+            )
+            check([present])
+            still = {entry[0] for entry in present}
+            kept = [row for eid, row in found if eid in still]
+            metrics.HISTORY_SKIPPED.inc(len(rows) - len(kept))
+            return kept
+
         if rows:
-            inserted = await store.write_batch(conn, rows)
+            inserted = await store.write_batch(
+                conn, rows, shard=self._shards[stream], recheck=recheck
+            )
             metrics.HISTORY_ROWS.inc(inserted)
             metrics.HISTORY_BATCHES.labels("copy" if inserted == len(rows) else "merge").inc()
         if self._outage:

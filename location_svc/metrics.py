@@ -43,3 +43,13 @@ HISTORY_UNREPLICATED = Counter(
     "History entries answered before HISTORY_WAIT_REPLICAS replicas confirmed them (WAIT timed "
     "out): they survive a restart of their master (AOF) but not its failover",
 )
+
+# --- deletion of history (DeleteLocationHistory, DeleteUser) ---------------
+HISTORY_ERASED = Counter(
+    "location_history_erased_total",
+    "History locations deleted on request (stored rows and buffered entries)",
+)
+HISTORY_SKIPPED = Counter(
+    "location_history_skipped_total",
+    "Buffered history entries a writer held but did not write: deleted meanwhile",
+)

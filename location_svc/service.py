@@ -11,15 +11,18 @@ from psycopg_pool import AsyncConnectionPool
 
 from location_svc import metrics, store
 from location_svc.cache import LocationCache, Report
+from location_svc.erase import Eraser
 from location_svc.ingest import Ingestor
 from mesh import fixes, paging
 from mesh.clock import now_ms
 from mesh.errors import InvalidArgument, PermissionDenied, invalid_field
-from mesh.identity import USER_ID_RE, caller_id, check_user_ids
+from mesh.identity import USER_ID_RE, caller_id, check_user_id, check_user_ids, is_admin
 from mesh.internal.v1 import (
     events_pb2,
     location_ingest_service_pb2,
     location_ingest_service_pb2_grpc,
+    user_data_service_pb2,
+    user_data_service_pb2_grpc,
 )
 from mesh.settings import Settings
 from mesh.types import Context
@@ -44,9 +47,10 @@ def _timestamp(ms: int) -> timestamp_pb2.Timestamp:
 
 
 class LocationServicer(location_service_pb2_grpc.LocationServiceServicer):
-    def __init__(self, ingest: Ingestor, pool: AsyncConnectionPool) -> None:
+    def __init__(self, ingest: Ingestor, pool: AsyncConnectionPool, eraser: Eraser) -> None:
         self.ingest = ingest
         self.pool = pool
+        self.eraser = eraser
 
     async def ReportLocation(
         self, request: location_service_pb2.ReportLocationRequest, context: Context
@@ -107,6 +111,57 @@ class LocationServicer(location_service_pb2_grpc.LocationServiceServicer):
             loc.position.longitude = row.longitude
             loc.recorded_at.FromDatetime(row.recorded_at)
         return resp
+
+    async def DeleteLocationHistory(
+        self, request: location_service_pb2.DeleteLocationHistoryRequest, context: Context
+    ) -> location_service_pb2.DeleteLocationHistoryResponse:
+        me = caller_id(context)
+        user_id = check_user_id(request.user_id) if request.user_id else me
+        if user_id != me and not is_admin(context):
+            raise PermissionDenied(
+                "you can only delete your own location history (another user's needs a token "
+                "with the admin claim)",
+                reason="NOT_OWNER",
+            )
+        start = _bound(request, "start_time")
+        end = _bound(request, "end_time")
+        if request.all and (start is not None or end is not None):
+            raise invalid_field("all", "set either all or a time range, not both")
+        if not request.all and start is None and end is None:
+            raise invalid_field(
+                "start_time", "set start_time and/or end_time, or all=true to delete everything"
+            )
+        if start is not None and end is not None and end <= start:
+            raise invalid_field("end_time", "must be after start_time")
+        deleted = await self.eraser.delete_history(user_id, start, end)
+        return location_service_pb2.DeleteLocationHistoryResponse(deleted_count=deleted)
+
+
+def _bound(
+    request: location_service_pb2.DeleteLocationHistoryRequest, field: str
+) -> dt.datetime | None:
+    """A Timestamp field of the request as a datetime (None when unset)."""
+    if not request.HasField(field):
+        return None
+    ts: timestamp_pb2.Timestamp = getattr(request, field)
+    try:
+        return ts.ToDatetime(_UTC)
+    except (ValueError, OverflowError) as exc:
+        raise invalid_field(field, "is not a valid timestamp (years 1 to 9999)") from exc
+
+
+class UserDataServicer(user_data_service_pb2_grpc.UserDataServiceServicer):
+    """Internal: friend_svc erases a deleted account's locations."""
+
+    def __init__(self, eraser: Eraser) -> None:
+        self.eraser = eraser
+
+    async def DeleteUserData(
+        self, request: user_data_service_pb2.DeleteUserDataRequest, context: Context
+    ) -> user_data_service_pb2.DeleteUserDataResponse:
+        user_id = check_user_id(request.user_id)
+        deleted = await self.eraser.delete_user(user_id)
+        return user_data_service_pb2.DeleteUserDataResponse(deleted_count=deleted)
 
 
 REPORT_FIELDS = {

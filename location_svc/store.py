@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,9 @@ _PG_EPOCH_MS = 946_684_800_000  # 2000-01-01T00:00:00Z, the zero of timestamptz
 _ROW_HEAD = struct.Struct("!hi").pack  # field count, length of user_id
 _ROW_TAIL = struct.Struct("!iqidid").pack  # recorded_at (µs since 2000), lat, lng
 _COLUMNS = "user_id, recorded_at, latitude, longitude"
+_INT = struct.Struct("!i")
+_INT64 = struct.Struct("!q")
+_PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 
 def encode_row(user_id: str, recorded_at_ms: int, latitude: float, longitude: float) -> bytes:
@@ -63,7 +66,18 @@ def copy_payload(rows: Sequence[bytes]) -> bytes:
     return COPY_SIGNATURE + b"".join(rows) + COPY_TRAILER
 
 
-async def write_batch(conn: psycopg.AsyncConnection[Any], rows: Sequence[bytes]) -> int:
+Recheck = Callable[[], Awaitable[Sequence[bytes]]]
+"""Called inside a writer's transaction, under its shard's lock: the rows of
+the batch that are still to be written (a deletion may have taken some)."""
+
+
+async def write_batch(
+    conn: psycopg.AsyncConnection[Any],
+    rows: Sequence[bytes],
+    *,
+    shard: int | None = None,
+    recheck: Recheck | None = None,
+) -> int:
     """Commit `rows` to location_history exactly once; returns rows inserted.
 
     Fast path: COPY straight into the table, one transaction. A batch
@@ -71,16 +85,35 @@ async def write_batch(conn: psycopg.AsyncConnection[Any], rows: Sequence[bytes])
     the primary key; that transaction is rolled back and the batch goes
     through a staging table and INSERT ... ON CONFLICT DO NOTHING, so a replay
     never creates duplicates.
+
+    With `shard`, each transaction first takes that history shard's lock in
+    shared mode and asks `recheck` which rows are still to be written: a
+    deletion (`delete_rows` under the same lock, exclusive) either finishes
+    before, and the recheck drops what it deleted from the buffer, or starts
+    after the commit and deletes the committed rows.
     """
-    payload = copy_payload(rows)
+
+    async def prepare() -> Sequence[bytes]:
+        if shard is None:
+            return rows
+        await lock_shard(conn, shard, shared=True)
+        return rows if recheck is None else await recheck()
+
     try:
         async with conn.transaction(), conn.cursor() as cur:
+            kept = await prepare()
+            if not kept:
+                return 0
             async with cur.copy(f"COPY {TABLE} ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as cp:
-                await cp.write(payload)
-            return len(rows)
+                await cp.write(copy_payload(kept))
+            return len(kept)
     except psycopg.errors.UniqueViolation:
         pass  # rolled back: go through the staging table
     async with conn.transaction(), conn.cursor() as cur:
+        kept = await prepare()
+        if not kept:
+            return 0
+        payload = copy_payload(kept)
         await cur.execute(
             "CREATE TEMP TABLE IF NOT EXISTS history_staging "
             "(user_id text, recorded_at timestamptz, latitude float8, longitude float8) "
@@ -93,6 +126,59 @@ async def write_batch(conn: psycopg.AsyncConnection[Any], rows: Sequence[bytes])
             "ON CONFLICT (user_id, recorded_at) DO NOTHING"
         )
         return max(cur.rowcount, 0)
+
+
+# --- deletion ----------------------------------------------------------------
+
+_SHARD_LOCK = 0x6C6F6800  # "loh\0" + history shard: writers shared, deletions exclusive
+
+
+async def lock_shard(conn: psycopg.AsyncConnection[Any], shard: int, *, shared: bool) -> None:
+    """The transaction-scoped lock of one history shard (its Redis stream)."""
+    fn = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    await conn.execute(sql.SQL("SELECT {}(%s)").format(sql.Identifier(fn)), (_SHARD_LOCK + shard,))
+
+
+def row_key(row: bytes) -> tuple[bytes, int]:
+    """(user id bytes, recorded_at in µs since 2000) of an `encode_row` tuple."""
+    (n,) = _INT.unpack_from(row, 2)
+    (us,) = _INT64.unpack_from(row, 10 + n)
+    return row[6 : 6 + n], us
+
+
+def pg_us(at: dt.datetime) -> int:
+    """A time as binary COPY holds it: µs since 2000-01-01 UTC."""
+    return (at - _PG_EPOCH) // dt.timedelta(microseconds=1)
+
+
+async def delete_rows(
+    conn: psycopg.AsyncConnection[Any],
+    user_id: str,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+    buffered: Sequence[int] = (),
+) -> int:
+    """Delete a user's stored rows with recorded_at in [start, end); how many
+    of them were not among `buffered` (times in µs since 2000 of entries just
+    deleted from the buffer, which may have been stored already)."""
+    conds = [sql.SQL("user_id = %s")]
+    params: list[object] = [user_id]
+    if start is not None:
+        conds.append(sql.SQL("recorded_at >= %s"))
+        params.append(start)
+    if end is not None:
+        conds.append(sql.SQL("recorded_at < %s"))
+        params.append(end)
+    params.append([_PG_EPOCH + dt.timedelta(microseconds=us) for us in buffered])
+    cur = await conn.execute(
+        sql.SQL(
+            "WITH d AS (DELETE FROM location_history WHERE {} RETURNING recorded_at) "
+            "SELECT count(*) FILTER (WHERE NOT recorded_at = ANY(%s::timestamptz[])) FROM d"
+        ).format(sql.SQL(" AND ").join(conds)),
+        params,
+    )
+    row = await cur.fetchone()
+    return int(row[0]) if row is not None else 0
 
 
 @dataclass(frozen=True, slots=True)

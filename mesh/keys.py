@@ -137,6 +137,14 @@ def history_streams() -> list[str]:
     return [history_stream(k) for k in range(HISTORY_SHARDS)]
 
 
+@functools.cache
+def history_deletes(shard: int) -> str:
+    """Counter of the deletions from history stream `shard` (same slot as the
+    stream): a writer that sees it change while it held entries re-checks
+    that they are still buffered before it commits them."""
+    return f"history-deletes:{{{shard_tag(shard, HISTORY_SHARDS)}}}"
+
+
 HISTORY_GROUP = "history-writers"
 HISTORY_ROW = b"r"
 """The one field of a history stream entry: a binary COPY row."""
@@ -180,6 +188,13 @@ def friend_added_event(friend_id: str, display_name: str, now_ms: int) -> bytes:
 def friend_removed_event(friend_id: str, now_ms: int) -> bytes:
     return events_pb2.InboxEvent(
         friend_removed=events_pb2.FriendRemoved(friend_id=friend_id), published_at_ms=now_ms
+    ).SerializeToString()
+
+
+def account_deleted_event(now_ms: int) -> bytes:
+    """Published on the deleted user's own inbox: their streams end."""
+    return events_pb2.InboxEvent(
+        account_deleted=events_pb2.AccountDeleted(), published_at_ms=now_ms
     ).SerializeToString()
 
 

@@ -5,19 +5,23 @@ from __future__ import annotations
 import grpc
 from nearby.v1 import presence_service_pb2_grpc
 
-from mesh.internal.v1 import presence_query_service_pb2_grpc
+from mesh.internal.v1 import presence_query_service_pb2_grpc, user_data_service_pb2_grpc
 from mesh.server import ServiceApp
 from mesh.settings import Settings
 from presence_svc.cache import PresenceCache
 from presence_svc.flags import CHECK_INTERVAL_S, FlagSync
-from presence_svc.service import PresenceQueryServicer, PresenceServicer
+from presence_svc.service import PresenceQueryServicer, PresenceServicer, UserDataServicer
 from presence_svc.store import VisibilityStore
 from presence_svc.sweeper import Sweeper
 
 
 class PresenceApp(ServiceApp):
     name = "presence_svc"
-    services = ("nearby.v1.PresenceService", "mesh.internal.v1.PresenceQueryService")
+    services = (
+        "nearby.v1.PresenceService",
+        "mesh.internal.v1.PresenceQueryService",
+        "mesh.internal.v1.UserDataService",
+    )
 
     def __init__(
         self, settings: Settings, *, sweeper: bool = True, flag_check_s: float = CHECK_INTERVAL_S
@@ -45,4 +49,7 @@ class PresenceApp(ServiceApp):
         )
         presence_query_service_pb2_grpc.add_PresenceQueryServiceServicer_to_server(
             PresenceQueryServicer(self.cache, self.settings.friend_cap), server
+        )
+        user_data_service_pb2_grpc.add_UserDataServiceServicer_to_server(
+            UserDataServicer(self.store, self.cache), server
         )

@@ -50,6 +50,14 @@ class PresenceCache:
         flag = keys.hidden(user_id)
         check(await self.engine.execute([(flag, resp.command(b"DEL", flag))]))
 
+    async def forget(self, user_id: str) -> int:
+        """Drop the user's flag without an event (account deletion: friends
+        were told by friend_svc); keys deleted."""
+        flag = keys.hidden(user_id)
+        (n,) = await self.engine.execute([(flag, resp.command(b"DEL", flag))])
+        check([n])
+        return int(n)
+
     async def apply_flags(self, hidden: Iterable[str], visible: Iterable[str] = ()) -> None:
         """Mirror flags loaded from Postgres (no events: friends were told
         already); chunks of 1,000, each one round trip per node."""

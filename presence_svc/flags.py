@@ -38,8 +38,11 @@ class FlagSync:
         # A SetVisibility that committed after our read may have been
         # overwritten by the stale value just written: re-apply recent changes.
         changes = await self.store.changed_since(started - _RACE_MARGIN)
+        # A row deleted meanwhile (DeleteUser) is no change: clear its flag too.
+        still = set(await self.store.hidden_users())
         await self.cache.apply_flags(
-            [uid for uid, h in changes if h], [uid for uid, h in changes if not h]
+            [uid for uid, h in changes if h],
+            [uid for uid, h in changes if not h] + [uid for uid in hidden if uid not in still],
         )
         await self.cache.mark_synced()
         metrics.FLAG_RELOADS.inc()

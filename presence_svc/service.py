@@ -6,8 +6,13 @@ from __future__ import annotations
 from nearby.v1 import presence_service_pb2, presence_service_pb2_grpc
 
 from mesh.errors import invalid_field
-from mesh.identity import caller_id, check_user_ids
-from mesh.internal.v1 import presence_query_service_pb2, presence_query_service_pb2_grpc
+from mesh.identity import caller_id, check_user_id, check_user_ids
+from mesh.internal.v1 import (
+    presence_query_service_pb2,
+    presence_query_service_pb2_grpc,
+    user_data_service_pb2,
+    user_data_service_pb2_grpc,
+)
 from mesh.types import Context
 from presence_svc import metrics
 from presence_svc.cache import PresenceCache
@@ -44,6 +49,23 @@ class PresenceServicer(presence_service_pb2_grpc.PresenceServiceServicer):
         user_id = caller_id(context)
         hidden = await self.store.is_hidden(user_id)
         return presence_service_pb2.GetVisibilityResponse(visibility=HIDDEN if hidden else VISIBLE)
+
+
+class UserDataServicer(user_data_service_pb2_grpc.UserDataServiceServicer):
+    """Internal: friend_svc erases a deleted account's ghost-mode setting."""
+
+    def __init__(self, store: VisibilityStore, cache: PresenceCache) -> None:
+        self.store = store
+        self.cache = cache
+
+    async def DeleteUserData(
+        self, request: user_data_service_pb2.DeleteUserDataRequest, context: Context
+    ) -> user_data_service_pb2.DeleteUserDataResponse:
+        user_id = check_user_id(request.user_id)
+        # Postgres first: a flag reload in between cannot bring the flag back.
+        rows = await self.store.delete(user_id)
+        flags = await self.cache.forget(user_id)
+        return user_data_service_pb2.DeleteUserDataResponse(deleted_count=rows + flags)
 
 
 class PresenceQueryServicer(presence_query_service_pb2_grpc.PresenceQueryServiceServicer):

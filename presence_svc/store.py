@@ -28,6 +28,12 @@ class VisibilityStore:
             row = await cur.fetchone()
             return bool(row and row[0])
 
+    async def delete(self, user_id: str) -> int:
+        """Forget the user's setting (account deletion); rows deleted."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("DELETE FROM user_visibility WHERE user_id = %s", (user_id,))
+            return max(cur.rowcount, 0)
+
     async def now(self) -> dt.datetime:
         async with self.pool.connection() as conn:
             cur = await conn.execute("SELECT clock_timestamp()")

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "token": ("stack.tokens", "print a JWT the local Envoy accepts"),
     "watch": ("stack.watch", "show a user's live nearby list in the terminal"),
     "sim": ("bench.sim", "simulate users walking around, through Envoy"),
+    "forget": ("stack.forget", "delete your location history or your account"),
 }
 
 

@@ -339,6 +339,19 @@ class NearbyClient:
             if not token:
                 return
 
+    async def delete_user(self, user_id: str = "", *, token: str | None = None) -> str:
+        """Deletes an account and all its data; empty ``user_id`` means you
+        (another user needs an admin token: this client's or ``token``).
+        Your own open sessions then end with NOT_FOUND. Returns the id."""
+        response = await self._call(
+            self._friends().DeleteUser(
+                friend_service_pb2.DeleteUserRequest(user_id=user_id),
+                metadata=self.metadata(token),
+                timeout=self.timeout,
+            )
+        )
+        return response.user_id
+
     # -- location and visibility --------------------------------------------
 
     async def report_location(
@@ -381,6 +394,30 @@ class NearbyClient:
             token = response.next_page_token
             if not token:
                 return
+
+    async def delete_location_history(
+        self,
+        *,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        all: bool = False,
+        user_id: str = "",
+    ) -> int:
+        """Deletes your location history in [start_time, end_time) (either
+        bound may be left open), or all of it with ``all=True``; returns how
+        many locations were deleted. Another user's (``user_id``) needs an
+        admin token."""
+        stub = location_service_pb2_grpc.LocationServiceStub(self.channel)
+        request = location_service_pb2.DeleteLocationHistoryRequest(
+            user_id=user_id,
+            start_time=_timestamp(start_time),
+            end_time=_timestamp(end_time),
+            all=all,
+        )
+        response = await self._call(
+            stub.DeleteLocationHistory(request, metadata=self.metadata(), timeout=self.timeout)
+        )
+        return response.deleted_count
 
     async def set_visibility(self, visible: bool) -> bool:
         """Shares your location with friends (True) or hides it: ghost mode

@@ -40,14 +40,16 @@ class UserHidden(_message.Message):
     def __init__(self) -> None: ...
 
 class InboxEvent(_message.Message):
-    __slots__ = ("friend_added", "friend_removed", "published_at_ms")
+    __slots__ = ("friend_added", "friend_removed", "account_deleted", "published_at_ms")
     FRIEND_ADDED_FIELD_NUMBER: _ClassVar[int]
     FRIEND_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_DELETED_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     friend_added: FriendAdded
     friend_removed: FriendRemoved
+    account_deleted: AccountDeleted
     published_at_ms: int
-    def __init__(self, friend_added: _Optional[_Union[FriendAdded, _Mapping]] = ..., friend_removed: _Optional[_Union[FriendRemoved, _Mapping]] = ..., published_at_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, friend_added: _Optional[_Union[FriendAdded, _Mapping]] = ..., friend_removed: _Optional[_Union[FriendRemoved, _Mapping]] = ..., account_deleted: _Optional[_Union[AccountDeleted, _Mapping]] = ..., published_at_ms: _Optional[int] = ...) -> None: ...
 
 class FriendAdded(_message.Message):
     __slots__ = ("friend_id", "display_name")
@@ -62,3 +64,7 @@ class FriendRemoved(_message.Message):
     FRIEND_ID_FIELD_NUMBER: _ClassVar[int]
     friend_id: str
     def __init__(self, friend_id: _Optional[str] = ...) -> None: ...
+
+class AccountDeleted(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

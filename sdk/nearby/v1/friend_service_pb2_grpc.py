@@ -78,6 +78,11 @@ class FriendServiceStub:
                 request_serializer=nearby_dot_v1_dot_friend__service__pb2.ListFriendsRequest.SerializeToString,
                 response_deserializer=nearby_dot_v1_dot_friend__service__pb2.ListFriendsResponse.FromString,
                 _registered_method=True)
+        self.DeleteUser = channel.unary_unary(
+                '/nearby.v1.FriendService/DeleteUser',
+                request_serializer=nearby_dot_v1_dot_friend__service__pb2.DeleteUserRequest.SerializeToString,
+                response_deserializer=nearby_dot_v1_dot_friend__service__pb2.DeleteUserResponse.FromString,
+                _registered_method=True)
 
 
 class FriendServiceServicer:
@@ -150,6 +155,22 @@ class FriendServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteUser(self, request, context):
+        """Deletes a user account and everything the server keeps about it: the
+        user, friendships and friend requests (both directions), location
+        history, cached location, presence and ghost-mode settings. The user's
+        live streams end with NOT_FOUND (reason ACCOUNT_DELETED); friends' live
+        streams get FriendGone(UNFRIENDED). The caller may delete themself; an
+        admin may delete anyone. Safe to retry: a call that failed part way
+        (UNAVAILABLE) left the user invisible everywhere, and the retry finishes
+        the deletion.
+        Errors: PERMISSION_DENIED (another user, without the admin claim),
+        NOT_FOUND (no such user, or already deleted), INVALID_ARGUMENT (bad id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FriendServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -192,6 +213,11 @@ def add_FriendServiceServicer_to_server(servicer, server):
                     servicer.ListFriends,
                     request_deserializer=nearby_dot_v1_dot_friend__service__pb2.ListFriendsRequest.FromString,
                     response_serializer=nearby_dot_v1_dot_friend__service__pb2.ListFriendsResponse.SerializeToString,
+            ),
+            'DeleteUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteUser,
+                    request_deserializer=nearby_dot_v1_dot_friend__service__pb2.DeleteUserRequest.FromString,
+                    response_serializer=nearby_dot_v1_dot_friend__service__pb2.DeleteUserResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -414,6 +440,33 @@ class FriendService:
             '/nearby.v1.FriendService/ListFriends',
             nearby_dot_v1_dot_friend__service__pb2.ListFriendsRequest.SerializeToString,
             nearby_dot_v1_dot_friend__service__pb2.ListFriendsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nearby.v1.FriendService/DeleteUser',
+            nearby_dot_v1_dot_friend__service__pb2.DeleteUserRequest.SerializeToString,
+            nearby_dot_v1_dot_friend__service__pb2.DeleteUserResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -63,6 +63,18 @@ class FriendServiceStub:
     """Ends a friendship, in both directions. NOT_FOUND if they are not friends."""
     ListFriends: _grpc.UnaryUnaryMultiCallable[_friend_service_pb2.ListFriendsRequest, _friend_service_pb2.ListFriendsResponse]
     """Lists the caller's friends, ordered by user id."""
+    DeleteUser: _grpc.UnaryUnaryMultiCallable[_friend_service_pb2.DeleteUserRequest, _friend_service_pb2.DeleteUserResponse]
+    """Deletes a user account and everything the server keeps about it: the
+    user, friendships and friend requests (both directions), location
+    history, cached location, presence and ghost-mode settings. The user's
+    live streams end with NOT_FOUND (reason ACCOUNT_DELETED); friends' live
+    streams get FriendGone(UNFRIENDED). The caller may delete themself; an
+    admin may delete anyone. Safe to retry: a call that failed part way
+    (UNAVAILABLE) left the user invisible everywhere, and the retry finishes
+    the deletion.
+    Errors: PERMISSION_DENIED (another user, without the admin claim),
+    NOT_FOUND (no such user, or already deleted), INVALID_ARGUMENT (bad id).
+    """
 
 @_typing.type_check_only
 class FriendServiceAsyncStub(FriendServiceStub):
@@ -99,6 +111,18 @@ class FriendServiceAsyncStub(FriendServiceStub):
     """Ends a friendship, in both directions. NOT_FOUND if they are not friends."""
     ListFriends: _aio.UnaryUnaryMultiCallable[_friend_service_pb2.ListFriendsRequest, _friend_service_pb2.ListFriendsResponse]  # type: ignore[assignment]
     """Lists the caller's friends, ordered by user id."""
+    DeleteUser: _aio.UnaryUnaryMultiCallable[_friend_service_pb2.DeleteUserRequest, _friend_service_pb2.DeleteUserResponse]  # type: ignore[assignment]
+    """Deletes a user account and everything the server keeps about it: the
+    user, friendships and friend requests (both directions), location
+    history, cached location, presence and ghost-mode settings. The user's
+    live streams end with NOT_FOUND (reason ACCOUNT_DELETED); friends' live
+    streams get FriendGone(UNFRIENDED). The caller may delete themself; an
+    admin may delete anyone. Safe to retry: a call that failed part way
+    (UNAVAILABLE) left the user invisible everywhere, and the retry finishes
+    the deletion.
+    Errors: PERMISSION_DENIED (another user, without the admin claim),
+    NOT_FOUND (no such user, or already deleted), INVALID_ARGUMENT (bad id).
+    """
 
 class FriendServiceServicer(metaclass=_abc_1.ABCMeta):
     """Users, friend requests and friendships.
@@ -180,5 +204,23 @@ class FriendServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_friend_service_pb2.ListFriendsResponse, _abc.Awaitable[_friend_service_pb2.ListFriendsResponse]]:
         """Lists the caller's friends, ordered by user id."""
+
+    @_abc_1.abstractmethod
+    def DeleteUser(
+        self,
+        request: _friend_service_pb2.DeleteUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_friend_service_pb2.DeleteUserResponse, _abc.Awaitable[_friend_service_pb2.DeleteUserResponse]]:
+        """Deletes a user account and everything the server keeps about it: the
+        user, friendships and friend requests (both directions), location
+        history, cached location, presence and ghost-mode settings. The user's
+        live streams end with NOT_FOUND (reason ACCOUNT_DELETED); friends' live
+        streams get FriendGone(UNFRIENDED). The caller may delete themself; an
+        admin may delete anyone. Safe to retry: a call that failed part way
+        (UNAVAILABLE) left the user invisible everywhere, and the retry finishes
+        the deletion.
+        Errors: PERMISSION_DENIED (another user, without the admin claim),
+        NOT_FOUND (no such user, or already deleted), INVALID_ARGUMENT (bad id).
+        """
 
 def add_FriendServiceServicer_to_server(servicer: FriendServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

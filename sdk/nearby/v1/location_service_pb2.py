@@ -26,15 +26,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from nearby.v1 import geo_pb2 as nearby_dot_v1_dot_geo__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n nearby/v1/location_service.proto\x12\tnearby.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13nearby/v1/geo.proto\"q\n\x08Location\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12#\n\x08position\x18\x02 \x01(\x0b\x32\x11.nearby.v1.LatLng\x12/\n\x0brecorded_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"m\n\x15ReportLocationRequest\x12#\n\x08position\x18\x01 \x01(\x0b\x32\x11.nearby.v1.LatLng\x12/\n\x0brecorded_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"r\n\x16ReportLocationResponse\x12%\n\x08location\x18\x01 \x01(\x0b\x32\x13.nearby.v1.Location\x12\x31\n\x0b\x64isposition\x18\x02 \x01(\x0e\x32\x1c.nearby.v1.ReportDisposition\"\xb2\x01\n\x1aListLocationHistoryRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"^\n\x1bListLocationHistoryResponse\x12&\n\tlocations\x18\x01 \x03(\x0b\x32\x13.nearby.v1.Location\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x98\x01\n\x11ReportDisposition\x12\"\n\x1eREPORT_DISPOSITION_UNSPECIFIED\x10\x00\x12\x1f\n\x1bREPORT_DISPOSITION_ACCEPTED\x10\x01\x12 \n\x1cREPORT_DISPOSITION_COALESCED\x10\x02\x12\x1c\n\x18REPORT_DISPOSITION_STALE\x10\x03\x32\xce\x01\n\x0fLocationService\x12U\n\x0eReportLocation\x12 .nearby.v1.ReportLocationRequest\x1a!.nearby.v1.ReportLocationResponse\x12\x64\n\x13ListLocationHistory\x12%.nearby.v1.ListLocationHistoryRequest\x1a&.nearby.v1.ListLocationHistoryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n nearby/v1/location_service.proto\x12\tnearby.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13nearby/v1/geo.proto\"q\n\x08Location\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12#\n\x08position\x18\x02 \x01(\x0b\x32\x11.nearby.v1.LatLng\x12/\n\x0brecorded_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"m\n\x15ReportLocationRequest\x12#\n\x08position\x18\x01 \x01(\x0b\x32\x11.nearby.v1.LatLng\x12/\n\x0brecorded_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"r\n\x16ReportLocationResponse\x12%\n\x08location\x18\x01 \x01(\x0b\x32\x13.nearby.v1.Location\x12\x31\n\x0b\x64isposition\x18\x02 \x01(\x0e\x32\x1c.nearby.v1.ReportDisposition\"\xb2\x01\n\x1aListLocationHistoryRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"^\n\x1bListLocationHistoryResponse\x12&\n\tlocations\x18\x01 \x03(\x0b\x32\x13.nearby.v1.Location\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9a\x01\n\x1c\x44\x65leteLocationHistoryRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03\x61ll\x18\x04 \x01(\x08\"6\n\x1d\x44\x65leteLocationHistoryResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\x03*\x98\x01\n\x11ReportDisposition\x12\"\n\x1eREPORT_DISPOSITION_UNSPECIFIED\x10\x00\x12\x1f\n\x1bREPORT_DISPOSITION_ACCEPTED\x10\x01\x12 \n\x1cREPORT_DISPOSITION_COALESCED\x10\x02\x12\x1c\n\x18REPORT_DISPOSITION_STALE\x10\x03\x32\xba\x02\n\x0fLocationService\x12U\n\x0eReportLocation\x12 .nearby.v1.ReportLocationRequest\x1a!.nearby.v1.ReportLocationResponse\x12\x64\n\x13ListLocationHistory\x12%.nearby.v1.ListLocationHistoryRequest\x1a&.nearby.v1.ListLocationHistoryResponse\x12j\n\x15\x44\x65leteLocationHistory\x12\'.nearby.v1.DeleteLocationHistoryRequest\x1a(.nearby.v1.DeleteLocationHistoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nearby.v1.location_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REPORTDISPOSITION']._serialized_start=721
-  _globals['_REPORTDISPOSITION']._serialized_end=873
+  _globals['_REPORTDISPOSITION']._serialized_start=934
+  _globals['_REPORTDISPOSITION']._serialized_end=1086
   _globals['_LOCATION']._serialized_start=101
   _globals['_LOCATION']._serialized_end=214
   _globals['_REPORTLOCATIONREQUEST']._serialized_start=216
@@ -45,6 +45,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTLOCATIONHISTORYREQUEST']._serialized_end=622
   _globals['_LISTLOCATIONHISTORYRESPONSE']._serialized_start=624
   _globals['_LISTLOCATIONHISTORYRESPONSE']._serialized_end=718
-  _globals['_LOCATIONSERVICE']._serialized_start=876
-  _globals['_LOCATIONSERVICE']._serialized_end=1082
+  _globals['_DELETELOCATIONHISTORYREQUEST']._serialized_start=721
+  _globals['_DELETELOCATIONHISTORYREQUEST']._serialized_end=875
+  _globals['_DELETELOCATIONHISTORYRESPONSE']._serialized_start=877
+  _globals['_DELETELOCATIONHISTORYRESPONSE']._serialized_end=931
+  _globals['_LOCATIONSERVICE']._serialized_start=1089
+  _globals['_LOCATIONSERVICE']._serialized_end=1403
 # @@protoc_insertion_point(module_scope)

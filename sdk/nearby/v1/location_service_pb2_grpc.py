@@ -50,6 +50,11 @@ class LocationServiceStub:
                 request_serializer=nearby_dot_v1_dot_location__service__pb2.ListLocationHistoryRequest.SerializeToString,
                 response_deserializer=nearby_dot_v1_dot_location__service__pb2.ListLocationHistoryResponse.FromString,
                 _registered_method=True)
+        self.DeleteLocationHistory = channel.unary_unary(
+                '/nearby.v1.LocationService/DeleteLocationHistory',
+                request_serializer=nearby_dot_v1_dot_location__service__pb2.DeleteLocationHistoryRequest.SerializeToString,
+                response_deserializer=nearby_dot_v1_dot_location__service__pb2.DeleteLocationHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class LocationServiceServicer:
@@ -79,6 +84,19 @@ class LocationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteLocationHistory(self, request, context):
+        """Deletes the caller's location history: a time range of it, or all of it
+        (rows already stored and reports still buffered on their way to the
+        store alike; a buffered report never reappears after this call).
+        An admin may delete another user's history.
+        Errors: INVALID_ARGUMENT (no range and not `all`, a range and `all`,
+        end_time not after start_time, a timestamp out of range),
+        PERMISSION_DENIED (another user's history, without the admin claim).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LocationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -91,6 +109,11 @@ def add_LocationServiceServicer_to_server(servicer, server):
                     servicer.ListLocationHistory,
                     request_deserializer=nearby_dot_v1_dot_location__service__pb2.ListLocationHistoryRequest.FromString,
                     response_serializer=nearby_dot_v1_dot_location__service__pb2.ListLocationHistoryResponse.SerializeToString,
+            ),
+            'DeleteLocationHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteLocationHistory,
+                    request_deserializer=nearby_dot_v1_dot_location__service__pb2.DeleteLocationHistoryRequest.FromString,
+                    response_serializer=nearby_dot_v1_dot_location__service__pb2.DeleteLocationHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -153,6 +176,33 @@ class LocationService:
             '/nearby.v1.LocationService/ListLocationHistory',
             nearby_dot_v1_dot_location__service__pb2.ListLocationHistoryRequest.SerializeToString,
             nearby_dot_v1_dot_location__service__pb2.ListLocationHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteLocationHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nearby.v1.LocationService/DeleteLocationHistory',
+            nearby_dot_v1_dot_location__service__pb2.DeleteLocationHistoryRequest.SerializeToString,
+            nearby_dot_v1_dot_location__service__pb2.DeleteLocationHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

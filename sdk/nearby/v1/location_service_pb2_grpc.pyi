@@ -49,6 +49,15 @@ class LocationServiceStub:
     """Lists the caller's own location history, newest first.
     Errors: PERMISSION_DENIED for another user's history.
     """
+    DeleteLocationHistory: _grpc.UnaryUnaryMultiCallable[_location_service_pb2.DeleteLocationHistoryRequest, _location_service_pb2.DeleteLocationHistoryResponse]
+    """Deletes the caller's location history: a time range of it, or all of it
+    (rows already stored and reports still buffered on their way to the
+    store alike; a buffered report never reappears after this call).
+    An admin may delete another user's history.
+    Errors: INVALID_ARGUMENT (no range and not `all`, a range and `all`,
+    end_time not after start_time, a timestamp out of range),
+    PERMISSION_DENIED (another user's history, without the admin claim).
+    """
 
 @_typing.type_check_only
 class LocationServiceAsyncStub(LocationServiceStub):
@@ -70,6 +79,15 @@ class LocationServiceAsyncStub(LocationServiceStub):
     ListLocationHistory: _aio.UnaryUnaryMultiCallable[_location_service_pb2.ListLocationHistoryRequest, _location_service_pb2.ListLocationHistoryResponse]  # type: ignore[assignment]
     """Lists the caller's own location history, newest first.
     Errors: PERMISSION_DENIED for another user's history.
+    """
+    DeleteLocationHistory: _aio.UnaryUnaryMultiCallable[_location_service_pb2.DeleteLocationHistoryRequest, _location_service_pb2.DeleteLocationHistoryResponse]  # type: ignore[assignment]
+    """Deletes the caller's location history: a time range of it, or all of it
+    (rows already stored and reports still buffered on their way to the
+    store alike; a buffered report never reappears after this call).
+    An admin may delete another user's history.
+    Errors: INVALID_ARGUMENT (no range and not `all`, a range and `all`,
+    end_time not after start_time, a timestamp out of range),
+    PERMISSION_DENIED (another user's history, without the admin claim).
     """
 
 class LocationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -101,6 +119,21 @@ class LocationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_location_service_pb2.ListLocationHistoryResponse, _abc.Awaitable[_location_service_pb2.ListLocationHistoryResponse]]:
         """Lists the caller's own location history, newest first.
         Errors: PERMISSION_DENIED for another user's history.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteLocationHistory(
+        self,
+        request: _location_service_pb2.DeleteLocationHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_location_service_pb2.DeleteLocationHistoryResponse, _abc.Awaitable[_location_service_pb2.DeleteLocationHistoryResponse]]:
+        """Deletes the caller's location history: a time range of it, or all of it
+        (rows already stored and reports still buffered on their way to the
+        store alike; a buffered report never reappears after this call).
+        An admin may delete another user's history.
+        Errors: INVALID_ARGUMENT (no range and not `all`, a range and `all`,
+        end_time not after start_time, a timestamp out of range),
+        PERMISSION_DENIED (another user's history, without the admin claim).
         """
 
 def add_LocationServiceServicer_to_server(servicer: LocationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
