@@ -37,7 +37,7 @@ from nearby.v1 import nearby_service_pb2 as nearby_pb
 from fanout_svc import metrics
 from fanout_svc.sharded import ShardedSubscriber
 from fanout_svc.subscriber import RedisSubscriber, Subscriber
-from mesh import keys
+from mesh import keys, tracing
 from mesh.internal.v1 import events_pb2
 from mesh.settings import Settings
 
@@ -100,6 +100,7 @@ class Hub:
         self._lost: asyncio.Future[None] | None = None
         self._closing = False
         self.reconnects = 0
+        self.traced = False  # set by open(): tracing starts after the app is made
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Hub:
@@ -112,6 +113,7 @@ class Hub:
     # --- lifecycle ------------------------------------------------------
     async def open(self) -> None:
         """Connect (fails fast when Redis is unreachable) and start supervising."""
+        self.traced = tracing.TRACER is not None
         await self._connect()
         self._task = asyncio.create_task(self._supervise(), name="hub-supervisor")
 
@@ -247,6 +249,8 @@ class Hub:
                     )
                     for s in tuple(ls) if len(ls) > 1 else ls:
                         s.on_moved(uid, lat, lng, t_ms, pub_ms)
+                    if self.traced and ev.traceparent:
+                        self._traced(ls, uid, ev.traceparent, pub_ms)
                 elif kind == "offline" or kind == "hidden":
                     reason = GONE_OFFLINE if kind == "offline" else GONE_HIDDEN
                     for s in tuple(ls):
@@ -259,6 +263,13 @@ class Hub:
             log.warning("undecodable payload on %r", channel)
         except Exception:
             log.exception("listener failed on %r", channel)
+
+    def _traced(self, ls: Sequence[Listener], uid: str, tp: str, pub_ms: int) -> None:
+        """A traced update was dispatched: listeners that trace pushes note it."""
+        for s in tuple(ls):
+            note = getattr(s, "on_traced", None)
+            if note is not None:
+                note(uid, tp, pub_ms)
 
     # --- connection -----------------------------------------------------
     def _all_barrier_futures(self) -> list[asyncio.Future[None]]:

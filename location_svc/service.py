@@ -12,7 +12,7 @@ from psycopg_pool import AsyncConnectionPool
 from location_svc import metrics, store
 from location_svc.cache import LocationCache, Report
 from location_svc.ingest import Ingestor
-from mesh import fixes, paging
+from mesh import fixes, paging, tracing
 from mesh.clock import now_ms
 from mesh.errors import InvalidArgument, PermissionDenied, invalid_field
 from mesh.identity import USER_ID_RE, caller_id, check_user_ids
@@ -63,7 +63,9 @@ class LocationServicer(location_service_pb2_grpc.LocationServiceServicer):
         except InvalidArgument:
             metrics.INVALID.inc()
             raise
-        report = Report(user_id, lat, lng, now if recorded is None else recorded)
+        report = Report(
+            user_id, lat, lng, now if recorded is None else recorded, tracing.current_traceparent()
+        )
         (disposition,) = await self.ingest.record([report])
         return location_service_pb2.ReportLocationResponse(
             location=location_service_pb2.Location(
@@ -155,7 +157,11 @@ class LocationIngestServicer(location_ingest_service_pb2_grpc.LocationIngestServ
                 continue
             valid.append(
                 Report(
-                    item.user_id, fix.latitude, fix.longitude, now if recorded is None else recorded
+                    item.user_id,
+                    fix.latitude,
+                    fix.longitude,
+                    now if recorded is None else recorded,
+                    item.traceparent,
                 )
             )
             slots.append(result)
