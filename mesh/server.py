@@ -183,7 +183,11 @@ def main(app_factory: Callable[[Settings], ServiceApp], port_of: Callable[[Setti
     settings = Settings.from_env()
     app = app_factory(settings)
     logs.setup(app.name, settings.log_level)
-    tracing.setup(app.name, settings)
+    try:
+        tracing.setup(app.name, settings)
+    except ValueError as exc:
+        log.error("%s: %s", app.name, exc)
+        raise SystemExit(2) from exc
     with contextlib.suppress(ImportError):
         import uvloop
 
