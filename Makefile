@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
 .PHONY: run test chaos lint typecheck proto envoy-config bench sim clean help
+.PHONY: deps-prometheus observe-check dashboard
 
 help:
 	@echo "make run    - start Redis/Postgres (if needed), the four services and Envoy"
@@ -55,6 +56,27 @@ CHAOS_SESSIONS ?= 1000
 chaos: $(STAMP)
 	NEARBY_CHAOS_SESSIONS=$(CHAOS_SESSIONS) NEARBY_CHAOS_PG_DOWN_S=30 NEARBY_CHAOS_STREAMS=100 \
 	NEARBY_CHAOS_FROZEN=100 $(BIN)/pytest -q -s -p no:cacheprovider tests/test_chaos_*.py $(PYTEST_ARGS)
+
+# Observability: Debian's prometheus/promtool (installed when missing), the
+# rules checked and unit-tested, the committed dashboard checked against its
+# generator. `make test` runs them before the suite.
+deps-prometheus:
+	@scripts/deps_prometheus.sh
+
+observe-check: deps-prometheus $(STAMP)
+	promtool check rules deploy/prometheus/recording.yml deploy/prometheus/alerts.yml
+	cd deploy/prometheus && promtool test rules alerts_test.yml
+	$(PY) deploy/grafana/generate.py --check
+
+dashboard: $(STAMP)
+	$(PY) deploy/grafana/generate.py
+
+test: observe-check
+
+# `make run ARGS=--prometheus` installs Debian's prometheus first when missing
+ifneq ($(findstring --prometheus,$(ARGS)),)
+run: deps-prometheus
+endif
 
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)

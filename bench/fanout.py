@@ -16,9 +16,10 @@ to N streams, one update per message (what a server without batching pays).
 
 from __future__ import annotations
 
+import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -30,6 +31,17 @@ from bench.procstat import CpuMeter
 from bench.stats import median_of, scenario
 from mesh import keys
 from mesh.internal.v1 import events_pb2
+
+
+def traced_share(env: Mapping[str, str]) -> float:
+    """The share of published events that carry a sampled trace context when the
+    services trace (OTEL_EXPORTER_OTLP_ENDPOINT set), by OTEL_TRACES_SAMPLER(_ARG)."""
+    if not env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return 0.0
+    name = env.get("OTEL_TRACES_SAMPLER", "parentbased_traceidratio").removeprefix("parentbased_")
+    if name in ("always_on", "always_off"):
+        return 1.0 if name == "always_on" else 0.0
+    return float(env.get("OTEL_TRACES_SAMPLER_ARG") or 1.0)
 
 
 class Publisher:
@@ -50,6 +62,9 @@ class Publisher:
         self.pos = {m: g.home[m] for m in movers}
         self.rnd = random.Random(3)
         self.published = 0
+        # tracing on in the bench's environment: the sampled share of events
+        # carries a trace context, as location_svc's publish would set it
+        self.traced_share = traced_share(os.environ)
 
     async def round(self) -> None:
         """One move of every mover."""
@@ -70,6 +85,10 @@ class Publisher:
                 moved=events_pb2.PositionFix(latitude=lat, longitude=lng, recorded_at_ms=now),
                 published_at_ms=now,
             )
+            if self.traced_share and self.rnd.random() < self.traced_share:
+                ev.traceparent = (
+                    f"00-{self.rnd.getrandbits(128):032x}-{self.rnd.getrandbits(64):016x}-01"
+                )
             verb(keys.location_channel(uid), ev.SerializeToString())
         await pipe.execute()
         self.published += len(movers)

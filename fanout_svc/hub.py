@@ -37,7 +37,7 @@ from nearby.v1 import nearby_service_pb2 as nearby_pb
 from fanout_svc import metrics
 from fanout_svc.sharded import ShardedSubscriber
 from fanout_svc.subscriber import RedisSubscriber, Subscriber
-from mesh import keys
+from mesh import keys, tracing
 from mesh.internal.v1 import events_pb2
 from mesh.settings import Settings
 from mesh.startup import wait_for_store
@@ -108,6 +108,7 @@ class Hub:
         self._lost: asyncio.Future[None] | None = None
         self._closing = False
         self.reconnects = 0
+        self.traced = False  # set by open(): tracing starts after the app is made
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Hub:
@@ -122,6 +123,7 @@ class Hub:
     async def open(self) -> None:
         """Connect and start supervising. An unreachable Redis is waited for
         up to `startup_wait_s` (STARTUP_WAIT_S), then the OSError is raised."""
+        self.traced = tracing.TRACER is not None
         await wait_for_store("Redis", self._connect, self._startup_wait_s)
         self._task = asyncio.create_task(self._supervise(), name="hub-supervisor")
 
@@ -257,6 +259,8 @@ class Hub:
                     )
                     for s in tuple(ls) if len(ls) > 1 else ls:
                         s.on_moved(uid, lat, lng, t_ms, pub_ms)
+                    if self.traced and ev.traceparent:
+                        self._traced(ls, uid, ev.traceparent, pub_ms)
                 elif kind == "offline" or kind == "hidden":
                     reason = GONE_OFFLINE if kind == "offline" else GONE_HIDDEN
                     for s in tuple(ls):
@@ -269,6 +273,13 @@ class Hub:
             log.warning("undecodable payload on %r", channel)
         except Exception:
             log.exception("listener failed on %r", channel)
+
+    def _traced(self, ls: Sequence[Listener], uid: str, tp: str, pub_ms: int) -> None:
+        """A traced update was dispatched: listeners that trace pushes note it."""
+        for s in tuple(ls):
+            note = getattr(s, "on_traced", None)
+            if note is not None:
+                note(uid, tp, pub_ms)
 
     # --- connection -----------------------------------------------------
     def _all_barrier_futures(self) -> list[asyncio.Future[None]]:

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from opentelemetry import trace
+
 from fanout_svc import metrics
 from fanout_svc.upstream import Upstream
+from mesh import tracing
 from mesh.batcher import Batcher
 from mesh.internal.v1 import events_pb2
 from mesh.internal.v1 import location_ingest_service_pb2 as li
@@ -26,14 +29,23 @@ class ReportBatcher:
             self._send, max_batch=max_batch, max_in_flight=max_in_flight
         )
 
-    async def report(self, user_id: str, fix: events_pb2.PositionFix) -> li.ReportResult:
-        """Record one report; raises a ServiceError when location_svc failed."""
-        return await self._batcher.submit(li.LocationReport(user_id=user_id, fix=fix))
+    async def report(
+        self, user_id: str, fix: events_pb2.PositionFix, traceparent: str = ""
+    ) -> li.ReportResult:
+        """Record one report; raises a ServiceError when location_svc failed.
+        `traceparent`: the report's own trace (it travels in the batch)."""
+        return await self._batcher.submit(
+            li.LocationReport(user_id=user_id, fix=fix, traceparent=traceparent)
+        )
 
     async def _send(self, reports: list[li.LocationReport]) -> Sequence[li.ReportResult]:
         metrics.REPORT_BATCHES.inc()
         metrics.REPORTS.inc(len(reports))
-        return await self.upstream.report(reports)
+        span = tracing.batch_span("fanout report batch", [r.traceparent for r in reports])
+        if span is None:
+            return await self.upstream.report(reports)
+        with trace.use_span(span, end_on_exit=True):
+            return await self.upstream.report(reports)
 
     async def close(self) -> None:
         await self._batcher.close()

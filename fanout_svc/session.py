@@ -34,6 +34,7 @@ from fanout_svc.nearby import Page, fill, page_size
 from fanout_svc.reports import ReportBatcher
 from fanout_svc.upstream import Upstream
 from fanout_svc.view import FriendView
+from mesh import tracing
 from mesh.clock import now_ms
 from mesh.errors import InvalidArgument, NotFound, ServiceError, Unavailable, invalid_field
 from mesh.fixes import PUBLIC_FIELDS, FixRules
@@ -127,6 +128,7 @@ class Session:
         "stalled",
         "task",
         "tasks",
+        "traces",
         "user_id",
         "view",
         "wake",
@@ -162,6 +164,8 @@ class Session:
         self.task: asyncio.Task[Any] | None = None
         self.tasks: set[asyncio.Task[None]] | None = None
         self.resync_wanted = False
+        # tracing on: friend id -> (publish traceparent, published_at_ms, received ns)
+        self.traces: dict[str, tuple[str, int, int]] | None = None
 
     # --- the view's owner (view.Owner; owed: the coordinator's mark) --------
     def dropped(self) -> None:
@@ -191,6 +195,19 @@ class Session:
                 NotFound("your account was deleted: this stream ends", reason="ACCOUNT_DELETED")
             )
 
+    def on_traced(self, user_id: str, tp: str, pub_ms: int) -> None:
+        """The hub's traced update of a friend: its push gets a span if it is owed."""
+        if self.view.owed.get(user_id) == pub_ms:
+            if self.traces is None:
+                self.traces = {}
+            self.traces[user_id] = (tp, pub_ms, time.time_ns())
+
+    def _take_traces(self) -> list[tuple[str, str, int]]:
+        """The traced updates about to be written (not replaced since they came)."""
+        traces, self.traces = self.traces or {}, None
+        owed = self.view.owed
+        return [(fid, tp, t0) for fid, (tp, pub, t0) in traces.items() if owed.get(fid) == pub]
+
     def resync(self) -> None:
         if self.ending is not None:
             return
@@ -210,7 +227,7 @@ class Session:
                 reason="LOCATION_REQUIRED",
             )
         fix = to_fix(first.location, process.rules, now_ms())
-        result = await process.reports.report(self.user_id, fix)
+        result = await self._report(fix)
         if result.HasField("rejection"):
             raise rejected(result.rejection)
         me = result.fix if result.HasField("fix") else fix
@@ -424,7 +441,7 @@ class Session:
         process = self.process
         fix = to_fix(update, process.rules, now_ms())
         try:
-            result = await process.reports.report(self.user_id, fix)
+            result = await self._report(fix)
         except ServiceError as exc:
             if exc.code != grpc.StatusCode.UNAVAILABLE:
                 raise  # not retryable: the client learns it as itself
@@ -436,6 +453,21 @@ class Session:
         if result.disposition in (_ACCEPTED, _COALESCED):
             f = result.fix if result.HasField("fix") else fix
             self.view.on_my_move(f.latitude, f.longitude)
+
+    async def _report(self, fix: events_pb2.PositionFix) -> li.ReportResult:
+        """Report one fix, in a trace of its own when tracing is on."""
+        reports = self.process.reports
+        span = (
+            tracing.update_span(self.context.invocation_metadata())
+            if tracing.TRACER is not None
+            else None
+        )
+        if span is None:
+            return await reports.report(self.user_id, fix)
+        try:
+            return await reports.report(self.user_id, fix, tracing.traceparent(span))
+        finally:
+            span.end()
 
     def _on_page(self, req: pb.PageRequest) -> None:
         try:
@@ -484,8 +516,11 @@ class Session:
                         else:
                             metrics.HOT.page += 1
                 if view.owed:
+                    traced = self._take_traces() if self.traces else None
                     msg, oldest = self._events()
                     await self._write(msg)
+                    if traced:
+                        tracing.push_spans(traced, self.user_id)
                     if oldest:
                         metrics.PUSH_LATENCY.observe(max(0.0, time.time() - oldest / 1000.0))
                 elif self.heartbeat_due and not self.direct:

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from nearby.v1 import location_service_pb2
+from opentelemetry.trace import Span
 from redis.exceptions import ResponseError
 
-from mesh import keys, resp
+from mesh import keys, resp, tracing
 from mesh.internal.v1 import events_pb2
 from mesh.outages import outage_of
 from mesh.redis import RedisEngine, Routed, check
@@ -86,6 +87,8 @@ class Report:
     latitude: float
     longitude: float
     recorded_at_ms: int
+    #: the report's trace context (W3C traceparent), "" when not traced
+    traceparent: str = ""
 
 
 Outcome = int | Exception
@@ -115,6 +118,7 @@ class LocationCache:
         touches: dict[str, tuple[list[int | str], list[int]]] = {}
         ttl, gap = self.ttl_ms, self.gap_ms
         sha, command, moved = self.script.sha, resp.command, keys.moved_event
+        spans = traced_publish(reports) if tracing.TRACER is not None else None
         for i, r in enumerate(reports):
             uid = r.user_id
             fix = events_pb2.PositionFix(
@@ -135,7 +139,9 @@ class LocationCache:
                         now_ms,
                         ttl,
                         gap,
-                        moved(uid, fix, now_ms),
+                        moved(
+                            uid, fix, now_ms, spans[i][0] if spans and i in spans else r.traceparent
+                        ),
                     ),
                 )
             )
@@ -145,7 +151,11 @@ class LocationCache:
         zadds: list[Routed] = [
             (index, resp.command(b"ZADD", index, *m)) for index, (m, _) in touches.items()
         ]
-        replies = await self.engine.execute(calls + zadds, partial=True)
+        try:
+            replies = await self.engine.execute(calls + zadds, partial=True)
+        finally:
+            if spans:
+                end_publish(spans)
         out: list[Outcome] = [
             reply if type(reply) is int else _outcome(reply) for reply in replies[: len(calls)]
         ]
@@ -193,6 +203,22 @@ class LocationCache:
                 continue
             out.append((uid, value))
         return out
+
+
+def traced_publish(reports: Sequence[Report]) -> dict[int, tuple[str, Span]]:
+    """A publish span per traced report: index -> (the span's traceparent, which
+    the published LocationEvent carries, and the span)."""
+    out: dict[int, tuple[str, Span]] = {}
+    for i, r in enumerate(reports):
+        span = tracing.publish_span(r.traceparent, r.user_id) if r.traceparent else None
+        if span is not None:
+            out[i] = (tracing.traceparent(span), span)
+    return out
+
+
+def end_publish(spans: dict[int, tuple[str, Span]]) -> None:
+    for _, span in spans.values():
+        span.end()
 
 
 def _outcome(reply: Any) -> Outcome:

@@ -13,7 +13,7 @@ from location_svc import metrics, store
 from location_svc.cache import LocationCache, Report
 from location_svc.erase import Eraser
 from location_svc.ingest import Ingestor
-from mesh import fixes, paging
+from mesh import fixes, paging, tracing
 from mesh.clock import now_ms
 from mesh.errors import InvalidArgument, PermissionDenied, invalid_field
 from mesh.identity import USER_ID_RE, caller_id, check_user_id, check_user_ids, is_admin
@@ -67,7 +67,9 @@ class LocationServicer(location_service_pb2_grpc.LocationServiceServicer):
         except InvalidArgument:
             metrics.INVALID.inc()
             raise
-        report = Report(user_id, lat, lng, now if recorded is None else recorded)
+        report = Report(
+            user_id, lat, lng, now if recorded is None else recorded, tracing.current_traceparent()
+        )
         (disposition,) = await self.ingest.record([report])
         return location_service_pb2.ReportLocationResponse(
             location=location_service_pb2.Location(
@@ -210,7 +212,11 @@ class LocationIngestServicer(location_ingest_service_pb2_grpc.LocationIngestServ
                 continue
             valid.append(
                 Report(
-                    item.user_id, fix.latitude, fix.longitude, now if recorded is None else recorded
+                    item.user_id,
+                    fix.latitude,
+                    fix.longitude,
+                    now if recorded is None else recorded,
+                    item.traceparent,
                 )
             )
             slots.append(result)

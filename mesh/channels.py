@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import grpc
 
+from mesh import tracing
+
 CLIENT_OPTIONS: Sequence[tuple[str, int | str]] = (
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -24,4 +26,6 @@ CLIENT_OPTIONS: Sequence[tuple[str, int | str]] = (
 
 def internal_channel(address: str) -> grpc.aio.Channel:
     """A channel for service-to-service calls (retries UNAVAILABLE)."""
-    return grpc.aio.insecure_channel(address, options=CLIENT_OPTIONS)
+    return grpc.aio.insecure_channel(
+        address, options=CLIENT_OPTIONS, interceptors=tracing.client_interceptors()
+    )

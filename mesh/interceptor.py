@@ -52,7 +52,21 @@ RPC_SECONDS = Histogram(
     ),
 )
 
+# observability: calls failed by an outage of a backing store, by store
+BACKEND_ERRORS = Counter(
+    "nearby_backend_errors_total",
+    "RPCs answered UNAVAILABLE because Redis or Postgres was out of reach",
+    ["backend"],
+)
+_BACKEND_OF_REASON = {"REDIS_UNAVAILABLE": "Redis"}
+
 _QUIET = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+def _count_backend_error(err: ServiceError) -> None:
+    backend = err.metadata.get("backend") or _BACKEND_OF_REASON.get(err.reason)
+    if backend:
+        BACKEND_ERRORS.labels(backend).inc()
 
 
 class _Call:
@@ -71,9 +85,11 @@ class _Call:
 
     async def fail(self, exc: BaseException) -> None:
         if isinstance(exc, ServiceError):
+            _count_backend_error(exc)
             await self.context.abort_with_status(rpc_status.to_status(exc.to_status()))
         outage = as_unavailable(exc)
         if outage is not None:
+            _count_backend_error(outage)
             log.warning("%s: %s (%s)", self.method, outage.message, exc)
             await self.context.abort_with_status(rpc_status.to_status(outage.to_status()))
         log.exception("unhandled error in %s", self.method)

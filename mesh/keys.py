@@ -158,9 +158,11 @@ def publish_verb(cluster: bool) -> str:
     return "SPUBLISH" if cluster else "PUBLISH"
 
 
-def moved_event(user_id: str, fix: events_pb2.PositionFix, now_ms: int) -> bytes:
+def moved_event(
+    user_id: str, fix: events_pb2.PositionFix, now_ms: int, traceparent: str = ""
+) -> bytes:
     return events_pb2.LocationEvent(
-        user_id=user_id, moved=fix, published_at_ms=now_ms
+        user_id=user_id, moved=fix, published_at_ms=now_ms, traceparent=traceparent
     ).SerializeToString()
 
 

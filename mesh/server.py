@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 from psycopg_pool import AsyncConnectionPool
 
-from mesh import db, logs, startup
+from mesh import db, logs, startup, tracing
 from mesh import redis as mesh_redis
 from mesh.interceptor import KernelInterceptor
 from mesh.protos import all_service_names
@@ -145,7 +145,10 @@ class Runner:
         except BaseException:
             await self.app.close()
             raise
-        server = grpc.aio.server(interceptors=[KernelInterceptor()], options=SERVER_OPTIONS)
+        server = grpc.aio.server(
+            interceptors=[*tracing.server_interceptors(), KernelInterceptor()],
+            options=SERVER_OPTIONS,
+        )
         self.app.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -186,6 +189,11 @@ def main(app_factory: Callable[[Settings], ServiceApp], port_of: Callable[[Setti
     settings = Settings.from_env()
     app = app_factory(settings)
     logs.setup(app.name, settings.log_level)
+    try:
+        tracing.setup(app.name, settings)
+    except ValueError as exc:
+        log.error("%s: %s", app.name, exc)
+        raise SystemExit(2) from exc
     with contextlib.suppress(ImportError):
         import uvloop
 
@@ -228,3 +236,5 @@ def main(app_factory: Callable[[Settings], ServiceApp], port_of: Callable[[Setti
     except OSError as exc:
         log.error("%s", exc)
         raise SystemExit(2) from exc
+    finally:
+        tracing.shutdown()

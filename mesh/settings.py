@@ -221,6 +221,30 @@ class Settings:
         metadata=_env("DRAIN_S", "Fan-out drain: clients are told to reconnect over this many s"),
     )
 
+    # --- observability: tracing (OpenTelemetry; the standard OTEL_* variables) ---
+    otlp_endpoint: str = field(
+        default="",
+        metadata=_env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTLP/gRPC collector traces are sent to, e.g. http://127.0.0.1:4317 (empty: tracing "
+            "off; Envoy joins the trace when `nearby run` sees it)",
+        ),
+    )
+    traces_sampler: str = field(
+        default="parentbased_traceidratio",
+        metadata=_env(
+            "OTEL_TRACES_SAMPLER",
+            "always_on, always_off, traceidratio or their parentbased_ forms (a traced caller's "
+            "decision is kept)",
+        ),
+    )
+    traces_sampler_arg: float = field(
+        default=1.0,
+        metadata=_env(
+            "OTEL_TRACES_SAMPLER_ARG", "Share of new traces sampled by the traceidratio samplers"
+        ),
+    )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every field from its variable (falling back to the default)."""

@@ -43,6 +43,7 @@ from google.protobuf import json_format
 
 from mesh.identity import ADMIN_HEADER, USER_HEADER
 from mesh.settings import Settings
+from stack import envoy_tracing
 
 T = "type.googleapis.com/"
 JWT_PROVIDER = "nearby"
@@ -113,6 +114,10 @@ class EdgeConfig:
     #: over 64 KiB, whatever this limit (docs/operations.md, tests/test_chaos_edge.py).
     max_request_headers_kb: int = 64
     access_log: bool = False
+    #: tracing (stack/envoy_tracing.py): the OTLP/gRPC collector ("" = off) and
+    #: the share of new requests Envoy samples
+    otlp_endpoint: str = ""
+    trace_sampling: float = 1.0
 
 
 def _dur(seconds: float) -> str:
@@ -391,6 +396,11 @@ def build(cfg: EdgeConfig) -> dict[str, Any]:
         _cluster(cfg, "presence_svc", [cfg.presence], PUBLIC_ROUTES[2][2]),
         _cluster(cfg, "fanout_svc", list(cfg.fanout), PUBLIC_ROUTES[3][2]),
     ]
+    if cfg.otlp_endpoint:
+        hcm["tracing"] = envoy_tracing.hcm_tracing(cfg.trace_sampling)
+        clusters.append(
+            envoy_tracing.collector_cluster(cfg.otlp_endpoint, _dur(cfg.connect_timeout_s))
+        )
     return {
         "node": {"id": "nearby-edge", "cluster": "nearby"},
         "admin": {
@@ -490,6 +500,8 @@ def from_settings(
         "port": settings.envoy_port,
         "admin_port": settings.envoy_admin_port,
         "stream_idle_timeout_s": settings.stream_idle_timeout_s,
+        "otlp_endpoint": settings.otlp_endpoint,
+        "trace_sampling": envoy_tracing.sample_ratio(settings),
     }
     values.update(overrides)
     return EdgeConfig(**values)

@@ -43,7 +43,7 @@ import redis
 
 from mesh import redis_checks
 from mesh.settings import Settings
-from stack import envoy_config, infra, paths, procs, tokens
+from stack import envoy_config, infra, paths, procs, prometheus, tokens
 from stack.edge import Envoy, envoy_binary
 from stack.signals import SignalBurst, Verdict
 from stack.supervisor import Supervisor
@@ -80,6 +80,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MASTERS",
         help="run on a private Redis Cluster of MASTERS masters with a replica each "
         "(unless REDIS_CLUSTER=1 and REDIS_URL name a cluster)",
+    )
+    parser.add_argument(
+        "--prometheus",
+        nargs="?",
+        type=int,
+        const=prometheus.DEFAULT_PORT,
+        default=None,
+        metavar="PORT",
+        help="also run Debian's prometheus scraping every process of the stack, on "
+        f"127.0.0.1:PORT (default {prometheus.DEFAULT_PORT}; `make deps-prometheus` installs it)",
     )
     parser.add_argument(
         "--listen",
@@ -181,11 +191,16 @@ class Stack:
     envoy: Envoy | None = None
     #: restarts the children and Envoy once everything is up
     supervisor: Supervisor | None = None
+    #: `--prometheus`: the Prometheus scraping the stack
+    prometheus: prometheus.Prometheus | None = None
 
     def stop(self, settings: Settings, say: Callable[[str], None]) -> list[str]:
         """Stops everything; returns the processes that did not exit with 0
         ("name (code N)"), a killed one included."""
         grace = settings.shutdown_grace_s + 5
+        if self.prometheus is not None:
+            say("stopping Prometheus")
+            self.prometheus.stop()
         fanouts = [c for c in self.children if c.spec.module == "fanout_svc"]
         others = [c for c in self.children if c.spec.module != "fanout_svc"]
         running = [c for c in fanouts if c.exit_code() is None]
@@ -395,6 +410,22 @@ def banner(settings: Settings, stack: Stack, listen: str, home: Path, redis_url:
     return "\n".join(lines)
 
 
+def start_prometheus(
+    stack: Stack, settings: Settings, home: Path, port: int, say: Callable[[str], None]
+) -> None:
+    """`--prometheus`: Debian's prometheus on `port`, its config and data in
+    NEARBY_HOME/prometheus, scraping every process of the stack."""
+    if not _port_free("127.0.0.1", port):
+        raise StartError(f"Prometheus: port {port} is in use (pass --prometheus OTHER_PORT)")
+    targets = prometheus.targets_of(stack.children, settings.envoy_admin_port)
+    try:
+        stack.prometheus = prometheus.Prometheus(home / "prometheus", targets, port)
+        stack.prometheus.start()
+    except (FileNotFoundError, RuntimeError, TimeoutError) as exc:
+        raise StartError(f"Prometheus: {exc}") from exc
+    say(f"Prometheus on {stack.prometheus.url}/ ({len(targets)} targets)")
+
+
 def main(args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         print(f"nearby: {line}", flush=True)
@@ -435,7 +466,17 @@ def main(args: argparse.Namespace) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     code = 0
     try:
-        code = _run(settings, args.listen, replicas, home, stack, stopping, say, args.redis_cluster)
+        code = _run(
+            settings,
+            args.listen,
+            replicas,
+            home,
+            stack,
+            stopping,
+            say,
+            args.redis_cluster,
+            args.prometheus,
+        )
     except StartError as exc:
         print(f"nearby run: {exc}", file=sys.stderr, flush=True)
         code = 2
@@ -462,6 +503,7 @@ def _run(
     stopping: threading.Event,
     say: Callable[[str], None],
     cluster_masters: int | None = None,
+    prometheus_port: int | None = None,
 ) -> int:
     check_modules()
     try:
@@ -562,6 +604,8 @@ def _run(
             time.sleep(0.05)
     except (RuntimeError, TimeoutError) as exc:
         raise StartError(f"{exc} (log: {logs / 'envoy.log'})") from exc
+    if prometheus_port is not None:
+        start_prometheus(stack, settings, home, prometheus_port, say)
     print(banner(settings, stack, listen, home, redis_url), flush=True)
 
     stack.supervisor = Supervisor(say)

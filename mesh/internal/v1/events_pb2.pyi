@@ -16,18 +16,20 @@ class PositionFix(_message.Message):
     def __init__(self, latitude: _Optional[float] = ..., longitude: _Optional[float] = ..., recorded_at_ms: _Optional[int] = ...) -> None: ...
 
 class LocationEvent(_message.Message):
-    __slots__ = ("user_id", "moved", "offline", "hidden", "published_at_ms")
+    __slots__ = ("user_id", "moved", "offline", "hidden", "published_at_ms", "traceparent")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     MOVED_FIELD_NUMBER: _ClassVar[int]
     OFFLINE_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     moved: PositionFix
     offline: UserOffline
     hidden: UserHidden
     published_at_ms: int
-    def __init__(self, user_id: _Optional[str] = ..., moved: _Optional[_Union[PositionFix, _Mapping]] = ..., offline: _Optional[_Union[UserOffline, _Mapping]] = ..., hidden: _Optional[_Union[UserHidden, _Mapping]] = ..., published_at_ms: _Optional[int] = ...) -> None: ...
+    traceparent: str
+    def __init__(self, user_id: _Optional[str] = ..., moved: _Optional[_Union[PositionFix, _Mapping]] = ..., offline: _Optional[_Union[UserOffline, _Mapping]] = ..., hidden: _Optional[_Union[UserHidden, _Mapping]] = ..., published_at_ms: _Optional[int] = ..., traceparent: _Optional[str] = ...) -> None: ...
 
 class UserOffline(_message.Message):
     __slots__ = ("last_active_ms",)
