@@ -22,6 +22,11 @@ CLIENT_OPTIONS: Sequence[tuple[str, int | str]] = (
 )
 
 
-def internal_channel(address: str) -> grpc.aio.Channel:
-    """A channel for service-to-service calls (retries UNAVAILABLE)."""
+def internal_channel(
+    address: str, credentials: grpc.ChannelCredentials | None = None
+) -> grpc.aio.Channel:
+    """A channel for service-to-service calls (retries UNAVAILABLE); mTLS with
+    `credentials` (mesh/tls.py)."""
+    if credentials is not None:
+        return grpc.aio.secure_channel(address, credentials, options=CLIENT_OPTIONS)
     return grpc.aio.insecure_channel(address, options=CLIENT_OPTIONS)
