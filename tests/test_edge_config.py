@@ -17,7 +17,7 @@ import yaml
 from google.protobuf import json_format
 
 from mesh import identity
-from mesh.identity import ADMIN_HEADER, USER_HEADER
+from mesh.identity import ADMIN_HEADER, TOKEN_EXP_HEADER, USER_HEADER
 from mesh.settings import Settings
 from stack import envoy_config, tokens
 from stack.edge import validate
@@ -88,7 +88,10 @@ def test_config_from_settings_routes_every_public_service() -> None:
     doc = envoy_config.build(cfg)
     hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     routes = hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
-    prefixes = {r["match"]["prefix"]: r["route"] for r in routes}
+    prefixes = {r["match"]["prefix"]: r["route"] for r in routes if "prefix" in r["match"]}
+    # streaming RPCs have exact-path routes of their own (not rate limited per call)
+    exact = {r["match"]["path"]: r["route"] for r in routes if "path" in r["match"]}
+    assert exact == {"/nearby.v1.NearbyService/Connect": prefixes["/nearby.v1.NearbyService/"]}
     assert set(prefixes) == {
         "/nearby.v1.FriendService/",
         "/nearby.v1.LocationService/",
@@ -195,13 +198,17 @@ def _stripped_before_jwt_authn(hcm: dict[str, Any]) -> set[str]:
     raise AssertionError("no jwt_authn filter: who sets the identity headers?")
 
 
-@pytest.mark.parametrize("source", ["generated", "committed"])
+@pytest.mark.parametrize("source", ["generated", "generated-tls", "committed"])
 def test_the_edge_strips_every_client_sent_identity_header_itself(source: str) -> None:
     """The project's own rule, seen in the config: jwt_authn happens to drop the
     headers it sets from claims too, which hides a missing rule from a test
     through Envoy."""
     if source == "generated":
         doc = envoy_config.build(envoy_config.from_settings(Settings()))
+    elif source == "generated-tls":  # the TLS listener has the same pipeline
+        tls = Settings(tls_cert_path="/tls/server.pem", tls_key_path="/tls/server-key.pem")
+        doc = envoy_config.build(envoy_config.from_settings(tls))
+        assert len(doc["static_resources"]["listeners"]) == 2
     else:
         doc = yaml.safe_load((ROOT / "envoy" / "envoy.yaml").read_text())
     listeners = doc["static_resources"]["listeners"]
@@ -217,7 +224,7 @@ def test_the_edge_strips_every_client_sent_identity_header_itself(source: str) -
                     for c in p.get("claim_to_headers", [])
                 }
                 identity_headers = _identity_headers() | set_from_claims
-                assert {USER_HEADER, ADMIN_HEADER} <= identity_headers
+                assert {USER_HEADER, ADMIN_HEADER, TOKEN_EXP_HEADER} <= identity_headers
                 missing = identity_headers - _stripped_before_jwt_authn(hcm)
                 assert not missing, f"{listener['name']}: a client could send {missing}"
                 # and no route turns the stripping off
