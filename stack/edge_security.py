@@ -219,6 +219,30 @@ def rate_limit_filters(cfg: EdgeConfig) -> list[dict[str, Any]]:
     ]
 
 
+def local_reply_mappers(cfg: EdgeConfig) -> list[dict[str, Any]]:
+    """The rate limit's answer in the caller's words (Envoy says
+    "local_rate_limited"); the status stays RESOURCE_EXHAUSTED."""
+    if cfg.rate_limit_per_s <= 0:
+        return []
+    text = (
+        f"too many calls: each user may make {cfg.rate_limit_per_s:g} calls per second "
+        f"(bursts of {cfg.rate_limit_burst}); retry after the seconds in retry-after"
+    )
+    return [
+        {
+            "filter": {
+                "status_code_filter": {
+                    "comparison": {
+                        "op": "EQ",
+                        "value": {"default_value": 429, "runtime_key": "edge.rate_limited_429"},
+                    }
+                }
+            },
+            "body": {"inline_string": text},
+        }
+    ]
+
+
 def not_rate_limited() -> dict[str, Any]:
     """typed_per_filter_config of a route the per-call limit does not apply to."""
     return {

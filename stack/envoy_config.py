@@ -398,6 +398,7 @@ def build(cfg: EdgeConfig) -> dict[str, Any]:
                     "status_code": 503,
                     "body": {"inline_string": "stream idle timeout: reconnect"},
                 },
+                *edge_security.local_reply_mappers(cfg),
             ]
         },
     }

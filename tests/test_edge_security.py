@@ -214,6 +214,7 @@ async def test_unary_calls_over_the_rate_answer_resource_exhausted_with_a_hint(
             for _ in range(BURST + 5):
                 await client.get_user()
         assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "too many calls" in caught.value.message
         assert caught.value.retry_after is not None and caught.value.retry_after >= 1
         # another user has a bucket of their own; an operator is not limited
         other = uid("calm")
