@@ -19,7 +19,7 @@ from google.protobuf import json_format
 from mesh import identity
 from mesh.identity import ADMIN_HEADER, TOKEN_EXP_HEADER, USER_HEADER
 from mesh.settings import Settings
-from stack import envoy_config, tokens
+from stack import certs, envoy_config, tokens
 from stack.edge import validate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,3 +232,28 @@ def test_the_edge_strips_every_client_sent_identity_header_itself(source: str) -
                     for scope in [host, *host["routes"]]:
                         per_filter = scope.get("typed_per_filter_config", {})
                         assert "envoy.filters.http.header_mutation" not in per_filter
+
+
+def test_tls_listener_mtls_and_an_https_jwks_url_pass_envoy_validate(tmp_path: Path) -> None:
+    """The edge-security parts that only a real Envoy can fully check."""
+    dev = certs.load_or_create(tmp_path)
+    assert stat.S_IMODE(dev.server_key.stat().st_mode) == 0o600
+    assert certs.load_or_create(tmp_path).server_cert.read_bytes() == dev.server_cert.read_bytes()
+    cfg = envoy_config.EdgeConfig(
+        jwks_url="https://id.example.com/.well-known/jwks.json",
+        tls_port=8443,
+        tls_cert_path=str(dev.server_cert),
+        tls_key_path=str(dev.server_key),
+        mesh_tls=(str(dev.ca), str(dev.mesh_cert), str(dev.mesh_key)),
+    )
+    doc = envoy_config.build(cfg)
+    jwks = next(c for c in doc["static_resources"]["clusters"] if c["name"] == "jwks")
+    assert jwks["transport_socket"]["typed_config"]["sni"] == "id.example.com"
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    jwt_filter = next(f for f in hcm["typed_config"]["http_filters"] if "jwt_authn" in f["name"])
+    provider = jwt_filter["typed_config"]["providers"]["nearby"]
+    assert "local_jwks" not in provider
+    assert provider["remote_jwks"]["http_uri"]["cluster"] == "jwks"
+    assert provider["clock_skew_seconds"] == 5
+    ok, output = validate(envoy_config.write(cfg, tmp_path / "envoy.yaml"))
+    assert ok, output

@@ -108,7 +108,9 @@ class NearbySession:
     or the server's ``retry_after``), reconnects, re-sends the last location as
     the first message and yields the new :class:`Snapshot`, which replaces
     :attr:`nearby`. UNAUTHENTICATED / PERMISSION_DENIED raise
-    :class:`AuthError`; other non-retryable statuses raise :class:`NearbyError`.
+    :class:`AuthError` (except a stream ended by its token's expiry when the
+    token is a function: that one reconnects once with a fresh token); other
+    non-retryable statuses raise :class:`NearbyError`.
     """
 
     def __init__(
