@@ -257,3 +257,22 @@ def test_tls_listener_mtls_and_an_https_jwks_url_pass_envoy_validate(tmp_path: P
     assert provider["clock_skew_seconds"] == 5
     ok, output = validate(envoy_config.write(cfg, tmp_path / "envoy.yaml"))
     assert ok, output
+
+
+def test_nearby_keys_rotate_keeps_the_old_key_until_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stack import cli
+
+    monkeypatch.setenv("NEARBY_HOME", str(tmp_path))
+    old = tokens.load_or_create(tmp_path)
+    assert cli.main(["keys", "rotate"]) == 0
+    new = tokens.load_or_create(tmp_path)
+    assert new.kid != old.kid
+    kids = [k["kid"] for k in json.loads(new.jwks_path.read_text())["keys"]]
+    assert kids == [new.kid, old.kid]  # the signing key first, the retired one kept
+    assert stat.S_IMODE((tmp_path / tokens.KEY_FILE).stat().st_mode) == 0o600
+    assert cli.main(["keys", "drop-retired"]) == 0
+    kids = [k["kid"] for k in json.loads(new.jwks_path.read_text())["keys"]]
+    assert kids == [new.kid]
+    assert "drop-retired" in capsys.readouterr().out
