@@ -87,7 +87,7 @@ async def test_a_live_stream_is_told_to_reconnect_before_exp_and_ended_at_it(
 ) -> None:
     user = uid("short")
     await create_user(stack, user)
-    token = stack.token(user, ttl_s=4)
+    token = stack.token(user, ttl_s=6)
     exp = float(jwt.decode(token, options={"verify_signature": False})["exp"])
     async with stack.channel() as ch:
         stream = Stream(pb_grpc.NearbyServiceStub(ch), user, metadata=bearer(token))
@@ -135,7 +135,7 @@ async def test_the_sdk_renews_its_token_over_tls_without_surfacing_an_error(
     minted: list[str] = []
 
     def token_source() -> str:
-        minted.append(stack.token(user, ttl_s=3))
+        minted.append(stack.token(user, ttl_s=4))
         return minted[-1]
 
     assert stack.ca_path is not None
