@@ -99,7 +99,13 @@ class Load:
     ) -> Any:
         """Open the stream and wait for its snapshot; UNAVAILABLE before the
         snapshot is retried `retries` times with jittered backoff (as the SDK does)."""
-        md = (("authorization", f"Bearer {token}"),) if token else (("x-nearby-user-id", uid),)
+        # straight to the fan-out: the headers Envoy would set, a 1-hour token's
+        # exp included (so the stream's expiry timers are armed, as in production)
+        md = (
+            (("authorization", f"Bearer {token}"),)
+            if token
+            else (("x-nearby-user-id", uid), ("x-nearby-token-exp", str(int(time.time()) + 3600)))
+        )
         for attempt in range(retries + 1):
             # grpc.aio: no request iterator = write()/read() on the call
             call: Any = self._stub(i).Connect(metadata=md)  # type: ignore[call-arg]

@@ -29,6 +29,7 @@ from nearby.v1 import location_service_pb2
 from nearby.v1 import nearby_service_pb2 as pb
 
 from fanout_svc import metrics
+from fanout_svc.admission import Admitted
 from fanout_svc.hub import Hub, inbox_channel, loc_channel
 from fanout_svc.nearby import Page, fill, page_size
 from fanout_svc.reports import ReportBatcher
@@ -80,6 +81,10 @@ class Process(Protocol):
         ...
 
     def add(self, session: Session) -> None: ...
+
+    async def admit(self, session: Session) -> Admitted:
+        """The per-user cap and the token's expiry (admission.py); raises."""
+        ...
 
     def remove(self, session: Session) -> None: ...
 
@@ -218,6 +223,14 @@ class Session:
 
     # --- the whole stream ---------------------------------------------------
     async def serve(self) -> None:
+        """Admission (cap, token expiry), then the stream; raises its error."""
+        admitted = await self.process.admit(self)
+        try:
+            await self._serve()
+        finally:
+            admitted.close()
+
+    async def _serve(self) -> None:
         """First location, snapshot, then the stream until it ends; raises its error."""
         process = self.process
         first = await self.context.read()
@@ -277,6 +290,12 @@ class Session:
             self.stalled = True
             self.task.cancel()
         self.kick()
+
+    def ask_reconnect(self, reconnect: pb.Reconnect) -> None:
+        """Tell the client to reconnect (its token expires soon); the stream goes on."""
+        if self.ending is None:
+            self.direct.append(pb.ConnectResponse(reconnect=reconnect))
+            self.kick()
 
     def fell_behind(self, why: str) -> None:
         if self.ending is not None:
@@ -511,8 +530,11 @@ class Session:
                     msgs, self.direct = self.direct, []
                     for m in msgs:
                         await self._write(m)
-                        if m.WhichOneof("kind") == "snapshot":
+                        kind = m.WhichOneof("kind")
+                        if kind == "snapshot":
                             metrics.HOT.snapshot += 1
+                        elif kind == "reconnect":
+                            metrics.HOT.reconnect += 1
                         else:
                             metrics.HOT.page += 1
                 if view.owed:

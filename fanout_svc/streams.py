@@ -23,6 +23,7 @@ import random
 import time
 
 from fanout_svc import memory, metrics
+from fanout_svc.admission import Admission, Admitted
 from fanout_svc.hub import Hub
 from fanout_svc.reports import ReportBatcher
 from fanout_svc.session import Session
@@ -41,9 +42,15 @@ RESYNC_CONCURRENCY = 64
 
 class Streams:
     def __init__(
-        self, settings: Settings, hub: Hub, upstream: Upstream, reports: ReportBatcher
+        self,
+        settings: Settings,
+        hub: Hub,
+        upstream: Upstream,
+        reports: ReportBatcher,
+        admission: Admission | None = None,
     ) -> None:
         self.settings = settings
+        self.admission = admission or Admission(settings, None)
         self.hub = hub
         self.upstream = upstream
         self.reports = reports
@@ -70,8 +77,12 @@ class Streams:
             await asyncio.gather(self._house, return_exceptions=True)
         if self._tick is not None:
             self._tick.cancel()
+        await self.admission.close()
 
     # --- registry -----------------------------------------------------------
+    async def admit(self, session: Session) -> Admitted:
+        return await self.admission.admit(session)
+
     def add(self, session: Session) -> None:
         self.sessions.add(session)
         self._empty.clear()

@@ -24,8 +24,14 @@ CLIENT_OPTIONS: Sequence[tuple[str, int | str]] = (
 )
 
 
-def internal_channel(address: str) -> grpc.aio.Channel:
-    """A channel for service-to-service calls (retries UNAVAILABLE)."""
-    return grpc.aio.insecure_channel(
-        address, options=CLIENT_OPTIONS, interceptors=tracing.client_interceptors()
-    )
+def internal_channel(
+    address: str, credentials: grpc.ChannelCredentials | None = None
+) -> grpc.aio.Channel:
+    """A channel for service-to-service calls (retries UNAVAILABLE); mTLS with
+    `credentials` (mesh/tls.py)."""
+    interceptors = tracing.client_interceptors()
+    if credentials is not None:
+        return grpc.aio.secure_channel(
+            address, credentials, options=CLIENT_OPTIONS, interceptors=interceptors
+        )
+    return grpc.aio.insecure_channel(address, options=CLIENT_OPTIONS, interceptors=interceptors)

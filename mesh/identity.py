@@ -15,6 +15,9 @@ from mesh.types import Context
 
 USER_HEADER = "x-nearby-user-id"
 ADMIN_HEADER = "x-nearby-admin"
+TOKEN_EXP_HEADER = "x-nearby-token-exp"
+"""The token's `exp` (Unix seconds), set by Envoy from the verified token
+(stripped from what clients send, like the others): streams end at it."""
 
 USER_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -35,6 +38,16 @@ def caller_id(context: Context) -> str:
     if not USER_ID_RE.match(user_id):
         raise Unauthenticated("the token's subject is not a valid user id", reason="BAD_IDENTITY")
     return user_id
+
+
+def token_expiry(context: Context) -> float | None:
+    """The caller's token expiry (Unix seconds), or None without one (a direct
+    caller on loopback, or a token without `exp`)."""
+    raw = _metadata(context).get(TOKEN_EXP_HEADER, "")
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        return None
 
 
 def is_admin(context: Context) -> bool:
@@ -66,6 +79,7 @@ def check_user_ids(values: Sequence[str], limit: int, field: str = "user_ids") -
 
 __all__ = [
     "ADMIN_HEADER",
+    "TOKEN_EXP_HEADER",
     "USER_HEADER",
     "InvalidArgument",
     "caller_id",
@@ -73,4 +87,5 @@ __all__ = [
     "check_user_ids",
     "is_admin",
     "require_admin",
+    "token_expiry",
 ]

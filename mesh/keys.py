@@ -57,6 +57,13 @@ def hidden(user_id: str) -> str:
     return f"hidden:{{{user_id}}}"
 
 
+def user_streams(user_id: str) -> str:
+    """Sorted set of a user's open streams over all fan-out replicas: member =
+    a stream, score = its lease end (server ms); the per-user stream cap
+    (fanout_svc/admission.py). Expires with its last lease."""
+    return f"streams:{{{user_id}}}"
+
+
 # --- sharded keys ------------------------------------------------------------
 
 

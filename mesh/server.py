@@ -26,6 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from mesh import db, logs, startup, tracing
 from mesh import redis as mesh_redis
+from mesh import tls as mesh_tls
 from mesh.interceptor import KernelInterceptor
 from mesh.protos import all_service_names
 from mesh.settings import Settings
@@ -155,7 +156,11 @@ class Runner:
             [*all_service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
         try:
-            self.port = server.add_insecure_port(f"{self.host}:{self.port}")
+            creds = mesh_tls.server_credentials(self.app.settings)  # MESH_TLS: mTLS only
+            if creds is not None:
+                self.port = server.add_secure_port(f"{self.host}:{self.port}", creds)
+            else:
+                self.port = server.add_insecure_port(f"{self.host}:{self.port}")
         except RuntimeError as exc:
             await self.app.close()
             raise OSError(

@@ -244,6 +244,106 @@ class Settings:
             "OTEL_TRACES_SAMPLER_ARG", "Share of new traces sampled by the traceidratio samplers"
         ),
     )
+    # --- edge security: token expiry, caps, rate limits, TLS, JWKS (docs/edge.md)
+    jwt_clock_skew_s: int = field(
+        default=5,
+        metadata=_env(
+            "JWT_CLOCK_SKEW_S",
+            "Leeway Envoy allows on a token's exp/nbf when a call opens (Envoy's default: 60)",
+        ),
+    )
+    token_refresh_margin_s: float = field(
+        default=30.0,
+        metadata=_env(
+            "TOKEN_REFRESH_MARGIN_S",
+            "A stream gets Reconnect this long before its token expires (at most half the "
+            "token's remaining life); at exp it ends with UNAUTHENTICATED",
+        ),
+    )
+    streams_per_user: int = field(
+        default=5,
+        metadata=_env(
+            "STREAMS_PER_USER",
+            "Concurrent streams one user may hold over all fan-out replicas; the next one is "
+            "refused with RESOURCE_EXHAUSTED (0: no cap)",
+        ),
+    )
+    stream_lease_s: float = field(
+        default=30.0,
+        metadata=_env(
+            "STREAM_LEASE_S",
+            "A stream's slot in Redis expires unless its replica renews it (a crashed "
+            "replica's slots free themselves within this)",
+        ),
+    )
+    rate_limit_per_s: float = field(
+        default=20.0,
+        metadata=_env(
+            "RATE_LIMIT_PER_S",
+            "Unary calls per second one user may make through each Envoy (0: no limit)",
+        ),
+    )
+    rate_limit_burst: int = field(
+        default=40,
+        metadata=_env("RATE_LIMIT_BURST", "Unary calls one user may make at once (bucket size)"),
+    )
+    envoy_tls_port: int = field(
+        default=8443,
+        metadata=_env("ENVOY_TLS_PORT", "Envoy's TLS listener for clients (h2/ALPN; 0: off)"),
+    )
+    tls_cert_path: str = field(
+        default="",
+        metadata=_env(
+            "TLS_CERT_PATH",
+            "Certificate chain (PEM) of the TLS listener (empty: a dev CA's in NEARBY_HOME)",
+        ),
+    )
+    tls_key_path: str = field(
+        default="",
+        metadata=_env("TLS_KEY_PATH", "Private key (PEM) of TLS_CERT_PATH"),
+    )
+    jwks_url: str = field(
+        default="",
+        metadata=_env(
+            "JWKS_URL",
+            "The issuer's JWKS by URL (Envoy remote_jwks, refetched every JWKS_CACHE_S); "
+            "overrides JWKS_PATH",
+        ),
+    )
+    jwks_cache_s: float = field(
+        default=30.0,
+        metadata=_env(
+            "JWKS_CACHE_S", "How long Envoy keeps a fetched JWKS (a new key is seen within this)"
+        ),
+    )
+    jwks_serve_port: int = field(
+        default=9902,
+        metadata=_env(
+            "JWKS_SERVE_PORT",
+            "`nearby run` serves the dev JWKS on loopback here, for Envoy's remote_jwks",
+        ),
+    )
+    mesh_tls: bool = field(
+        default=False,
+        metadata=_env(
+            "MESH_TLS",
+            "1: backends require mutual TLS (Envoy and fan-out present MESH_TLS_CERT)",
+        ),
+    )
+    mesh_tls_ca_path: str = field(
+        default="",
+        metadata=_env("MESH_TLS_CA_PATH", "CA (PEM) of the mesh's mTLS (empty: the dev CA)"),
+    )
+    mesh_tls_cert_path: str = field(
+        default="",
+        metadata=_env(
+            "MESH_TLS_CERT_PATH", "Certificate (PEM) a mesh peer presents (empty: the dev one)"
+        ),
+    )
+    mesh_tls_key_path: str = field(
+        default="",
+        metadata=_env("MESH_TLS_KEY_PATH", "Private key (PEM) of MESH_TLS_CERT_PATH"),
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -14,6 +14,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("stack.launcher", "start Redis/Postgres (if needed), the services and Envoy"),
     "token": ("stack.tokens", "print a JWT the local Envoy accepts"),
+    "keys": ("stack.dev_keys", "rotate the dev signing key (new key; drop the old ones)"),
     "watch": ("stack.watch", "show a user's live nearby list in the terminal"),
     "sim": ("bench.sim", "simulate users walking around, through Envoy"),
     "forget": ("stack.forget", "delete your location history or your account"),

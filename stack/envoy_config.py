@@ -41,9 +41,10 @@ from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # 
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from google.protobuf import json_format
 
+from mesh import identity
 from mesh.identity import ADMIN_HEADER, USER_HEADER
 from mesh.settings import Settings
-from stack import envoy_tracing
+from stack import edge_security, envoy_tracing
 
 T = "type.googleapis.com/"
 JWT_PROVIDER = "nearby"
@@ -118,6 +119,25 @@ class EdgeConfig:
     #: the share of new requests Envoy samples
     otlp_endpoint: str = ""
     trace_sampling: float = 1.0
+    # --- edge security (stack/edge_security.py; docs/edge.md) -------------
+    #: leeway on exp/nbf when a call opens (Envoy's default is 60 s)
+    clock_skew_s: int = 5
+    #: a JWKS by URL (remote_jwks) instead of jwks_path; refetched this often
+    jwks_url: str = ""
+    jwks_cache_s: float = 30.0
+    #: CA bundle for an https jwks_url (empty: the system's)
+    jwks_ca_path: str = ""
+    #: unary calls per second and burst, per user id and Envoy (0: no limit)
+    rate_limit_per_s: float = 20.0
+    rate_limit_burst: int = 40
+    #: user ids with a bucket at once (least recently used are forgotten)
+    rate_limit_users: int = 100_000
+    #: the TLS listener (0: none) and its certificate files
+    tls_port: int = 0
+    tls_cert_path: str = ""
+    tls_key_path: str = ""
+    #: (CA, certificate, key) for mTLS to every backend (None: cleartext)
+    mesh_tls: tuple[str, str, str] | None = None
 
 
 def _dur(seconds: float) -> str:
@@ -232,7 +252,14 @@ def _cluster(
                 {"priority": "HIGH", **limits},
             ]
         },
+        **edge_security.upstream_tls(cfg),
     }
+
+
+def _identity_headers() -> list[str]:
+    """Every header a backend takes from Envoy (mesh/identity.py): a client
+    must never set one itself."""
+    return [getattr(identity, n) for n in identity.__all__ if n.endswith("_HEADER")]
 
 
 def _http_filters(cfg: EdgeConfig) -> list[dict[str, Any]]:
@@ -246,9 +273,7 @@ def _http_filters(cfg: EdgeConfig) -> list[dict[str, Any]]:
             "name": "envoy.filters.http.header_mutation",
             "typed_config": {
                 "@type": T + "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
-                "mutations": {
-                    "request_mutations": [{"remove": USER_HEADER}, {"remove": ADMIN_HEADER}]
-                },
+                "mutations": {"request_mutations": [{"remove": h} for h in _identity_headers()]},
             },
         },
         {
@@ -259,11 +284,13 @@ def _http_filters(cfg: EdgeConfig) -> list[dict[str, Any]]:
                     JWT_PROVIDER: {
                         "issuer": cfg.issuer,
                         "audiences": [cfg.audience],
-                        "local_jwks": {"filename": cfg.jwks_path},
+                        **edge_security.jwks_source(cfg),
+                        **edge_security.jwt_checks(cfg),
                         "forward": False,
                         "claim_to_headers": [
                             {"header_name": USER_HEADER, "claim_name": "sub"},
                             {"header_name": ADMIN_HEADER, "claim_name": "admin"},
+                            edge_security.expiry_claim_header(),
                         ],
                     }
                 },
@@ -275,6 +302,7 @@ def _http_filters(cfg: EdgeConfig) -> list[dict[str, Any]]:
                 "bypass_cors_preflight": True,
             },
         },
+        *edge_security.rate_limit_filters(cfg),
         {
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": T + "envoy.extensions.filters.http.router.v3.Router"},
@@ -304,7 +332,7 @@ def _retry_policy() -> dict[str, Any]:
     }
 
 
-def _routes() -> list[dict[str, Any]]:
+def _routes(cfg: EdgeConfig) -> list[dict[str, Any]]:
     # No `grpc: {}` match: the route is chosen before grpc_web rewrites a
     # browser's content type to application/grpc, so it would 404 grpc-web.
     routes = [
@@ -321,6 +349,7 @@ def _routes() -> list[dict[str, Any]]:
             "route": {"cluster": "friend_svc", "timeout": "0s"},
         }
     )
+    routes = edge_security.exempt_from_rate_limit(routes, cfg, REFLECTION_PREFIX)
     # /mesh.internal.v1.* and anything else: no route (gRPC UNIMPLEMENTED)
     return routes
 
@@ -350,7 +379,7 @@ def build(cfg: EdgeConfig) -> dict[str, Any]:
         "http2_protocol_options": _http2(cfg),
         "route_config": {
             "name": "nearby",
-            "virtual_hosts": [{"name": "nearby", "domains": ["*"], "routes": _routes()}],
+            "virtual_hosts": [{"name": "nearby", "domains": ["*"], "routes": _routes(cfg)}],
         },
         "http_filters": _http_filters(cfg),
         # jwt_authn answers 401 for a missing/bad token but 403 for a valid
@@ -385,6 +414,7 @@ def build(cfg: EdgeConfig) -> dict[str, Any]:
                     "status_code": 503,
                     "body": {"inline_string": "stream idle timeout: reconnect"},
                 },
+                *edge_security.local_reply_mappers(cfg),
             ]
         },
     }
@@ -395,12 +425,25 @@ def build(cfg: EdgeConfig) -> dict[str, Any]:
         _cluster(cfg, "location_svc", [cfg.location], PUBLIC_ROUTES[1][2]),
         _cluster(cfg, "presence_svc", [cfg.presence], PUBLIC_ROUTES[2][2]),
         _cluster(cfg, "fanout_svc", list(cfg.fanout), PUBLIC_ROUTES[3][2]),
+        *edge_security.jwks_clusters(cfg),
     ]
     if cfg.otlp_endpoint:
         hcm["tracing"] = envoy_tracing.hcm_tracing(cfg.trace_sampling)
         clusters.append(
             envoy_tracing.collector_cluster(cfg.otlp_endpoint, _dur(cfg.connect_timeout_s))
         )
+    listener = {
+        "name": "grpc",
+        "address": {"socket_address": {"address": cfg.listen_host, "port_value": cfg.port}},
+        "per_connection_buffer_limit_bytes": cfg.buffer_limit_bytes,
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ]
+            }
+        ],
+    }
     return {
         "node": {"id": "nearby-edge", "cluster": "nearby"},
         "admin": {
@@ -408,25 +451,7 @@ def build(cfg: EdgeConfig) -> dict[str, Any]:
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": cfg.admin_port}}
         },
         "static_resources": {
-            "listeners": [
-                {
-                    "name": "grpc",
-                    "address": {
-                        "socket_address": {"address": cfg.listen_host, "port_value": cfg.port}
-                    },
-                    "per_connection_buffer_limit_bytes": cfg.buffer_limit_bytes,
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": hcm,
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ],
+            "listeners": [listener, *edge_security.tls_listeners(cfg, hcm)],
             "clusters": clusters,
         },
         "overload_manager": {
@@ -502,6 +527,32 @@ def from_settings(
         "stream_idle_timeout_s": settings.stream_idle_timeout_s,
         "otlp_endpoint": settings.otlp_endpoint,
         "trace_sampling": envoy_tracing.sample_ratio(settings),
+        **_security_settings(settings),
     }
     values.update(overrides)
     return EdgeConfig(**values)
+
+
+def _security_settings(settings: Settings) -> dict[str, Any]:
+    """EdgeConfig fields of the edge-security settings (docs/edge.md)."""
+    values: dict[str, Any] = {
+        "clock_skew_s": settings.jwt_clock_skew_s,
+        "jwks_url": settings.jwks_url,
+        "jwks_cache_s": settings.jwks_cache_s,
+        "rate_limit_per_s": settings.rate_limit_per_s,
+        "rate_limit_burst": settings.rate_limit_burst,
+    }
+    if settings.envoy_tls_port and settings.tls_cert_path:
+        values.update(
+            tls_port=settings.envoy_tls_port,
+            tls_cert_path=str(Path(settings.tls_cert_path).resolve()),
+            tls_key_path=str(Path(settings.tls_key_path).resolve()),
+        )
+    if settings.mesh_tls:
+        files = (settings.mesh_tls_ca_path, settings.mesh_tls_cert_path, settings.mesh_tls_key_path)
+        if not all(files):
+            raise ValueError(
+                "MESH_TLS=1 needs MESH_TLS_CA_PATH, MESH_TLS_CERT_PATH, MESH_TLS_KEY_PATH"
+            )
+        values["mesh_tls"] = tuple(str(Path(f).resolve()) for f in files)
+    return values

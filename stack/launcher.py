@@ -43,8 +43,9 @@ import redis
 
 from mesh import redis_checks
 from mesh.settings import Settings
-from stack import envoy_config, infra, paths, procs, prometheus, tokens
+from stack import edge_run, envoy_config, infra, paths, procs, prometheus, tokens
 from stack.edge import Envoy, envoy_binary
+from stack.jwks_server import JwksServer
 from stack.signals import SignalBurst, Verdict
 from stack.supervisor import Supervisor
 
@@ -193,6 +194,8 @@ class Stack:
     supervisor: Supervisor | None = None
     #: `--prometheus`: the Prometheus scraping the stack
     prometheus: prometheus.Prometheus | None = None
+    #: serves the dev JWKS to Envoy (remote_jwks), so a rotated key needs no restart
+    jwks_server: JwksServer | None = None
 
     def stop(self, settings: Settings, say: Callable[[str], None]) -> list[str]:
         """Stops everything; returns the processes that did not exit with 0
@@ -233,6 +236,8 @@ class Stack:
         if self.redis_cluster is not None:
             say("stopping the private Redis Cluster")
             self.redis_cluster.stop()
+        if self.jwks_server is not None:
+            self.jwks_server.stop()
         return unclean
 
     def kill(self) -> None:
@@ -385,6 +390,7 @@ def banner(settings: Settings, stack: Stack, listen: str, home: Path, redis_url:
         "nearby is running (Ctrl-C stops everything)",
         f"  Envoy gRPC    {host}:{settings.envoy_port}  (listening on {listen}; clients, JWT)",
         f"  Envoy admin   http://127.0.0.1:{settings.envoy_admin_port}/  (loopback only)",
+        *edge_run.banner_lines(settings, host),
     ]
     for child in stack.children:
         lines.append(
@@ -521,6 +527,7 @@ def _run(
         (listen, settings.envoy_port, "Envoy gRPC listener", "pass --port"),
         (loopback, settings.envoy_admin_port, "Envoy admin", "pass --admin-port"),
     ]
+    wanted += edge_run.wanted_ports(settings, listen)
     for name, port, var in services:
         wanted.append((settings.bind_host, port, name, f"set {var}"))
         wanted.append((settings.bind_host, port + 1000, f"{name} metrics", f"set {var}"))
@@ -545,6 +552,7 @@ def _run(
         jwks_path = str(tokens.load_or_create(home).jwks_path)
     elif not Path(jwks_path).is_file():
         raise StartError(f"JWKS_PATH={jwks_path} does not exist: point it at the issuer's JWKS")
+    settings, stack.jwks_server = edge_run.secure(settings, home)
     settings = settings.replace(
         nearby_home=str(home),
         redis_url=redis_url,

@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mesh import tls as mesh_tls
 from mesh.settings import Settings
 
 
@@ -99,6 +100,8 @@ class Child:
     #: starts the process (again), with the same command, environment and
     #: log; without it the child cannot be restarted
     launch: Callable[[], subprocess.Popen[bytes]] | None = field(default=None, repr=False)
+    #: mTLS for its health checks when the mesh uses it (MESH_TLS, mesh/tls.py)
+    credentials: grpc.ChannelCredentials | None = field(default=None, repr=False)
     _group_killed: bool = field(default=False, init=False, repr=False)
 
     @property
@@ -117,7 +120,7 @@ class Child:
 
     def ready(self) -> bool:
         return self.proc.poll() is None and check_health(
-            self.addr, self.spec.health_service, timeout=0.5
+            self.addr, self.spec.health_service, timeout=0.5, credentials=self.credentials
         )
 
     def respawn(self) -> None:
@@ -165,7 +168,8 @@ def spawn(
     env["METRICS_PORT"] = str(metrics_port)
     argv = [sys.executable, "-m", spec.module]
     launch = functools.partial(start, argv, env, log_path, die_with_parent=die_with_parent, cwd=cwd)
-    return Child(name, spec, port, metrics_port, log_path, launch(), launch)
+    creds = mesh_tls.channel_credentials(settings)
+    return Child(name, spec, port, metrics_port, log_path, launch(), launch, creds)
 
 
 def start(
@@ -203,9 +207,18 @@ def start(
             log.close()
 
 
-def check_health(addr: str, service: str, timeout: float = 1.0) -> bool:
+def check_health(
+    addr: str,
+    service: str,
+    timeout: float = 1.0,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> bool:
     """One grpc.health.v1 Check: True when SERVING."""
-    with grpc.insecure_channel(addr) as channel:
+    with (
+        grpc.secure_channel(addr, credentials)
+        if credentials is not None
+        else grpc.insecure_channel(addr)
+    ) as channel:
         stub: Any = health_pb2_grpc.HealthStub(channel)  # the stubs' types lack Check
         try:
             resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
@@ -231,7 +244,7 @@ def wait_healthy(
                     f"{child.name} exited with code {code} while starting"
                     + (f":\n  {tail}" if tail else ""),
                 )
-            if check_health(child.addr, child.spec.health_service, timeout=0.5):
+            if child.ready():
                 pending.remove(child)
         if pending and time.monotonic() > deadline:
             raise ChildFailed(

@@ -32,6 +32,8 @@ from stack import paths
 
 KEY_FILE = "dev-signing-key.pem"
 JWKS_FILE = "jwks.json"
+RETIRED_FILE = "dev-retired-keys.json"
+"""Public halves of keys replaced by `rotate`, still in the JWKS until `drop_retired`."""
 ALGORITHM = "ES256"
 
 _TTL_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
@@ -84,13 +86,25 @@ def _kid(public: ec.EllipticCurvePublicKey) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(der).digest()[:12]).decode().rstrip("=")
 
 
-def jwks_of(public: ec.EllipticCurvePublicKey, kid: str) -> dict[str, Any]:
+def jwk_of(public: ec.EllipticCurvePublicKey, kid: str) -> dict[str, Any]:
     jwk: dict[str, Any] = json.loads(ECAlgorithm.to_jwk(public))
     jwk.update(kid=kid, alg=ALGORITHM, use="sig")
-    return {"keys": [jwk]}
+    return jwk
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+def jwks_of(public: ec.EllipticCurvePublicKey, kid: str) -> dict[str, Any]:
+    return {"keys": [jwk_of(public, kid)]}
+
+
+def _retired(home: Path) -> list[dict[str, Any]]:
+    path = home / RETIRED_FILE
+    if not path.exists():
+        return []
+    keys: list[dict[str, Any]] = json.loads(path.read_text())["keys"]
+    return keys
+
+
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as f:
@@ -119,10 +133,35 @@ def load_or_create(home: Path) -> SigningKey:
         raise ValueError(f"{key_path} is not an EC private key: delete it to get a new one")
     kid = _kid(loaded.public_key())
     jwks_path = home / JWKS_FILE
-    jwks = json.dumps(jwks_of(loaded.public_key(), kid), indent=2).encode()
+    # the current key first, then retired ones (tokens they signed still pass)
+    current = jwk_of(loaded.public_key(), kid)
+    doc = {"keys": [current, *(k for k in _retired(home) if k.get("kid") != kid)]}
+    jwks = json.dumps(doc, indent=2).encode()
     if not jwks_path.exists() or jwks_path.read_bytes() != jwks:
-        _write_atomic(jwks_path, jwks, 0o644)
+        write_atomic(jwks_path, jwks, 0o644)
     return SigningKey(loaded, kid, jwks_path)
+
+
+def rotate(home: Path) -> SigningKey:
+    """A new signing key; the old one's public half stays in the JWKS (tokens
+    it signed keep working) until `drop_retired`."""
+    old = load_or_create(home)
+    retired = [k for k in _retired(home) if k.get("kid") != old.kid]
+    retired.append(jwk_of(old.private_key.public_key(), old.kid))
+    write_atomic(home / RETIRED_FILE, json.dumps({"keys": retired}, indent=2).encode(), 0o644)
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    write_atomic(home / KEY_FILE, pem, 0o600)
+    return load_or_create(home)
+
+
+def drop_retired(home: Path) -> SigningKey:
+    """Remove the retired keys from the JWKS: tokens they signed are refused
+    once Envoy has refetched it."""
+    (home / RETIRED_FILE).unlink(missing_ok=True)
+    return load_or_create(home)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

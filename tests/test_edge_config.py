@@ -17,9 +17,9 @@ import yaml
 from google.protobuf import json_format
 
 from mesh import identity
-from mesh.identity import ADMIN_HEADER, USER_HEADER
+from mesh.identity import ADMIN_HEADER, TOKEN_EXP_HEADER, USER_HEADER
 from mesh.settings import Settings
-from stack import envoy_config, tokens
+from stack import certs, envoy_config, tokens
 from stack.edge import validate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,7 +88,10 @@ def test_config_from_settings_routes_every_public_service() -> None:
     doc = envoy_config.build(cfg)
     hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     routes = hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
-    prefixes = {r["match"]["prefix"]: r["route"] for r in routes}
+    prefixes = {r["match"]["prefix"]: r["route"] for r in routes if "prefix" in r["match"]}
+    # streaming RPCs have exact-path routes of their own (not rate limited per call)
+    exact = {r["match"]["path"]: r["route"] for r in routes if "path" in r["match"]}
+    assert exact == {"/nearby.v1.NearbyService/Connect": prefixes["/nearby.v1.NearbyService/"]}
     assert set(prefixes) == {
         "/nearby.v1.FriendService/",
         "/nearby.v1.LocationService/",
@@ -195,13 +198,17 @@ def _stripped_before_jwt_authn(hcm: dict[str, Any]) -> set[str]:
     raise AssertionError("no jwt_authn filter: who sets the identity headers?")
 
 
-@pytest.mark.parametrize("source", ["generated", "committed"])
+@pytest.mark.parametrize("source", ["generated", "generated-tls", "committed"])
 def test_the_edge_strips_every_client_sent_identity_header_itself(source: str) -> None:
     """The project's own rule, seen in the config: jwt_authn happens to drop the
     headers it sets from claims too, which hides a missing rule from a test
     through Envoy."""
     if source == "generated":
         doc = envoy_config.build(envoy_config.from_settings(Settings()))
+    elif source == "generated-tls":  # the TLS listener has the same pipeline
+        tls = Settings(tls_cert_path="/tls/server.pem", tls_key_path="/tls/server-key.pem")
+        doc = envoy_config.build(envoy_config.from_settings(tls))
+        assert len(doc["static_resources"]["listeners"]) == 2
     else:
         doc = yaml.safe_load((ROOT / "envoy" / "envoy.yaml").read_text())
     listeners = doc["static_resources"]["listeners"]
@@ -217,7 +224,7 @@ def test_the_edge_strips_every_client_sent_identity_header_itself(source: str) -
                     for c in p.get("claim_to_headers", [])
                 }
                 identity_headers = _identity_headers() | set_from_claims
-                assert {USER_HEADER, ADMIN_HEADER} <= identity_headers
+                assert {USER_HEADER, ADMIN_HEADER, TOKEN_EXP_HEADER} <= identity_headers
                 missing = identity_headers - _stripped_before_jwt_authn(hcm)
                 assert not missing, f"{listener['name']}: a client could send {missing}"
                 # and no route turns the stripping off
@@ -225,3 +232,47 @@ def test_the_edge_strips_every_client_sent_identity_header_itself(source: str) -
                     for scope in [host, *host["routes"]]:
                         per_filter = scope.get("typed_per_filter_config", {})
                         assert "envoy.filters.http.header_mutation" not in per_filter
+
+
+def test_tls_listener_mtls_and_an_https_jwks_url_pass_envoy_validate(tmp_path: Path) -> None:
+    """The edge-security parts that only a real Envoy can fully check."""
+    dev = certs.load_or_create(tmp_path)
+    assert stat.S_IMODE(dev.server_key.stat().st_mode) == 0o600
+    assert certs.load_or_create(tmp_path).server_cert.read_bytes() == dev.server_cert.read_bytes()
+    cfg = envoy_config.EdgeConfig(
+        jwks_url="https://id.example.com/.well-known/jwks.json",
+        tls_port=8443,
+        tls_cert_path=str(dev.server_cert),
+        tls_key_path=str(dev.server_key),
+        mesh_tls=(str(dev.ca), str(dev.mesh_cert), str(dev.mesh_key)),
+    )
+    doc = envoy_config.build(cfg)
+    jwks = next(c for c in doc["static_resources"]["clusters"] if c["name"] == "jwks")
+    assert jwks["transport_socket"]["typed_config"]["sni"] == "id.example.com"
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    jwt_filter = next(f for f in hcm["typed_config"]["http_filters"] if "jwt_authn" in f["name"])
+    provider = jwt_filter["typed_config"]["providers"]["nearby"]
+    assert "local_jwks" not in provider
+    assert provider["remote_jwks"]["http_uri"]["cluster"] == "jwks"
+    assert provider["clock_skew_seconds"] == 5
+    ok, output = validate(envoy_config.write(cfg, tmp_path / "envoy.yaml"))
+    assert ok, output
+
+
+def test_nearby_keys_rotate_keeps_the_old_key_until_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stack import cli
+
+    monkeypatch.setenv("NEARBY_HOME", str(tmp_path))
+    old = tokens.load_or_create(tmp_path)
+    assert cli.main(["keys", "rotate"]) == 0
+    new = tokens.load_or_create(tmp_path)
+    assert new.kid != old.kid
+    kids = [k["kid"] for k in json.loads(new.jwks_path.read_text())["keys"]]
+    assert kids == [new.kid, old.kid]  # the signing key first, the retired one kept
+    assert stat.S_IMODE((tmp_path / tokens.KEY_FILE).stat().st_mode) == 0o600
+    assert cli.main(["keys", "drop-retired"]) == 0
+    kids = [k["kid"] for k in json.loads(new.jwks_path.read_text())["keys"]]
+    assert kids == [new.kid]
+    assert "drop-retired" in capsys.readouterr().out

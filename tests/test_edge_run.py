@@ -105,6 +105,17 @@ def test_nearby_run_serves_through_envoy_and_stops_cleanly(
     assert json.loads(me.stdout)["user"]["user_id"] == "alice"
     denied = grpcurl("-d", "{}", "nearby.v1.FriendService/GetUser")
     assert "Unauthenticated" in denied.stderr
+    # TLS with the dev CA created on first start
+    ca = tmp_path / "home" / "tls" / "ca.pem"
+    assert f"localhost:{env['ENVOY_TLS_PORT']}" in banner
+    secure = subprocess.run(
+        [grpcurl_binary(), "-cacert", str(ca), f"localhost:{env['ENVOY_TLS_PORT']}", "list"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert secure.returncode == 0, secure.stderr
+    assert "nearby.v1.NearbyService" in secure.stdout
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0, out.read_text()

@@ -207,6 +207,7 @@ class NearbyClient:
             longitude,
             backoff=backoff or self.backoff,
             on_close=self._sessions.discard,
+            refreshable=callable(token if token is not None else self._token),
         )
         self._sessions.add(session)
         return session

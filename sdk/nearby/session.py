@@ -108,7 +108,9 @@ class NearbySession:
     or the server's ``retry_after``), reconnects, re-sends the last location as
     the first message and yields the new :class:`Snapshot`, which replaces
     :attr:`nearby`. UNAUTHENTICATED / PERMISSION_DENIED raise
-    :class:`AuthError`; other non-retryable statuses raise :class:`NearbyError`.
+    :class:`AuthError` (except a stream ended by its token's expiry when the
+    token is a function: that one reconnects once with a fresh token); other
+    non-retryable statuses raise :class:`NearbyError`.
     """
 
     def __init__(
@@ -120,8 +122,13 @@ class NearbySession:
         *,
         backoff: BackoffPolicy | None = None,
         on_close: Callable[[NearbySession], None] | None = None,
+        refreshable: bool = False,
     ) -> None:
         check_position(latitude, longitude)
+        # the token source can mint a new token: a stream ended by the token's
+        # expiry (TOKEN_EXPIRED) reconnects once with a fresh one
+        self._refreshable = refreshable
+        self._expired_retry = False
         self._stub = stub
         self._metadata = metadata
         self._location = (latitude, longitude)
@@ -332,8 +339,21 @@ class NearbySession:
         self._drop_call()
         self.last_error = f"{code.name}: {details}" if details else code.name
         if code in FATAL_CODES:
-            self._fail(from_rpc_error(error) if error is not None else make_error(code, details))
+            failure = from_rpc_error(error) if error is not None else make_error(code, details)
+            if not self._retry_expired_token(failure):
+                self._fail(failure)
+            self._schedule_reconnect(self.last_error, 0.0)
+            return
         self._schedule_reconnect(self.last_error, None)
+
+    def _retry_expired_token(self, failure: NearbyError) -> bool:
+        """True when the stream ended at its token's expiry and the token
+        source can refresh: reconnect once with a new token (the server asks
+        for that beforehand with a Reconnect; this covers a missed one)."""
+        if failure.reason != "TOKEN_EXPIRED" or not self._refreshable or self._expired_retry:
+            return False
+        self._expired_retry = True
+        return True
 
     def _schedule_reconnect(self, cause: str, retry_after: float | None) -> None:
         if self._backoff.exhausted():
@@ -370,6 +390,7 @@ class NearbySession:
             snapshot = Snapshot.from_proto(message.snapshot)
             self._view.apply_snapshot(snapshot)
             self._backoff.reset()
+            self._expired_retry = False
             self._state = "connected"
             self.last_error = ""
             self._pending.append(snapshot)

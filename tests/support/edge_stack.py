@@ -26,6 +26,11 @@ Arguments of `edge_stack`:
   via `edge`: {...}.
 - `per_service`: Settings changes for one service only, e.g.
   `{"location_svc": {"friend_cap": 2}}` (services that disagree, on purpose).
+- `tls`: also a TLS listener (`stack.tls_addr`, dev CA `stack.ca_path`);
+  `served_jwks`: Envoy fetches the JWKS by URL (remote_jwks) from a loopback
+  server of the key's JWKS file (rotation); `mesh_tls`: mTLS Envoy -> backends.
+- The per-user rate limit is raised to 1,000/s unless `edge` sets it: tests
+  call faster than people do.
 
 Envoy and every backend are stopped at the end, and the temporary folder
 (key, config, logs) is removed. Never call blocking code while the stack is up
@@ -51,8 +56,9 @@ from grpc_health.v1 import health_pb2
 from mesh.channels import CLIENT_OPTIONS
 from mesh.server import Runner, ServiceApp
 from mesh.settings import Settings
-from stack import envoy_config, infra, procs, tokens
+from stack import certs, envoy_config, infra, procs, tokens
 from stack.edge import Envoy
+from stack.jwks_server import JwksServer
 
 ALL_SERVICES: tuple[str, ...] = ("friend_svc", "location_svc", "presence_svc", "fanout_svc")
 
@@ -116,6 +122,9 @@ class EdgeStack:
     backends: dict[str, list[str]]
     runners: dict[str, list[Runner]] = field(default_factory=dict)
     children: dict[str, list[procs.Child]] = field(default_factory=dict)
+    tls_addr: str = ""
+    ca_path: Path | None = None
+    home: Path | None = None
 
     @property
     def admin_url(self) -> str:
@@ -146,16 +155,20 @@ class EdgeStack:
         data: str | None = None,
         headers: Sequence[str] = (),
         max_time_s: float = 30.0,
+        tls: bool = False,
+        target: str | None = None,
     ) -> Grpcurl:
-        """Run the real grpcurl against Envoy: `grpcurl -plaintext [..] ADDR *args`."""
-        cmd = [grpcurl_binary(), "-plaintext", "-max-time", str(int(max_time_s))]
+        """Run the real grpcurl against Envoy: `grpcurl -plaintext [..] ADDR *args`
+        (with `tls`: `-cacert CA` against the TLS listener)."""
+        cmd = [grpcurl_binary(), "-max-time", str(int(max_time_s))]
+        cmd += ["-cacert", str(self.ca_path)] if tls else ["-plaintext"]
         if token is not None:
             cmd += ["-H", f"authorization: Bearer {token}"]
         for h in headers:
             cmd += ["-H", h]
         if data is not None:
             cmd += ["-d", data]
-        cmd += [self.envoy_addr, *args]
+        cmd += [target or (self.tls_addr if tls else self.envoy_addr), *args]
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
@@ -205,6 +218,9 @@ async def edge_stack(
     stream_idle_timeout_s: float | None = None,
     edge: dict[str, Any] | None = None,
     per_service: dict[str, dict[str, Any]] | None = None,
+    tls: bool = False,
+    served_jwks: bool = False,
+    mesh_tls: bool = False,
 ) -> AsyncIterator[EdgeStack]:
     unknown = set(services) - set(ALL_SERVICES)
     if unknown:
@@ -213,6 +229,7 @@ async def edge_stack(
     runners: dict[str, list[Runner]] = {}
     children: dict[str, list[procs.Child]] = {}
     envoy: Envoy | None = None
+    jwks_server: JwksServer | None = None
     try:
         key = tokens.load_or_create(tmp / "key")
         ports = {name: [infra.free_port()] for name in ALL_SERVICES[:3]}
@@ -224,6 +241,23 @@ async def edge_stack(
             presence_addr=backends["presence_svc"][0],
             jwks_path=str(key.jwks_path),
         )
+        dev_tls = certs.load_or_create(tmp) if tls or mesh_tls else None
+        if tls and dev_tls is not None:
+            settings = settings.replace(
+                envoy_tls_port=infra.free_port(),
+                tls_cert_path=str(dev_tls.server_cert),
+                tls_key_path=str(dev_tls.server_key),
+            )
+        if mesh_tls and dev_tls is not None:
+            settings = settings.replace(
+                mesh_tls=True,
+                mesh_tls_ca_path=str(dev_tls.ca),
+                mesh_tls_cert_path=str(dev_tls.mesh_cert),
+                mesh_tls_key_path=str(dev_tls.mesh_key),
+            )
+        if served_jwks:
+            jwks_server = JwksServer(key.jwks_path).start()
+            settings = settings.replace(jwks_url=jwks_server.url)
         for name in (s for s in ALL_SERVICES if s in services):
             own = settings.replace(**(per_service or {}).get(name, {}))
             if processes:
@@ -256,6 +290,8 @@ async def edge_stack(
             "admin_port": admin_port,
             "health_interval_s": health_interval_s,
             "health_timeout_s": max(health_interval_s, 0.5),
+            "rate_limit_per_s": 1000.0,
+            "rate_limit_burst": 1000,
         }
         if stream_idle_timeout_s is not None:
             overrides["stream_idle_timeout_s"] = stream_idle_timeout_s
@@ -272,12 +308,17 @@ async def edge_stack(
         stack = EdgeStack(
             settings, envoy, f"127.0.0.1:{envoy_port}", key, backends, runners, children
         )
+        stack.home = tmp
+        if tls and dev_tls is not None:
+            stack.tls_addr, stack.ca_path = f"127.0.0.1:{cfg.tls_port}", dev_tls.ca
         for name in services:
             await stack.wait_hosts(name, healthy=True)
         yield stack
     finally:
         if envoy is not None:
             await asyncio.to_thread(envoy.stop)
+        if jwks_server is not None:
+            jwks_server.stop()
         for name in reversed(ALL_SERVICES):
             for runner in reversed(runners.get(name, [])):
                 await runner.stop()

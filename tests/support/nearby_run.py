@@ -69,6 +69,11 @@ def run_env(
         FANOUT_PORT=str(free_block(fanout_replicas)),
         SHUTDOWN_GRACE_S="2",
         DRAIN_S="1",
+        ENVOY_TLS_PORT=str(free_block(1)),
+        JWKS_SERVE_PORT=str(free_block(1)),
+        # tests call faster than people: the per-user limit would throttle them
+        RATE_LIMIT_PER_S="1000",
+        RATE_LIMIT_BURST="1000",
     )
     return env
 
