@@ -150,8 +150,13 @@ def raise_fd_limit() -> None:
 
 
 def check_dev(settings: Settings) -> None:
-    """Dev mode mints tokens with the local dev key: only for a stack whose
-    Envoy trusts that key (JWKS_PATH unset), never next to a real issuer."""
+    """The browser settings: origins that are origins, and dev mode (it mints
+    tokens with the local dev key) only for a stack whose Envoy trusts that
+    key (JWKS_PATH unset), never next to a real issuer."""
+    try:
+        envoy_browser.origins(settings)
+    except ValueError as exc:
+        raise StartError(str(exc)) from exc
     if settings.dev_mode and settings.jwks_path:
         raise StartError(
             f"dev mode (--dev, DEV_MODE=1) is refused with JWKS_PATH={settings.jwks_path}: "

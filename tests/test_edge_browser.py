@@ -247,9 +247,17 @@ async def test_watch_over_grpc_web_and_connect(stack: EdgeStack) -> None:
         assert s.headers.get("access-control-allow-origin") == PAGE
 
 
-async def test_connect_json_is_refused_with_what_to_send(stack: EdgeStack) -> None:
-    """The backends speak binary protobuf only: JSON would fail as UNKNOWN there."""
+async def test_connect_unary_errors_and_json_refused(stack: EdgeStack) -> None:
+    """A unary error over the Connect protocol is JSON with an HTTP status; the
+    backends speak binary protobuf only, so a JSON request is refused at the
+    edge, saying what to send (it would fail as UNKNOWN there)."""
     token = stack.token(uid("json"))
+    bad = await asyncio.to_thread(connect_report, stack.envoy_addr, token, 95.0, 0.0)
+    assert bad.status == 400 and bad.headers["content-type"] == "application/json"
+    error = json.loads(bad.body)
+    assert error["code"] == "invalid_argument"
+    assert error["message"].startswith("position.latitude")
+    assert bad.headers.get("access-control-allow-origin") == PAGE
     for content_type in ("application/json", "application/connect+json"):
         reply = await asyncio.to_thread(
             browser.request,

@@ -87,3 +87,5 @@ def test_launcher_refuses_dev_mode_next_to_a_real_issuer() -> None:
     launcher.check_dev(Settings(jwks_path="/etc/nearby/jwks.json"))  # not dev: fine
     with pytest.raises(launcher.StartError, match="JWKS_PATH"):
         launcher.check_dev(Settings(dev_mode=True, jwks_path="/etc/nearby/jwks.json"))
+    with pytest.raises(launcher.StartError, match="CORS_ALLOWED_ORIGINS"):
+        launcher.check_dev(Settings(cors_allowed_origins="*"))
