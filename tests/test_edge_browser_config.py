@@ -4,12 +4,18 @@ next to a real issuer."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mesh.settings import Settings
 from stack import envoy_browser, envoy_config, launcher
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _hcm(cfg: envoy_config.EdgeConfig) -> dict[str, Any]:
@@ -89,3 +95,18 @@ def test_launcher_refuses_dev_mode_next_to_a_real_issuer() -> None:
         launcher.check_dev(Settings(dev_mode=True, jwks_path="/etc/nearby/jwks.json"))
     with pytest.raises(launcher.StartError, match="CORS_ALLOWED_ORIGINS"):
         launcher.check_dev(Settings(cors_allowed_origins="*"))
+
+
+def test_rendered_production_config_grants_its_origins_and_refuses_dev_mode(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "envoy.yaml"
+    env = {**os.environ, "CORS_ALLOWED_ORIGINS": "https://app.example.com", "DEV_MODE": ""}
+    cmd = [sys.executable, "envoy/generate.py", "--from-env", "--out", str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert "exact: https://app.example.com" in text and "/dev/token" not in text
+    env["DEV_MODE"] = "1"
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "nearby run --dev" in done.stderr
