@@ -171,3 +171,36 @@ async def test_watch_too_far_behind_gets_reconnect(settings: Settings) -> None:
         assert s.error is not None and s.error.code() == grpc.StatusCode.UNAVAILABLE
         assert "fell behind" in (s.error.details() or "")
         await until(lambda: not m.fanout_app.streams.sessions)
+
+
+async def test_watch_follows_my_moves_in_ghost_mode(m: Mesh) -> None:
+    """Nothing of a hidden caller is published, yet their own list follows them
+    (hidden while Watch is open, and hidden before it opened); friends see nothing."""
+    a, b, c = await m.users("a", "b", "c")
+    await m.befriend(a, b)
+    await m.befriend(c, b)
+    sb = await m.connect(b, *offset(*ORIGIN, 12000))
+    sa = await m.watch(a, *ORIGIN)
+    await sa.wait_for(lambda s: s.snapshots())
+    await m.set_hidden(a, True)
+    await sa.move(*offset(*ORIGIN, 11000))  # hidden: not published
+    upd = await sa.wait_for(lambda s: s.updates(b), within=15)
+    assert upd[0].distance_meters == pytest.approx(1000, abs=5)
+    assert sb.updates(a) == []  # B never learns where A is
+
+    await m.set_hidden(c, True)
+    sc = await m.watch(c, *offset(*ORIGIN, 11500))
+    snap = (await sc.wait_for(lambda s: s.snapshots()))[0]
+    assert [f.user_id for f in snap.friends] == [b]
+    await sc.move(*ORIGIN)  # 12 km from B: out of range
+    gone = await sc.wait_for(lambda s: s.gones(b), within=15)
+    assert gone[0].reason == pb.FRIEND_GONE_REASON_OUT_OF_RANGE
+    # visible again: the next report is published, and followed as usual
+    await m.set_hidden(c, False)
+    await sc.move(*offset(*ORIGIN, 11900))
+    upd = await sc.wait_for(lambda s: s.updates(b), within=15)
+    assert upd[-1].distance_meters == pytest.approx(100, abs=5)
+    await sb.wait_for(lambda s: s.updates(c))  # and B sees C again
+    assert sb.updates(a) == []
+    for s in (sa, sb, sc):
+        await s.close()
