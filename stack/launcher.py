@@ -578,7 +578,14 @@ def _run(
             return 0
         raise StartError(f"{exc} (log: {exc.child.log_path})") from exc
     if settings.dev_mode:
-        stack.dev_token = devtoken.DevTokenServer(tokens.load_or_create(home), settings).start()
+        try:
+            server = devtoken.DevTokenServer(tokens.load_or_create(home), settings)
+        except OSError as exc:
+            raise StartError(
+                f"the dev login cannot listen on 127.0.0.1:{settings.dev_token_port} ({exc}): "
+                "set DEV_TOKEN_PORT"
+            ) from exc
+        stack.dev_token = server.start()
 
     cfg = envoy_config.from_settings(
         settings,
