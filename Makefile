@@ -10,7 +10,7 @@ PYTHON ?= python3
 .PHONY: deps-prometheus observe-check dashboard
 
 help:
-	@echo "make run    - start Redis/Postgres (if needed), the four services and Envoy"
+	@echo "make run    - start Redis/Postgres (if needed), the four services and Envoy (dev mode)"
 	@echo "make test   - stubs/protos/envoy checks, ruff, mypy and the test suite"
 	@echo "make chaos  - the chaos tests at full size (1000 SDK sessions, 30 s Postgres outage, ...)"
 	@echo "make bench  - the benchmark suite (writes docs/benchmarks.md)"
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml sdk/pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/nearby run $(ARGS)
+	$(BIN)/nearby run --dev $(ARGS)
 
 proto: $(STAMP)
 	$(PY) scripts/gen_protos.py

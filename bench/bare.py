@@ -58,6 +58,12 @@ class BareNearby(nearby_service_pb2_grpc.NearbyServiceServicer):
     ) -> pb.ListNearbyFriendsResponse:
         return pb.ListNearbyFriendsResponse()
 
+    async def Watch(  # type: ignore[override]
+        self, request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        """The baseline measures Connect only."""
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the bare server has no Watch")
+
     def burst(self) -> None:
         if self.rate:
             if self.pacing is None or self.pacing.done():

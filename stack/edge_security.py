@@ -42,7 +42,10 @@ T = "type.googleapis.com/"
 RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
 JWKS_CLUSTER = "jwks"
 #: streaming RPCs: not rate limited per call (the fan-out caps streams per user)
-STREAMING_METHODS: tuple[str, ...] = ("/nearby.v1.NearbyService/Connect",)
+STREAMING_METHODS: tuple[str, ...] = (
+    "/nearby.v1.NearbyService/Connect",
+    "/nearby.v1.NearbyService/Watch",
+)
 #: system CA bundle (Debian) for an https JWKS_URL
 SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
 

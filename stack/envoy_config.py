@@ -6,9 +6,10 @@ rather than at Envoy start-up; the YAML is emitted from the parsed message.
 `envoy --mode validate` then checks what Python cannot (Envoy's value
 constraints). See docs/edge.md for why each timeout and limit is what it is.
 
-Request path: grpc_web (browsers) -> header_mutation (drop client-sent
-identity headers) -> jwt_authn (validate the token, set the identity headers
-from its claims) -> router (by gRPC service name).
+Request path: cors (browsers' preflights) -> grpc_web, connect_grpc_bridge
+(browsers: both to gRPC; stack/envoy_browser.py) -> header_mutation (drop
+client-sent identity headers) -> jwt_authn (validate the token, set the
+identity headers from its claims) -> router (by gRPC service name).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from google.protobuf import json_format
 from mesh import identity
 from mesh.identity import ADMIN_HEADER, USER_HEADER
 from mesh.settings import Settings
-from stack import edge_security, envoy_tracing
+from stack import edge_security, envoy_browser, envoy_tracing
 
 T = "type.googleapis.com/"
 JWT_PROVIDER = "nearby"
@@ -138,6 +139,10 @@ class EdgeConfig:
     tls_key_path: str = ""
     #: (CA, certificate, key) for mTLS to every backend (None: cleartext)
     mesh_tls: tuple[str, str, str] | None = None
+    #: browser origins granted CORS (exact); none by default
+    cors_origins: Sequence[str] = ()
+    #: dev mode only: host:port of the dev-token server behind POST /dev/token
+    dev_token: str = ""
 
 
 def _dur(seconds: float) -> str:
@@ -263,11 +268,14 @@ def _identity_headers() -> list[str]:
 
 
 def _http_filters(cfg: EdgeConfig) -> list[dict[str, Any]]:
+    cors, connect = envoy_browser.filters()
     return [
+        cors,
         {
             "name": "envoy.filters.http.grpc_web",
             "typed_config": {"@type": T + "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"},
         },
+        connect,
         {
             # before jwt_authn: a client must never choose its own identity
             "name": "envoy.filters.http.header_mutation",
@@ -296,6 +304,7 @@ def _http_filters(cfg: EdgeConfig) -> list[dict[str, Any]]:
                 },
                 "rules": [
                     {"match": {"prefix": REFLECTION_PREFIX}},
+                    *([envoy_browser.dev_token_jwt_rule()] if cfg.dev_token else []),
                     # everything else needs a valid token (deny by default)
                     {"match": {"prefix": "/"}, "requires": {"provider_name": JWT_PROVIDER}},
                 ],
@@ -343,6 +352,9 @@ def _routes(cfg: EdgeConfig) -> list[dict[str, Any]]:
         }
         for cluster, prefix, _ in PUBLIC_ROUTES
     ]
+    routes[:0] = envoy_browser.json_refusal_routes("/nearby.v1.")
+    if cfg.dev_token:
+        routes.insert(0, envoy_browser.dev_token_route())
     routes.append(
         {
             "match": {"prefix": REFLECTION_PREFIX},
@@ -379,7 +391,14 @@ def build(cfg: EdgeConfig) -> dict[str, Any]:
         "http2_protocol_options": _http2(cfg),
         "route_config": {
             "name": "nearby",
-            "virtual_hosts": [{"name": "nearby", "domains": ["*"], "routes": _routes(cfg)}],
+            "virtual_hosts": [
+                {
+                    "name": "nearby",
+                    "domains": ["*"],
+                    "routes": _routes(cfg),
+                    "typed_per_filter_config": envoy_browser.cors_policy(cfg.cors_origins),
+                }
+            ],
         },
         "http_filters": _http_filters(cfg),
         # jwt_authn answers 401 for a missing/bad token but 403 for a valid
@@ -444,6 +463,9 @@ def build(cfg: EdgeConfig) -> dict[str, Any]:
             }
         ],
     }
+    if cfg.dev_token:
+        host, port = _split(cfg.dev_token)
+        clusters.append(envoy_browser.dev_token_cluster(host, port, _dur(cfg.connect_timeout_s)))
     return {
         "node": {"id": "nearby-edge", "cluster": "nearby"},
         "admin": {
@@ -528,6 +550,8 @@ def from_settings(
         "otlp_endpoint": settings.otlp_endpoint,
         "trace_sampling": envoy_tracing.sample_ratio(settings),
         **_security_settings(settings),
+        "cors_origins": tuple(envoy_browser.origins(settings)),
+        "dev_token": f"127.0.0.1:{settings.dev_token_port}" if settings.dev_mode else "",
     }
     values.update(overrides)
     return EdgeConfig(**values)

@@ -88,10 +88,17 @@ def test_config_from_settings_routes_every_public_service() -> None:
     doc = envoy_config.build(cfg)
     hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     routes = hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
-    prefixes = {r["match"]["prefix"]: r["route"] for r in routes if "prefix" in r["match"]}
+    prefixes = {
+        r["match"]["prefix"]: r["route"] for r in routes if "prefix" in r["match"] and "route" in r
+    }
     # streaming RPCs have exact-path routes of their own (not rate limited per call)
-    exact = {r["match"]["path"]: r["route"] for r in routes if "path" in r["match"]}
-    assert exact == {"/nearby.v1.NearbyService/Connect": prefixes["/nearby.v1.NearbyService/"]}
+    exact = {
+        r["match"]["path"]: r["route"] for r in routes if "path" in r["match"] and "route" in r
+    }
+    assert exact == {
+        "/nearby.v1.NearbyService/Connect": prefixes["/nearby.v1.NearbyService/"],
+        "/nearby.v1.NearbyService/Watch": prefixes["/nearby.v1.NearbyService/"],
+    }
     assert set(prefixes) == {
         "/nearby.v1.FriendService/",
         "/nearby.v1.LocationService/",

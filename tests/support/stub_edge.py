@@ -29,6 +29,10 @@ class StubServicer(pb_grpc.NearbyServiceServicer):
     ) -> pb.ListNearbyFriendsResponse:
         return pb.ListNearbyFriendsResponse()
 
+    async def Watch(self, request: pb.WatchRequest, context: Any) -> None:  # type: ignore[override]
+        """A double of Connect's edge behaviour only: no Watch."""
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Watch is not served by this stub")
+
 
 class StubApp(ServiceApp):
     """Serves one NearbyService servicer (every backend address of the edge)."""
