@@ -39,7 +39,7 @@ def _ephemeral_low() -> int:
 _HANDED_OUT: set[int] = set()
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = "127.0.0.1", *, below: int | None = None) -> int:
     """A port that is free now, below the kernel's ephemeral range, and not
     handed out before by this process.
 
@@ -48,9 +48,10 @@ def free_port(host: str = "127.0.0.1") -> int:
     chosen and the moment a server binds it; with hundreds of connections to
     Postgres and Redis open, that happened (a service failing to start with
     "address already in use"). Outgoing connections never use ports below
-    the ephemeral range.
+    the ephemeral range. `below` lowers the ceiling further (a Redis Cluster
+    node's bus port, +10000, must stay below the ephemeral range too).
     """
-    high = min(_ephemeral_low(), 65536) - 1
+    high = min(_ephemeral_low() if below is None else below, 65536) - 1
     low = max(1024, high - 12000)
     for _ in range(500):
         port = random.randint(low, high)
@@ -345,7 +346,9 @@ class RedisCluster:
         taken = set(taken or ())
         ports: list[int] = []
         while len(ports) < n:
-            p = free_port()
+            # the bus port (+10000) must be below the ephemeral range as well:
+            # an outgoing connection took one there between pick and bind
+            p = free_port(below=_ephemeral_low() - 10000)
             bus_clash = p - 10000 in taken or p + 10000 in taken  # a bus port of ours
             if (
                 p + 10000 < 65536
@@ -355,6 +358,7 @@ class RedisCluster:
             ):
                 ports.append(p)
                 taken.add(p)
+                _HANDED_OUT.add(p + 10000)  # nobody else in this process gets our bus port
         return ports
 
     @property
