@@ -51,6 +51,11 @@ class NearbyServiceStub:
                 request_serializer=nearby_dot_v1_dot_nearby__service__pb2.ListNearbyFriendsRequest.SerializeToString,
                 response_deserializer=nearby_dot_v1_dot_nearby__service__pb2.ListNearbyFriendsResponse.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/nearby.v1.NearbyService/Watch',
+                request_serializer=nearby_dot_v1_dot_nearby__service__pb2.WatchRequest.SerializeToString,
+                response_deserializer=nearby_dot_v1_dot_nearby__service__pb2.WatchResponse.FromString,
+                _registered_method=True)
 
 
 class NearbyServiceServicer:
@@ -85,6 +90,19 @@ class NearbyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """The live list for clients that cannot send on a stream (browsers, over
+        grpc-web or the Connect protocol). The same snapshot, events, heartbeats
+        and Reconnect as Connect, driven by the caller's own unary
+        LocationService.ReportLocation calls instead of stream messages: report a
+        location first (FAILED_PRECONDITION otherwise), then keep reporting it;
+        each report moves the caller's list as a Connect location message would.
+        More pages: ListNearbyFriends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NearbyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +115,11 @@ def add_NearbyServiceServicer_to_server(servicer, server):
                     servicer.ListNearbyFriends,
                     request_deserializer=nearby_dot_v1_dot_nearby__service__pb2.ListNearbyFriendsRequest.FromString,
                     response_serializer=nearby_dot_v1_dot_nearby__service__pb2.ListNearbyFriendsResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=nearby_dot_v1_dot_nearby__service__pb2.WatchRequest.FromString,
+                    response_serializer=nearby_dot_v1_dot_nearby__service__pb2.WatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -160,6 +183,33 @@ class NearbyService:
             '/nearby.v1.NearbyService/ListNearbyFriends',
             nearby_dot_v1_dot_nearby__service__pb2.ListNearbyFriendsRequest.SerializeToString,
             nearby_dot_v1_dot_nearby__service__pb2.ListNearbyFriendsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nearby.v1.NearbyService/Watch',
+            nearby_dot_v1_dot_nearby__service__pb2.WatchRequest.SerializeToString,
+            nearby_dot_v1_dot_nearby__service__pb2.WatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

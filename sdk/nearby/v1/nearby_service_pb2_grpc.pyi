@@ -54,6 +54,15 @@ class NearbyServiceStub:
     reported location. FAILED_PRECONDITION if the caller has no recent
     location (report one first).
     """
+    Watch: _grpc.UnaryStreamMultiCallable[_nearby_service_pb2.WatchRequest, _nearby_service_pb2.WatchResponse]
+    """The live list for clients that cannot send on a stream (browsers, over
+    grpc-web or the Connect protocol). The same snapshot, events, heartbeats
+    and Reconnect as Connect, driven by the caller's own unary
+    LocationService.ReportLocation calls instead of stream messages: report a
+    location first (FAILED_PRECONDITION otherwise), then keep reporting it;
+    each report moves the caller's list as a Connect location message would.
+    More pages: ListNearbyFriends.
+    """
 
 @_typing.type_check_only
 class NearbyServiceAsyncStub(NearbyServiceStub):
@@ -80,6 +89,15 @@ class NearbyServiceAsyncStub(NearbyServiceStub):
     """One page of the caller's nearby friends, computed from the caller's last
     reported location. FAILED_PRECONDITION if the caller has no recent
     location (report one first).
+    """
+    Watch: _aio.UnaryStreamMultiCallable[_nearby_service_pb2.WatchRequest, _nearby_service_pb2.WatchResponse]  # type: ignore[assignment]
+    """The live list for clients that cannot send on a stream (browsers, over
+    grpc-web or the Connect protocol). The same snapshot, events, heartbeats
+    and Reconnect as Connect, driven by the caller's own unary
+    LocationService.ReportLocation calls instead of stream messages: report a
+    location first (FAILED_PRECONDITION otherwise), then keep reporting it;
+    each report moves the caller's list as a Connect location message would.
+    More pages: ListNearbyFriends.
     """
 
 class NearbyServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -116,6 +134,21 @@ class NearbyServiceServicer(metaclass=_abc_1.ABCMeta):
         """One page of the caller's nearby friends, computed from the caller's last
         reported location. FAILED_PRECONDITION if the caller has no recent
         location (report one first).
+        """
+
+    @_abc_1.abstractmethod
+    def Watch(
+        self,
+        request: _nearby_service_pb2.WatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_nearby_service_pb2.WatchResponse], _abc.AsyncIterator[_nearby_service_pb2.WatchResponse]]:
+        """The live list for clients that cannot send on a stream (browsers, over
+        grpc-web or the Connect protocol). The same snapshot, events, heartbeats
+        and Reconnect as Connect, driven by the caller's own unary
+        LocationService.ReportLocation calls instead of stream messages: report a
+        location first (FAILED_PRECONDITION otherwise), then keep reporting it;
+        each report moves the caller's list as a Connect location message would.
+        More pages: ListNearbyFriends.
         """
 
 def add_NearbyServiceServicer_to_server(servicer: NearbyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
