@@ -58,6 +58,12 @@ class BareNearby(nearby_service_pb2_grpc.NearbyServiceServicer):
     ) -> pb.ListNearbyFriendsResponse:
         return pb.ListNearbyFriendsResponse()
 
+    async def Watch(
+        self, request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.WatchResponse]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the bare server serves Connect only")
+        yield pb.WatchResponse()  # never reached: abort raises
+
     def burst(self) -> None:
         if self.rate:
             if self.pacing is None or self.pacing.done():

@@ -29,6 +29,12 @@ class StubServicer(pb_grpc.NearbyServiceServicer):
     ) -> pb.ListNearbyFriendsResponse:
         return pb.ListNearbyFriendsResponse()
 
+    async def Watch(
+        self, request: pb.WatchRequest, context: Any
+    ) -> AsyncIterator[pb.WatchResponse]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the stub serves Connect only")
+        yield pb.WatchResponse()  # never reached: abort raises
+
 
 class StubApp(ServiceApp):
     """Serves one NearbyService servicer (every backend address of the edge)."""
