@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml sdk/pyproject.toml
 run: $(STAMP)
 	$(BIN)/nearby run $(ARGS)
 
-proto: $(STAMP)
+proto: $(STAMP) deps-node
 	$(PY) scripts/gen_protos.py
 
 docs-config: $(STAMP)
@@ -33,7 +33,7 @@ docs-config: $(STAMP)
 envoy-config: $(STAMP)
 	$(PY) envoy/generate.py
 
-lint: $(STAMP)
+lint: $(STAMP) deps-node
 	$(PY) scripts/gen_protos.py --check
 	$(PY) scripts/config_table.py --check
 	cd protos && ../$(BIN)/buf lint && ../$(BIN)/buf format --diff --exit-code
@@ -47,6 +47,20 @@ typecheck: $(STAMP)
 
 test: lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# TypeScript SDK and map page: `npm ci` from their lockfiles, again only when a
+# lockfile changes (the stamp), then the SDK's build (typed .d.ts) and the page's.
+NODE_DIRS := sdk-ts web
+NODE_STAMP := .nearby/node-deps-stamp
+.PHONY: deps-node deps-browser
+deps-node: $(NODE_STAMP)
+$(NODE_STAMP): sdk-ts/package-lock.json web/package-lock.json
+	@for d in $(NODE_DIRS); do (cd $$d && npm ci --no-audit --no-fund --loglevel=error) || exit 1; done
+	@mkdir -p $(@D) && touch $@
+
+# Debian's chromium for the browser tests, installed once when missing.
+deps-browser:
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)
 
 # The chaos tests alone, with more sessions than make test gives them (200).
 CHAOS_SESSIONS ?= 1000
