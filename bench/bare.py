@@ -58,11 +58,11 @@ class BareNearby(nearby_service_pb2_grpc.NearbyServiceServicer):
     ) -> pb.ListNearbyFriendsResponse:
         return pb.ListNearbyFriendsResponse()
 
-    async def Watch(
+    async def Watch(  # type: ignore[override]
         self, request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.WatchResponse]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the bare server serves Connect only")
-        yield pb.WatchResponse()  # never reached: abort raises
+    ) -> None:
+        """The baseline measures Connect only."""
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the bare server has no Watch")
 
     def burst(self) -> None:
         if self.rate:

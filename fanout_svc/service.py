@@ -1,4 +1,4 @@
-"""NearbyService: the live Connect stream and the stateless ListNearbyFriends."""
+"""NearbyService: the live Connect and Watch streams and the stateless ListNearbyFriends."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from nearby.v1 import nearby_service_pb2_grpc as pb_grpc
 from fanout_svc.nearby import Entry, fill, page_of, page_size
 from fanout_svc.session import Session
 from fanout_svc.streams import Streams
+from fanout_svc.watch_session import WatchSession
 from mesh.errors import FailedPrecondition, Unavailable
 from mesh.geo import distance_m
 from mesh.identity import caller_id
@@ -26,6 +27,13 @@ class NearbyServicer(pb_grpc.NearbyServiceServicer):
         if self.streams.draining:
             raise Unavailable("this server is shutting down; reconnect", reason="DRAINING")
         await Session(self.streams, user_id, context).serve()
+
+    async def Watch(self, request: pb.WatchRequest, context: Context) -> None:  # type: ignore[override]
+        """Connect's list for clients that cannot send on a stream (watch_session.py)."""
+        user_id = caller_id(context)
+        if self.streams.draining:
+            raise Unavailable("this server is shutting down; reconnect", reason="DRAINING")
+        await WatchSession(self.streams, user_id, context).serve()
 
     async def ListNearbyFriends(
         self, request: pb.ListNearbyFriendsRequest, context: Context

@@ -1,4 +1,5 @@
-"""One Connect stream: its I/O and its lifetime.
+"""One live stream (Connect, and Watch through watch_session.py): its I/O and
+its lifetime.
 
 The session reads the client's messages (locations, page requests), writes
 what its friend view (view.py) owes as ONE NearbyEvents message per flush
@@ -21,7 +22,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import grpc
 from google.protobuf import duration_pb2
@@ -106,7 +107,15 @@ class _End:
         self.error, self.reconnect = error, reconnect
 
 
+Response = pb.ConnectResponse | pb.WatchResponse
+"""What a session writes: the two RPCs' server messages share their fields."""
+
+
 class Session:
+    """The session core, with Connect's I/O end (the client's messages in);
+    watch_session.WatchSession is Watch's (the caller's own reports in)."""
+
+    response: ClassVar[type[pb.ConnectResponse] | type[pb.WatchResponse]] = pb.ConnectResponse
     __slots__ = (
         "__weakref__",
         "context",
@@ -147,7 +156,7 @@ class Session:
         # the hub's Listener: friends' events go straight to the view
         self.on_moved: Callable[[str, float, float, int, int], None] = view.on_moved
         self.on_gone: Callable[[str, int], None] = view.on_gone
-        self.direct: list[pb.ConnectResponse] = []  # snapshots and pages, in order
+        self.direct: list[Response] = []  # snapshots and pages, in order
         self.inbox_backlog: list[events_pb2.InboxEvent] | None = []
         self.wake: asyncio.Future[None] | None = None
         self.heartbeat_due = False
@@ -195,17 +204,7 @@ class Session:
     async def serve(self) -> None:
         """First location, snapshot, then the stream until it ends; raises its error."""
         process = self.process
-        first = await self.context.read()
-        if first is grpc.aio.EOF or first.WhichOneof("kind") != "location":
-            raise InvalidArgument(
-                "the first message of the stream must be a location (ConnectRequest.location)",
-                reason="LOCATION_REQUIRED",
-            )
-        fix = to_fix(first.location, process.rules, now_ms())
-        result = await process.reports.report(self.user_id, fix)
-        if result.HasField("rejection"):
-            raise rejected(result.rejection)
-        me = result.fix if result.HasField("fix") else fix
+        me = await self._first_position()
         self.view.on_my_move(me.latitude, me.longitude)  # loading: only sets it
         process.add(self)
         try:
@@ -215,6 +214,21 @@ class Session:
         finally:
             self._close()
             process.remove(self)
+
+    async def _first_position(self) -> events_pb2.PositionFix:
+        """Connect's first message: the caller's location, reported."""
+        first = await self.context.read()
+        if first is grpc.aio.EOF or first.WhichOneof("kind") != "location":
+            raise InvalidArgument(
+                "the first message of the stream must be a location (ConnectRequest.location)",
+                reason="LOCATION_REQUIRED",
+            )
+        process = self.process
+        fix = to_fix(first.location, process.rules, now_ms())
+        result = await process.reports.report(self.user_id, fix)
+        if result.HasField("rejection"):
+            raise rejected(result.rejection)
+        return result.fix if result.HasField("fix") else fix
 
     def _close(self) -> None:
         """The stream is over: drop its subscriptions, tasks and state."""
@@ -322,12 +336,12 @@ class Session:
             fix = loc.fix
             on_moved(loc.user_id, fix.latitude, fix.longitude, fix.recorded_at_ms, 0)
 
-    def _snapshot(self) -> pb.ConnectResponse:
+    def _snapshot(self) -> Response:
         """The snapshot that replaces everything; then the inbox events held meanwhile."""
         view = self.view
         view.finish_load()
         page = view.page("", self.process.settings.nearby_page_size)
-        msg = pb.ConnectResponse()
+        msg = self.response()
         snap = msg.snapshot
         _fill_page(snap.friends, page)
         snap.total_size = page.total
@@ -432,7 +446,7 @@ class Session:
         self.kick()
 
     # --- the writer ---------------------------------------------------------
-    async def _write(self, msg: pb.ConnectResponse) -> None:
+    async def _write(self, msg: Response) -> None:
         self.write_started = time.monotonic()
         await self.context.write(msg)
         self.last_write = time.monotonic()
@@ -469,14 +483,14 @@ class Session:
                     if oldest:
                         metrics.PUSH_LATENCY.observe(max(0.0, time.time() - oldest / 1000.0))
                 elif self.heartbeat_due and not self.direct:
-                    hb = pb.ConnectResponse()
+                    hb = self.response()
                     hb.heartbeat.server_time.GetCurrentTime()
                     await self._write(hb)
                     metrics.HOT.heartbeat += 1
                 self.heartbeat_due = False
             end = self.ending
             if end.reconnect is not None and not self.stalled:
-                await self._write(pb.ConnectResponse(reconnect=end.reconnect))
+                await self._write(self.response(reconnect=end.reconnect))
                 metrics.HOT.reconnect += 1
         except asyncio.CancelledError:
             task = self.task
@@ -488,12 +502,12 @@ class Session:
         if self.ending is not None and self.ending.error is not None:
             raise self.ending.error
 
-    def _events(self) -> tuple[pb.ConnectResponse, int]:
+    def _events(self) -> tuple[Response, int]:
         """What the view owes, as one NearbyEvents message (and its oldest publish ms)."""
         view = self.view
         owed = view.take_owed()
         friends = view.friends
-        msg = pb.ConnectResponse()
+        msg = self.response()
         events = msg.events.events
         oldest = 0
         updates = 0

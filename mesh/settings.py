@@ -212,6 +212,36 @@ class Settings:
         metadata=_env("DRAIN_S", "Fan-out drain: clients are told to reconnect over this many s"),
     )
 
+    # --- browsers: CORS at the edge, dev mode (dev login, map page) ---------
+    cors_allowed_origins: str = field(
+        default="",
+        metadata=_env(
+            "CORS_ALLOWED_ORIGINS",
+            "Browser origins Envoy grants CORS, comma-separated and exact, e.g. "
+            "https://app.example.com (empty: none; dev mode adds the map page's)",
+        ),
+    )
+    dev_mode: bool = field(
+        default=False,
+        metadata=_env(
+            "DEV_MODE",
+            "1: a development stack (`nearby run --dev`, `make run`): Envoy serves POST "
+            "/dev/token (dev login) and grants CORS to the map page; refused with JWKS_PATH set",
+        ),
+    )
+    dev_token_port: int = field(
+        default=50050,
+        metadata=_env("DEV_TOKEN_PORT", "Loopback port of the dev-token server (dev mode only)"),
+    )
+    map_port: int = field(
+        default=8081,
+        metadata=_env(
+            "MAP_PORT",
+            "Port of the map page in dev mode; http://localhost:PORT and http://127.0.0.1:PORT "
+            "are then allowed origins",
+        ),
+    )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every field from its variable (falling back to the default)."""

@@ -6,9 +6,10 @@ rather than at Envoy start-up; the YAML is emitted from the parsed message.
 `envoy --mode validate` then checks what Python cannot (Envoy's value
 constraints). See docs/edge.md for why each timeout and limit is what it is.
 
-Request path: grpc_web (browsers) -> header_mutation (drop client-sent
-identity headers) -> jwt_authn (validate the token, set the identity headers
-from its claims) -> router (by gRPC service name).
+Request path: cors (browsers' preflights) -> grpc_web, connect_grpc_bridge
+(browsers: both to gRPC; stack/envoy_browser.py) -> header_mutation (drop
+client-sent identity headers) -> jwt_authn (validate the token, set the
+identity headers from its claims) -> router (by gRPC service name).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from google.protobuf import json_format
 
 from mesh.identity import ADMIN_HEADER, USER_HEADER
 from mesh.settings import Settings
+from stack import envoy_browser
 
 T = "type.googleapis.com/"
 JWT_PROVIDER = "nearby"
@@ -106,6 +108,10 @@ class EdgeConfig:
     #: (Envoy's default is 1 MiB): past it Envoy stops reading from the peer.
     buffer_limit_bytes: int = 64 * 1024
     access_log: bool = False
+    #: browser origins granted CORS (exact); none by default
+    cors_origins: Sequence[str] = ()
+    #: dev mode only: host:port of the dev-token server behind POST /dev/token
+    dev_token: str = ""
 
 
 def _dur(seconds: float) -> str:
@@ -220,11 +226,14 @@ def _cluster(
 
 
 def _http_filters(cfg: EdgeConfig) -> list[dict[str, Any]]:
+    cors, connect = envoy_browser.filters()
     return [
+        cors,
         {
             "name": "envoy.filters.http.grpc_web",
             "typed_config": {"@type": T + "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"},
         },
+        connect,
         {
             # before jwt_authn: a client must never choose its own identity
             "name": "envoy.filters.http.header_mutation",
@@ -253,6 +262,7 @@ def _http_filters(cfg: EdgeConfig) -> list[dict[str, Any]]:
                 },
                 "rules": [
                     {"match": {"prefix": REFLECTION_PREFIX}},
+                    *([envoy_browser.dev_token_jwt_rule()] if cfg.dev_token else []),
                     # everything else needs a valid token (deny by default)
                     {"match": {"prefix": "/"}, "requires": {"provider_name": JWT_PROVIDER}},
                 ],
@@ -288,7 +298,7 @@ def _retry_policy() -> dict[str, Any]:
     }
 
 
-def _routes() -> list[dict[str, Any]]:
+def _routes(cfg: EdgeConfig) -> list[dict[str, Any]]:
     # No `grpc: {}` match: the route is chosen before grpc_web rewrites a
     # browser's content type to application/grpc, so it would 404 grpc-web.
     routes = [
@@ -299,6 +309,8 @@ def _routes() -> list[dict[str, Any]]:
         }
         for cluster, prefix, _ in PUBLIC_ROUTES
     ]
+    if cfg.dev_token:
+        routes.insert(0, envoy_browser.dev_token_route())
     routes.append(
         {
             "match": {"prefix": REFLECTION_PREFIX},
@@ -333,7 +345,14 @@ def build(cfg: EdgeConfig) -> dict[str, Any]:
         "http2_protocol_options": _http2(cfg),
         "route_config": {
             "name": "nearby",
-            "virtual_hosts": [{"name": "nearby", "domains": ["*"], "routes": _routes()}],
+            "virtual_hosts": [
+                {
+                    "name": "nearby",
+                    "domains": ["*"],
+                    "routes": _routes(cfg),
+                    "typed_per_filter_config": envoy_browser.cors_policy(cfg.cors_origins),
+                }
+            ],
         },
         "http_filters": _http_filters(cfg),
         # jwt_authn answers 401 for a missing/bad token but 403 for a valid
@@ -379,6 +398,9 @@ def build(cfg: EdgeConfig) -> dict[str, Any]:
         _cluster(cfg, "presence_svc", [cfg.presence], PUBLIC_ROUTES[2][2]),
         _cluster(cfg, "fanout_svc", list(cfg.fanout), PUBLIC_ROUTES[3][2]),
     ]
+    if cfg.dev_token:
+        host, port = _split(cfg.dev_token)
+        clusters.append(envoy_browser.dev_token_cluster(host, port, _dur(cfg.connect_timeout_s)))
     return {
         "node": {"id": "nearby-edge", "cluster": "nearby"},
         "admin": {
@@ -478,6 +500,8 @@ def from_settings(
         "port": settings.envoy_port,
         "admin_port": settings.envoy_admin_port,
         "stream_idle_timeout_s": settings.stream_idle_timeout_s,
+        "cors_origins": tuple(envoy_browser.origins(settings)),
+        "dev_token": f"127.0.0.1:{settings.dev_token_port}" if settings.dev_mode else "",
     }
     values.update(overrides)
     return EdgeConfig(**values)

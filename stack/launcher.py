@@ -43,7 +43,7 @@ import redis
 
 from mesh import redis_checks
 from mesh.settings import Settings
-from stack import envoy_config, infra, paths, procs, tokens
+from stack import devtoken, envoy_browser, envoy_config, infra, paths, procs, tokens
 from stack.edge import Envoy, envoy_binary
 from stack.signals import SignalBurst, Verdict
 from stack.supervisor import Supervisor
@@ -85,6 +85,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--listen",
         default="0.0.0.0",
         help="interface of Envoy's client listener (default 0.0.0.0; backends stay on loopback)",
+    )
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        default=None,
+        help="a development stack (DEV_MODE=1): dev login at POST /dev/token, CORS for "
+        "the map page (refused with JWKS_PATH set)",
     )
 
 
@@ -142,6 +149,17 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+def check_dev(settings: Settings) -> None:
+    """Dev mode mints tokens with the local dev key: only for a stack whose
+    Envoy trusts that key (JWKS_PATH unset), never next to a real issuer."""
+    if settings.dev_mode and settings.jwks_path:
+        raise StartError(
+            f"dev mode (--dev, DEV_MODE=1) is refused with JWKS_PATH={settings.jwks_path}: "
+            "its dev login would sign tokens with the local dev key for an Envoy that trusts "
+            "another issuer; unset JWKS_PATH for a dev stack, or run without --dev"
+        )
+
+
 # ----------------------------------------------------------------------------
 # infrastructure
 
@@ -179,6 +197,8 @@ class Stack:
     postgres_server: infra.PostgresServer | None = None
     children: list[procs.Child] = field(default_factory=list)
     envoy: Envoy | None = None
+    #: dev mode only: the dev login behind Envoy's /dev/token
+    dev_token: devtoken.DevTokenServer | None = None
     #: restarts the children and Envoy once everything is up
     supervisor: Supervisor | None = None
 
@@ -196,6 +216,8 @@ class Stack:
         if self.envoy is not None and self.envoy.running:
             say("stopping Envoy")
             self.envoy.stop()
+        if self.dev_token is not None:
+            self.dev_token.stop()
         for child in reversed(others):
             if child.exit_code() is None:
                 say(f"stopping {child.name}")
@@ -371,6 +393,11 @@ def banner(settings: Settings, stack: Stack, listen: str, home: Path, redis_url:
         f"  Envoy gRPC    {host}:{settings.envoy_port}  (listening on {listen}; clients, JWT)",
         f"  Envoy admin   http://127.0.0.1:{settings.envoy_admin_port}/  (loopback only)",
     ]
+    if settings.dev_mode:
+        lines.append(
+            f"  dev login     POST http://{host}:{settings.envoy_port}/dev/token  "
+            f"(dev mode; CORS: {', '.join(envoy_browser.origins(settings))})"
+        )
     for child in stack.children:
         lines.append(
             f"  {child.name:<13} 127.0.0.1:{child.port}  "
@@ -414,6 +441,8 @@ def main(args: argparse.Namespace) -> int:
             print("nearby run: --fanout-replicas must be at least 1", file=sys.stderr)
             return 2
         overrides["fanout_replicas"] = args.fanout_replicas
+    if getattr(args, "dev", None):
+        overrides["dev_mode"] = True
     settings = settings.replace(**overrides)
     replicas = envoy_config.replica_count(settings)
     home = paths.home(settings)
@@ -482,6 +511,9 @@ def _run(
     for name, port, var in services:
         wanted.append((settings.bind_host, port, name, f"set {var}"))
         wanted.append((settings.bind_host, port + 1000, f"{name} metrics", f"set {var}"))
+    check_dev(settings)
+    if settings.dev_mode:
+        wanted.append((loopback, settings.dev_token_port, "dev login", "set DEV_TOKEN_PORT"))
     check_ports(wanted)
     raise_fd_limit()
 
@@ -540,6 +572,8 @@ def _run(
         if stopping.is_set():
             return 0
         raise StartError(f"{exc} (log: {exc.child.log_path})") from exc
+    if settings.dev_mode:
+        stack.dev_token = devtoken.DevTokenServer(tokens.load_or_create(home), settings).start()
 
     cfg = envoy_config.from_settings(
         settings,

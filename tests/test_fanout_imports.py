@@ -1,4 +1,5 @@
-"""The fan-out's parts import one way (view <- session <- streams <- service),
+"""The fan-out's parts import one way (view <- session <- watch_session <-
+streams <- service),
 and the friend view stays pure: no gRPC, no asyncio."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 import fanout_svc
 
 ROOT = Path(fanout_svc.__file__).parent
-ORDER = ["view", "session", "streams", "service"]
+ORDER = ["view", "session", "watch_session", "streams", "service"]
 
 
 def imports(module: str) -> set[str]:
@@ -31,6 +32,7 @@ def test_the_parts_import_one_way() -> None:
         assert not imports(module) & later, f"{module} imports a part built on it"
     assert "fanout_svc.view" in imports("session")
     assert "fanout_svc.session" in imports("streams")
+    assert "fanout_svc.session" in imports("watch_session")
 
 
 def test_the_view_is_pure() -> None:

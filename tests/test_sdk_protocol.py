@@ -69,11 +69,8 @@ class Scripted(nearby_service_pb2_grpc.NearbyServiceServicer):
     ) -> pb.ListNearbyFriendsResponse:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not scripted")
 
-    async def Watch(
-        self, request: pb.WatchRequest, context: Context
-    ) -> AsyncIterator[pb.WatchResponse]:
+    async def Watch(self, request: pb.WatchRequest, context: Context) -> None:  # type: ignore[override]
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not scripted")
-        yield pb.WatchResponse()  # never reached: abort raises
 
 
 async def _recording(stream: Stream, it: Requests) -> Requests:

@@ -23,6 +23,12 @@ from nearby.v1 import (
     geo_pb2,
 )
 from nearby.v1 import (
+    location_service_pb2 as lpb,
+)
+from nearby.v1 import (
+    location_service_pb2_grpc as lpb_grpc,
+)
+from nearby.v1 import (
     nearby_service_pb2 as pb,
 )
 from nearby.v1 import (
@@ -147,6 +153,12 @@ class Mesh:
         await s.open(lat, lng)
         return s
 
+    async def watch(self, user: str, lat: float, lng: float) -> WatchStream:
+        locations = lpb_grpc.LocationServiceStub(self.channel(self.location))
+        s = WatchStream(self.nearby_stub(), user, locations=locations)
+        await s.open(lat, lng)
+        return s
+
 
 @contextlib.asynccontextmanager
 async def mesh(settings: Settings) -> AsyncIterator[Mesh]:
@@ -265,6 +277,35 @@ class Stream:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+class WatchStream(Stream):
+    """A Watch stream, moved by unary ReportLocation calls (a browser's way)."""
+
+    def __init__(
+        self,
+        stub: Any,
+        user: str,
+        metadata: Sequence[tuple[str, str]] | None = None,
+        *,
+        locations: Any,
+    ):
+        super().__init__(stub, user, metadata)
+        self.locations = locations
+
+    async def open(self, lat: float, lng: float, *, read: bool = True) -> None:
+        """Report (unless lat is nan: open without), then Watch."""
+        if not math.isnan(lat):
+            await self.move(lat, lng)
+        self.call = self.stub.Watch(pb.WatchRequest(), metadata=self.metadata)
+        if read:
+            self._task = asyncio.create_task(self._read())
+
+    async def move(self, lat: float, lng: float) -> None:
+        await self.locations.ReportLocation(
+            lpb.ReportLocationRequest(position=geo_pb2.LatLng(latitude=lat, longitude=lng)),
+            metadata=self.metadata,
+        )
 
 
 async def until(predicate: Any, within: float = 10.0, every: float = 0.02) -> Any:

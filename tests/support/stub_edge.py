@@ -29,11 +29,9 @@ class StubServicer(pb_grpc.NearbyServiceServicer):
     ) -> pb.ListNearbyFriendsResponse:
         return pb.ListNearbyFriendsResponse()
 
-    async def Watch(
-        self, request: pb.WatchRequest, context: Any
-    ) -> AsyncIterator[pb.WatchResponse]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the stub serves Connect only")
-        yield pb.WatchResponse()  # never reached: abort raises
+    async def Watch(self, request: pb.WatchRequest, context: Any) -> None:  # type: ignore[override]
+        """A double of Connect's edge behaviour only: no Watch."""
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Watch is not served by this stub")
 
 
 class StubApp(ServiceApp):
