@@ -13,7 +13,7 @@ help:
 	@echo "make test   - stubs/protos/envoy checks, ruff, mypy and the test suite"
 	@echo "make chaos  - the chaos tests at full size (CHAOS_SESSIONS=1000 SDK sessions)"
 	@echo "make bench  - the benchmark suite (writes docs/benchmarks.md)"
-	@echo "make proto  - regenerate the Python stubs after editing protos/"
+	@echo "make proto  - regenerate the Python and TypeScript stubs after editing protos/"
 
 $(STAMP): pyproject.toml sdk/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml sdk/pyproject.toml
 	$(PY) -m pip install --quiet -e ./sdk -e '.[dev]'
 	@touch $(STAMP)
 
-run: $(STAMP)
-	$(BIN)/nearby run $(ARGS)
+# a development stack: dev login, CORS and the map page (http://localhost:8081/)
+run: $(STAMP) web-build
+	$(BIN)/nearby run --dev $(ARGS)
 
 proto: $(STAMP) deps-node
 	$(PY) scripts/gen_protos.py
@@ -45,18 +46,21 @@ lint: $(STAMP) deps-node
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+test: lint typecheck deps-browser
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-# TypeScript SDK and map page: `npm ci` from their lockfiles, again only when a
-# lockfile changes (the stamp), then the SDK's build (typed .d.ts) and the page's.
-NODE_DIRS := sdk-ts web
-NODE_STAMP := .nearby/node-deps-stamp
-.PHONY: deps-node deps-browser
-deps-node: $(NODE_STAMP)
-$(NODE_STAMP): sdk-ts/package-lock.json web/package-lock.json
-	@for d in $(NODE_DIRS); do (cd $$d && npm ci --no-audit --no-fund --loglevel=error) || exit 1; done
-	@mkdir -p $(@D) && touch $@
+# TypeScript SDK and map page: `npm ci` from each lockfile, again only when the
+# lockfile changes or node_modules is gone (the stamp lives inside it).
+NODE_STAMPS := sdk-ts/node_modules/.ci-stamp web/node_modules/.ci-stamp
+.PHONY: deps-node deps-browser web-build
+deps-node: $(NODE_STAMPS)
+%/node_modules/.ci-stamp: %/package-lock.json
+	cd $* && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# The SDK (typed .d.ts in sdk-ts/dist) and the map page (web/dist).
+web-build: deps-node
+	cd web && npm run build --silent
 
 # Debian's chromium for the browser tests, installed once when missing.
 deps-browser:

@@ -43,7 +43,7 @@ import redis
 
 from mesh import redis_checks
 from mesh.settings import Settings
-from stack import devtoken, envoy_browser, envoy_config, infra, paths, procs, tokens
+from stack import devtoken, envoy_browser, envoy_config, infra, mappage, paths, procs, tokens
 from stack.edge import Envoy, envoy_binary
 from stack.signals import SignalBurst, Verdict
 from stack.supervisor import Supervisor
@@ -199,6 +199,8 @@ class Stack:
     envoy: Envoy | None = None
     #: dev mode only: the dev login behind Envoy's /dev/token
     dev_token: devtoken.DevTokenServer | None = None
+    #: dev mode only: the map page (web/dist) on MAP_PORT
+    map_page: mappage.MapPageServer | None = None
     #: restarts the children and Envoy once everything is up
     supervisor: Supervisor | None = None
 
@@ -218,6 +220,8 @@ class Stack:
             self.envoy.stop()
         if self.dev_token is not None:
             self.dev_token.stop()
+        if self.map_page is not None:
+            self.map_page.stop()
         for child in reversed(others):
             if child.exit_code() is None:
                 say(f"stopping {child.name}")
@@ -398,6 +402,7 @@ def banner(settings: Settings, stack: Stack, listen: str, home: Path, redis_url:
             f"  dev login     POST http://{host}:{settings.envoy_port}/dev/token  "
             f"(dev mode; CORS: {', '.join(envoy_browser.origins(settings))})"
         )
+        lines.append(f"  map page      http://{host}:{settings.map_port}/  (dev mode)")
     for child in stack.children:
         lines.append(
             f"  {child.name:<13} 127.0.0.1:{child.port}  "
@@ -514,6 +519,7 @@ def _run(
     check_dev(settings)
     if settings.dev_mode:
         wanted.append((loopback, settings.dev_token_port, "dev login", "set DEV_TOKEN_PORT"))
+        wanted.append((loopback, settings.map_port, "map page", "set MAP_PORT"))
     check_ports(wanted)
     raise_fd_limit()
 
@@ -574,6 +580,7 @@ def _run(
         raise StartError(f"{exc} (log: {exc.child.log_path})") from exc
     if settings.dev_mode:
         stack.dev_token = devtoken.DevTokenServer(tokens.load_or_create(home), settings).start()
+        stack.map_page = mappage.MapPageServer(settings).start()
 
     cfg = envoy_config.from_settings(
         settings,

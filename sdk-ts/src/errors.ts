@@ -111,5 +111,11 @@ export function fromError(error: unknown): NearbyError {
       break;
     }
   }
-  return makeError(ce.code, ce.rawMessage, reason, metadata);
+  let message = ce.rawMessage;
+  if (ce.code === Code.Unauthenticated && /^HTTP \d{3}$/.test(message)) {
+    // Envoy's jwt_authn answers a Connect-protocol call with a bare 401
+    // (grpc-web and gRPC carry its text, e.g. "Jwt is expired", in grpc-message)
+    message = `the edge refused the token (${message}): it is missing, malformed, expired or not for this server`;
+  }
+  return makeError(ce.code, message, reason, metadata);
 }

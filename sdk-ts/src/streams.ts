@@ -63,6 +63,16 @@ class RequestQueue<T> implements AsyncIterable<T> {
         if (this.ended) return Promise.resolve({ done: true, value: undefined });
         return new Promise((resolve) => (this.waiter = resolve));
       },
+      // connect-node ends the request side with return()/throw() when the
+      // response fails (e.g. a 401 from the edge): the queue just ends
+      return: () => {
+        this.end();
+        return Promise.resolve({ done: true, value: undefined });
+      },
+      throw: () => {
+        this.end();
+        return Promise.resolve({ done: true, value: undefined });
+      },
     };
   }
 }

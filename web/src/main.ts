@@ -165,6 +165,7 @@ class App {
     this.status("connecting", "connecting…");
     const session = this.client.connect(...this.position);
     this.session = session;
+    this.lastReport = Date.now(); // the session reports the position first
     this.keepalive = window.setInterval(() => void this.report(), KEEPALIVE_MS);
     this.client
       .getVisibility()
@@ -204,9 +205,6 @@ class App {
   private onEvent(event: Event): void {
     const session = this.session!;
     switch (event.kind) {
-      case "snapshot":
-        this.status("connected", `connected · ${event.totalSize} nearby within ${formatDistance(event.radiusMeters)}`);
-        break;
       case "reconnecting":
         this.status("reconnecting", `reconnecting in ${(event.delayMs / 1000).toFixed(1)} s (${event.cause})`);
         break;
@@ -252,7 +250,11 @@ class App {
     $("friends").querySelector("tbody")!.replaceChildren(...rows);
     $("empty").hidden = friends.length > 0;
     $("count").textContent = session.totalSize ? `(${session.totalSize})` : "";
-    this.map.setMe(...this.position, this.name, session.radiusMeters);
+    const farthest = Math.max(0, ...friends.map((f) => f.distanceMeters));
+    this.map.setMe(...this.position, this.name, session.radiusMeters, farthest);
+    if (session.state === "connected") {
+      this.status("connected", `connected · ${session.totalSize} nearby within ${formatDistance(session.radiusMeters)}`);
+    }
     this.map.setFriends(friends);
   }
 

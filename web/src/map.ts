@@ -34,6 +34,7 @@ export class MapView {
   private center: [number, number] = [0, 0];
   private scale = 1; // screen px per world px (zoom 0)
   private radiusM = 8047;
+  private viewM = 8047; // the view fits the farthest friend, within the radius
 
   constructor(
     private readonly svg: SVGSVGElement,
@@ -41,7 +42,7 @@ export class MapView {
     onMove: (lat: number, lng: number) => void,
   ) {
     svg.append(this.tiles, this.rings, this.markers, this.me);
-    this.me.append(el("circle", { r: 9, class: "dot" }), el("text", { y: -14, class: "label" }));
+    this.me.append(el("circle", { r: 9, class: "dot" }), el("text", { y: 26, class: "label" }));
     let dragging = false;
     const toLatLng = (ev: PointerEvent): [number, number] => {
       const box = svg.getBoundingClientRect();
@@ -84,13 +85,14 @@ export class MapView {
     return [Math.round(lat * 1e5) / 1e5, Math.round(lng * 1e5) / 1e5];
   }
 
-  /** Centres the map on you and scales it to the radius. */
-  setMe(lat: number, lng: number, name: string, radiusM: number): void {
+  /** Centres the map on you; the view fits `farthestM` (within the radius). */
+  setMe(lat: number, lng: number, name: string, radiusM: number, farthestM = 0): void {
     if (radiusM > 0) this.radiusM = radiusM;
+    this.viewM = Math.min(this.radiusM, Math.max(500, farthestM * 1.35));
     this.center = world(lat, lng);
     // metres per world pixel at this latitude (zoom 0)
     const metersPerPx = (40_075_016.686 * Math.cos((lat * Math.PI) / 180)) / TILE;
-    this.scale = (RADIUS_PX * metersPerPx) / this.radiusM;
+    this.scale = (RADIUS_PX * metersPerPx) / this.viewM;
     this.me.classList.remove("dragging");
     this.me.style.transform = "translate(0px, 0px)";
     this.me.querySelector("text")!.textContent = `${name} (you)`;
@@ -98,7 +100,8 @@ export class MapView {
       ...[1, 0.5].map((f) => el("circle", { r: RADIUS_PX * f, class: "ring" })),
       el("text", { x: 4, y: -RADIUS_PX - 6, class: "ring-label" }),
     );
-    this.rings.lastElementChild!.textContent = formatDistance(this.radiusM);
+    this.rings.lastElementChild!.textContent =
+      this.viewM < this.radiusM ? formatDistance(this.viewM) : `${formatDistance(this.radiusM)} (nearby radius)`;
     this.drawTiles();
   }
 
