@@ -100,6 +100,10 @@ class WebStack:
             now=time.time() - 3600,
         )
 
+    def fanout_pid(self) -> int:
+        """The pid of the stack's (only) fan-out replica now."""
+        return nearby_run.pid_on_port(self.proc.pid, int(self.env["FANOUT_PORT"]))
+
     def node(
         self, args: Sequence[str], *, cwd: Path, extra: dict[str, str] | None = None, timeout: float
     ) -> subprocess.CompletedProcess[str]:
@@ -109,6 +113,7 @@ class WebStack:
             NEARBY_MAP_URL=self.map_url,
             NEARBY_RUN_ID=uuid.uuid4().hex[:8],
             NEARBY_EXPIRED_TOKEN=self.expired_token(),
+            NEARBY_FANOUT_PID=str(self.fanout_pid()),
             **(extra or {}),
         )
         return subprocess.run(
