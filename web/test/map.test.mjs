@@ -132,6 +132,25 @@ test("two users see each other move; ghost mode removes one with the reason show
   await pageA.waitForTimeout(900); // let the marker's move animation finish for the picture
   await pageA.screenshot({ path: join(ARTEFACTS, "map-page.png") });
 
+  // Alice clicks on her map, 100 px east of herself: she moves there, and Bob's page follows
+  const box = await pageA.locator("#map").boundingBox();
+  const t0 = performance.now();
+  await pageA.mouse.click(box.x + box.width / 2 + 100, box.y + box.height / 2);
+  await pageA.waitForFunction((lng) => Number(document.querySelector("#lng").value) > lng, A[1]);
+  const clicked = [Number(await pageA.inputValue("#lat")), Number(await pageA.inputValue("#lng"))];
+  assert.ok(Math.abs(clicked[0] - A[0]) < 0.001, `a click due east keeps the latitude: ${clicked}`);
+  await timed("map click seen by the other page (from the click)", () =>
+    pageB.waitForFunction(
+      ([id, d]) => {
+        const tr = document.querySelector(`#friends tr[data-user-id="${id}"]`);
+        return tr !== null && Math.abs(Number(tr.dataset.distanceMeters) - d) < 1;
+      },
+      [alice, distanceM(...clicked, ...moved)],
+      { timeout: MOVE_BOUND_MS },
+    ),
+  );
+  timings["map click seen by the other page (from the click)"] = Math.round(performance.now() - t0);
+
   // Bob goes ghost: he leaves Alice's page, and the reason is shown
   await timed("ghost seen by the other page", async () => {
     await pageB.check("#ghost");
