@@ -9,7 +9,7 @@ import { type Client, type Interceptor, type Transport, createClient } from "@co
 import { type BackoffPolicy, backoffPolicy } from "./backoff.js";
 import { Code, fromError, makeError } from "./errors.js";
 import { type Page, decodePage } from "./events.js";
-import { FriendService } from "./gen/nearby/v1/friend_service_pb.js";
+import { FriendRequestDirection, FriendService } from "./gen/nearby/v1/friend_service_pb.js";
 import { LocationService, ReportDisposition } from "./gen/nearby/v1/location_service_pb.js";
 import { NearbyService } from "./gen/nearby/v1/nearby_service_pb.js";
 import { PresenceService, Visibility } from "./gen/nearby/v1/presence_service_pb.js";
@@ -25,6 +25,13 @@ export type TokenSource = string | (() => string | Promise<string>);
 export interface User {
   readonly userId: string;
   readonly displayName: string;
+  readonly createTime: Date;
+}
+
+/** A pending friend request. */
+export interface FriendRequest {
+  readonly fromUser: User;
+  readonly toUser: User;
   readonly createTime: Date;
 }
 
@@ -153,6 +160,32 @@ export class NearbyClient {
 
   async acceptFriendRequest(fromUserId: string): Promise<void> {
     await call(this.friends.acceptFriendRequest({ fromUserId }, this.opts));
+  }
+
+  async declineFriendRequest(fromUserId: string): Promise<void> {
+    await call(this.friends.declineFriendRequest({ fromUserId }, this.opts));
+  }
+
+  /** Pending requests sent to you ("incoming") or by you ("outgoing"), newest first, every page. */
+  async listFriendRequests(direction: "incoming" | "outgoing" = "incoming"): Promise<FriendRequest[]> {
+    const out: FriendRequest[] = [];
+    const which =
+      direction === "incoming" ? FriendRequestDirection.INCOMING : FriendRequestDirection.OUTGOING;
+    let pageToken = "";
+    do {
+      const response = await call(
+        this.friends.listFriendRequests({ direction: which, pageToken }, this.opts),
+      );
+      for (const r of response.friendRequests) {
+        out.push({
+          fromUser: user(r.fromUser),
+          toUser: user(r.toUser),
+          createTime: r.createTime ? timestampDate(r.createTime) : new Date(0),
+        });
+      }
+      pageToken = response.nextPageToken;
+    } while (pageToken);
+    return out;
   }
 
   async removeFriend(friendUserId: string): Promise<void> {

@@ -12,6 +12,7 @@
 export { Backoff, type BackoffPolicy, DEFAULT_BACKOFF, backoffPolicy, ceilingMs } from "./backoff.js";
 export {
   type ClientOptions,
+  type FriendRequest,
   NearbyClient,
   type ReportResult,
   type TokenSource,

@@ -31,6 +31,7 @@ interface Config {
 
 const REPORT_GAP_MS = 1100; // the server shares reports at most once a second
 const KEEPALIVE_MS = 30_000; // silent for 10 min = offline: report now and then
+const REQUESTS_MS = 3000; // how often incoming friend requests are looked up
 
 const $ = <T extends HTMLElement>(id: string): T => document.getElementById(id) as T;
 
@@ -92,6 +93,7 @@ class App {
   private lastReport = 0;
   private reportTimer: number | undefined;
   private keepalive: number | undefined;
+  private requestsTimer: number | undefined;
   private readonly names = new Map<string, string>();
   private readonly map: MapView;
 
@@ -109,6 +111,10 @@ class App {
       this.moveTo(Number($<HTMLInputElement>("lat").value), Number($<HTMLInputElement>("lng").value));
     });
     $<HTMLInputElement>("ghost").addEventListener("change", () => void this.setGhost());
+    $("request-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      void this.sendRequest();
+    });
     $("signout").addEventListener("click", () => this.signOut(""));
     setInterval(() => this.renderFriends(), 1000);
   }
@@ -167,6 +173,8 @@ class App {
     this.session = session;
     this.lastReport = Date.now(); // the session reports the position first
     this.keepalive = window.setInterval(() => void this.report(), KEEPALIVE_MS);
+    this.requestsTimer = window.setInterval(() => void this.showRequests(), REQUESTS_MS);
+    void this.showRequests();
     this.client
       .getVisibility()
       .then((visible) => ($<HTMLInputElement>("ghost").checked = !visible))
@@ -191,6 +199,8 @@ class App {
     this.session = undefined;
     this.client = undefined;
     window.clearInterval(this.keepalive);
+    window.clearInterval(this.requestsTimer);
+    $("requests").replaceChildren();
     window.clearTimeout(this.reportTimer);
     this.reportTimer = undefined;
     sessionStorage.removeItem("nearby.token");
@@ -291,6 +301,46 @@ class App {
       if (error instanceof AuthError) this.signOut(`Sign-in needed: ${error.message}`);
       else this.status("error", `could not report your location: ${String(error)}`);
     }
+  }
+
+  private async sendRequest(): Promise<void> {
+    const input = $<HTMLInputElement>("request-user");
+    const to = input.value.trim();
+    try {
+      await this.client!.sendFriendRequest(to);
+      $("request-status").textContent = `Friend request sent to ${to}.`;
+      input.value = "";
+    } catch (error) {
+      $("request-status").textContent = error instanceof NearbyError ? error.serverMessage : String(error);
+    }
+  }
+
+  /** Incoming friend requests, each with an Accept button. */
+  private async showRequests(): Promise<void> {
+    const client = this.client;
+    if (!client) return;
+    let requests;
+    try {
+      requests = await client.listFriendRequests("incoming");
+    } catch {
+      return; // shown by the session if it is the token
+    }
+    const items = requests.map((r) => {
+      const li = document.createElement("li");
+      li.dataset["userId"] = r.fromUser.userId;
+      const accept = Object.assign(document.createElement("button"), { type: "button", textContent: "Accept" });
+      accept.addEventListener("click", () => {
+        accept.disabled = true;
+        client
+          .acceptFriendRequest(r.fromUser.userId)
+          .then(() => ($("request-status").textContent = `You and ${r.fromUser.displayName} are friends.`))
+          .catch((error: unknown) => ($("request-status").textContent = String(error)))
+          .finally(() => void this.showRequests());
+      });
+      li.append(`${r.fromUser.displayName || r.fromUser.userId} wants to be friends `, accept);
+      return li;
+    });
+    if (this.client === client) $("requests").replaceChildren(...items);
   }
 
   private async setGhost(): Promise<void> {

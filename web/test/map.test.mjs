@@ -87,11 +87,10 @@ test("two users see each other move; ghost mode removes one with the reason show
   await createNodeClient(EDGE, { token: aliceToken }).sendFriendRequest(bob);
   await createNodeClient(EDGE, { token: bobToken }).acceptFriendRequest(alice);
 
-  // Carol, another friend of Alice's, stands still 1.2 km north-west (for the picture)
+  // Carol stands still 1.2 km north-west of Alice and asks her to be friends
   const carol = `carol-${RUN}`;
   const carolClient = createNodeClient(EDGE, { token: await devToken(carol, "Carol") });
   await carolClient.sendFriendRequest(alice);
-  await createNodeClient(EDGE, { token: aliceToken }).acceptFriendRequest(carol);
   await carolClient.reportLocation(52.528, 13.393);
 
   const A = [52.52, 13.405];
@@ -103,6 +102,13 @@ test("two users see each other move; ghost mode removes one with the reason show
     await pageA.waitForSelector(`#friends tr[data-user-id="${bob}"]`);
     await pageB.waitForSelector(`#friends tr[data-user-id="${alice}"]`);
   });
+
+  // on her page Alice accepts Carol's request: Carol joins her live list
+  await timed("accept a request on the page, the new friend appears", async () => {
+    await pageA.click(`#requests li[data-user-id="${carol}"] button`);
+    await pageA.waitForSelector(`#friends tr[data-user-id="${carol}"]`);
+  });
+  await pageA.waitForSelector(`#requests li[data-user-id="${carol}"]`, { state: "detached" });
   assert.ok(Math.abs((await shownDistance(pageA, bob)) - distanceM(...A, ...B)) < 1);
   assert.equal(await pageA.textContent(`#friends tr[data-user-id="${bob}"] td.name`), "Bob");
   assert.match(await pageA.textContent(`#friends tr[data-user-id="${bob}"] td.distance`), /^1\.99 km$/);
@@ -131,6 +137,14 @@ test("two users see each other move; ghost mode removes one with the reason show
 
   await pageA.waitForTimeout(900); // let the marker's move animation finish for the picture
   await pageA.screenshot({ path: join(ARTEFACTS, "map-page.png") });
+
+  // Alice sends a friend request from the page
+  const dave = `dave-${RUN}`;
+  const daveClient = createNodeClient(EDGE, { token: await devToken(dave, "Dave") });
+  await pageA.fill("#request-user", dave);
+  await pageA.click('#request-form button[type="submit"]');
+  await pageA.waitForFunction(() => document.querySelector("#request-status").textContent.startsWith("Friend request sent"));
+  assert.deepEqual((await daveClient.listFriendRequests("incoming")).map((r) => r.fromUser.userId), [alice]);
 
   // Alice clicks on her map, 100 px east of herself: she moves there, and Bob's page follows
   const box = await pageA.locator("#map").boundingBox();
