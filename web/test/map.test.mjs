@@ -89,7 +89,8 @@ test("two users see each other move; ghost mode removes one with the reason show
 
   // Carol stands still 1.2 km north-west of Alice and asks her to be friends
   const carol = `carol-${RUN}`;
-  const carolClient = createNodeClient(EDGE, { token: await devToken(carol, "Carol") });
+  const carolToken = await devToken(carol, "Carol");
+  const carolClient = createNodeClient(EDGE, { token: carolToken });
   await carolClient.sendFriendRequest(alice);
   await carolClient.reportLocation(52.528, 13.393);
 
@@ -176,6 +177,16 @@ test("two users see each other move; ghost mode removes one with the reason show
   assert.equal(await pageA.$(`#map g.friend[data-user-id="${bob}"]`), null);
   assert.ok(await pageB.isChecked("#ghost"));
   await pageA.screenshot({ path: join(ARTEFACTS, "map-page-left.png") });
+
+  // a tile URL template (here ?tiles=; MAP_TILE_URL in config.json) draws tiles beneath
+  // (a loopback port that refuses: nothing is fetched from outside)
+  const template = "http://127.0.0.1:9/{z}/{x}/{y}.png";
+  const pageC = await (await browser.newContext()).newPage();
+  await pageC.goto(`${MAP}?tiles=${encodeURIComponent(template)}#token=${carolToken}`);
+  await pageC.waitForSelector('#status[data-state="connected"]');
+  const hrefs = await pageC.$$eval("#map .tiles image", (images) => images.map((i) => i.getAttribute("href")));
+  assert.ok(hrefs.length >= 4, `tiles: ${hrefs}`);
+  for (const href of hrefs) assert.match(href, /^http:\/\/127\.0\.0\.1:9\/1[0-9]\/\d+\/\d+\.png$/);
 });
 
 for (const [label, hash] of [
