@@ -9,7 +9,7 @@ PYTHON ?= python3
 .PHONY: run test chaos lint typecheck proto envoy-config bench sim clean help
 
 help:
-	@echo "make run    - start Redis/Postgres (if needed), the four services and Envoy"
+	@echo "make run    - start Redis/Postgres (if needed), the four services and Envoy (dev mode)"
 	@echo "make test   - stubs/protos/envoy checks, ruff, mypy and the test suite"
 	@echo "make chaos  - the chaos tests at full size (CHAOS_SESSIONS=1000 SDK sessions)"
 	@echo "make bench  - the benchmark suite (writes docs/benchmarks.md)"

@@ -39,7 +39,11 @@ def reference() -> envoy_config.EdgeConfig:
 
 
 def from_env() -> envoy_config.EdgeConfig:
-    return envoy_config.from_settings(Settings.from_env())
+    settings = Settings.from_env()
+    if settings.dev_mode:
+        # its /dev/token route needs the launcher's dev login beside it
+        raise SystemExit("DEV_MODE=1 is for `nearby run --dev`, not a rendered edge config")
+    return envoy_config.from_settings(settings)
 
 
 def main(argv: list[str] | None = None) -> int:

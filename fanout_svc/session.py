@@ -201,20 +201,6 @@ class Session:
             self._spawn(self._resync())
 
     # --- the whole stream ---------------------------------------------------
-    async def serve(self) -> None:
-        """First location, snapshot, then the stream until it ends; raises its error."""
-        process = self.process
-        me = await self._first_position()
-        self.view.on_my_move(me.latitude, me.longitude)  # loading: only sets it
-        process.add(self)
-        try:
-            await self._load(first=True)
-            self.direct.append(self._snapshot())  # the writer sends it first
-            await self._run()
-        finally:
-            self._close()
-            process.remove(self)
-
     async def _first_position(self) -> events_pb2.PositionFix:
         """Connect's first message: the caller's location, reported."""
         first = await self.context.read()
@@ -229,6 +215,20 @@ class Session:
         if result.HasField("rejection"):
             raise rejected(result.rejection)
         return result.fix if result.HasField("fix") else fix
+
+    async def serve(self) -> None:
+        """First location, snapshot, then the stream until it ends; raises its error."""
+        process = self.process
+        me = await self._first_position()
+        self.view.on_my_move(me.latitude, me.longitude)  # loading: only sets it
+        process.add(self)
+        try:
+            await self._load(first=True)
+            self.direct.append(self._snapshot())  # the writer sends it first
+            await self._run()
+        finally:
+            self._close()
+            process.remove(self)
 
     def _close(self) -> None:
         """The stream is over: drop its subscriptions, tasks and state."""

@@ -13,25 +13,31 @@ would. There is nothing to read from the client: a client that goes away
 cancels the call.
 
 A report that location_svc only caches (closer than MIN_REPORT_INTERVAL_S to
-the last one it published) or keeps to itself (ghost mode) is not published,
-so the list follows it at the caller's next published report, or at a
-resync.
+the last one it published) is not published: the list follows it at the
+caller's next published report. In ghost mode nothing of the caller is
+published, so while the caller is hidden (its own `hidden` event, or hidden
+when Watch opened) the session re-reads the caller's cached location every
+FOLLOW_HIDDEN_S, until a published report says the caller is visible again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import ClassVar
 
 from nearby.v1 import nearby_service_pb2 as pb
 
-from fanout_svc.hub import loc_channel
+from fanout_svc.hub import GONE_HIDDEN, loc_channel
 from fanout_svc.session import Process, Session
 from mesh.errors import FailedPrecondition, ServiceError
 from mesh.internal.v1 import events_pb2
 from mesh.types import Context
 
 log = logging.getLogger("fanout_svc.watch_session")
+
+FOLLOW_HIDDEN_S = 2.0
+"""How often a hidden caller's own position is re-read (nothing is published)."""
 
 
 def no_location() -> FailedPrecondition:
@@ -46,11 +52,12 @@ class Me:
     """The hub's listener on the caller's own channel: their published reports
     move the view (the newest fix wins; friends' listeners are the session's)."""
 
-    __slots__ = ("session", "t_ms")
+    __slots__ = ("hidden", "session", "t_ms")
 
     def __init__(self, session: WatchSession) -> None:
         self.session = session
         self.t_ms = -1
+        self.hidden = False
 
     def moved(self, lat: float, lng: float, t_ms: int) -> None:
         if t_ms >= self.t_ms:
@@ -59,10 +66,15 @@ class Me:
 
     def on_moved(self, user_id: str, lat: float, lng: float, t_ms: int, pub_ms: int) -> None:
         if user_id == self.session.user_id:
+            self.hidden = False  # published: visible
             self.moved(lat, lng, t_ms)
 
     def on_gone(self, user_id: str, reason: int) -> None:
-        """Offline or ghost mode: the caller's friends lose them; their own list stays."""
+        """Offline or ghost mode: the caller's friends lose them; their own list
+        stays, and in ghost mode it follows the caller's cached position."""
+        if user_id == self.session.user_id and reason == GONE_HIDDEN:
+            self.hidden = True
+            self.session.follow_hidden()
 
     def on_inbox(self, event: events_pb2.InboxEvent) -> None:
         """Not on this channel (the inbox's listener is the session)."""
@@ -74,11 +86,12 @@ class Me:
 
 class WatchSession(Session):
     response: ClassVar[type[pb.ConnectResponse] | type[pb.WatchResponse]] = pb.WatchResponse
-    __slots__ = ("me",)
+    __slots__ = ("me", "polling")
 
     def __init__(self, process: Process, user_id: str, context: Context) -> None:
         super().__init__(process, user_id, context)
         self.me = Me(self)
+        self.polling = False
 
     async def _first_position(self) -> events_pb2.PositionFix:
         """Follow the caller's channel first, then read the cached location, so
@@ -87,13 +100,19 @@ class WatchSession(Session):
         hub.subscribe((loc_channel(self.user_id),), self.me)
         try:
             await hub.barrier()
-            fix = await self._cached()
+            fix = await self._cached(include_hidden=False)
+            hidden = fix is None  # or no location at all
+            if hidden:
+                fix = await self._cached()
             if fix is None:
                 raise no_location()
         except BaseException:
             hub.unsubscribe((loc_channel(self.user_id),), self.me)
             raise
         me = self.me
+        if hidden and not me.hidden:
+            me.hidden = True
+            self.follow_hidden()
         if me.t_ms > fix.recorded_at_ms:  # a newer report arrived meanwhile
             view = self.view
             return events_pb2.PositionFix(
@@ -102,11 +121,24 @@ class WatchSession(Session):
         me.t_ms = fix.recorded_at_ms
         return fix
 
-    async def _cached(self) -> events_pb2.PositionFix | None:
+    async def _cached(self, include_hidden: bool = True) -> events_pb2.PositionFix | None:
         process = self.process
         async with process.load_limit:
-            mine = await process.upstream.get_locations([self.user_id], include_hidden=True)
+            mine = await process.upstream.get_locations([self.user_id], include_hidden)
         return mine[0].fix if mine else None
+
+    def follow_hidden(self) -> None:
+        if not self.polling and self.ending is None:
+            self.polling = True
+            self._spawn(self._follow_hidden())
+
+    async def _follow_hidden(self) -> None:
+        try:
+            while self.me.hidden and self.ending is None:
+                await asyncio.sleep(FOLLOW_HIDDEN_S)
+                await self._relocate()
+        finally:
+            self.polling = False
 
     def relocate(self) -> None:
         if self.ending is None:

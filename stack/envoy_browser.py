@@ -6,6 +6,8 @@
   configured origins (CORS_ALLOWED_ORIGINS; none by default, and dev mode adds
   the map page's). A preflight from any other origin is answered by Envoy
   itself, without a grant, never forwarded to a backend.
+- Connect's JSON codec is refused at the edge (415, Connect's JSON error
+  shape): the backends would read a JSON body as protobuf and fail.
 - Dev mode only: the route `POST /dev/token` to the launcher's dev-token
   server (stack/devtoken.py), open without a token.
 
@@ -77,6 +79,34 @@ def cors_policy(origins: Sequence[str]) -> dict[str, Any]:
             "forward_not_matching_preflights": False,
         }
     }
+
+
+JSON_REFUSED = (
+    '{"code":"invalid_argument","message":"this API speaks binary protobuf only: send '
+    "application/proto (Connect unary), application/connect+proto (Connect streams) or "
+    'grpc-web (connect-web: createConnectTransport({useBinaryFormat: true}))"}'
+)
+
+
+def json_refusal_routes(prefix: str) -> list[dict[str, Any]]:
+    """The Connect protocol's JSON codec would reach the backends as gRPC with
+    a JSON body they cannot parse (UNKNOWN, HTTP 500): refuse it at the edge,
+    in Connect's error shape, saying what to send instead. (Envoy's CORS filter
+    skips direct responses, so a page's script cannot read this reply; its
+    network panel shows it.)"""
+    return [
+        {
+            "match": {
+                "prefix": prefix,
+                "headers": [{"name": "content-type", "string_match": {"prefix": content_type}}],
+            },
+            "direct_response": {"status": 415, "body": {"inline_string": JSON_REFUSED}},
+            "response_headers_to_add": [
+                {"header": {"key": "content-type", "value": "application/json"}}
+            ],
+        }
+        for content_type in ("application/json", "application/connect+json")
+    ]
 
 
 def dev_token_route() -> dict[str, Any]:

@@ -309,6 +309,7 @@ def _routes(cfg: EdgeConfig) -> list[dict[str, Any]]:
         }
         for cluster, prefix, _ in PUBLIC_ROUTES
     ]
+    routes[:0] = envoy_browser.json_refusal_routes("/nearby.v1.")
     if cfg.dev_token:
         routes.insert(0, envoy_browser.dev_token_route())
     routes.append(

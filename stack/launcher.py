@@ -150,8 +150,13 @@ def raise_fd_limit() -> None:
 
 
 def check_dev(settings: Settings) -> None:
-    """Dev mode mints tokens with the local dev key: only for a stack whose
-    Envoy trusts that key (JWKS_PATH unset), never next to a real issuer."""
+    """The browser settings: origins that are origins, and dev mode (it mints
+    tokens with the local dev key) only for a stack whose Envoy trusts that
+    key (JWKS_PATH unset), never next to a real issuer."""
+    try:
+        envoy_browser.origins(settings)
+    except ValueError as exc:
+        raise StartError(str(exc)) from exc
     if settings.dev_mode and settings.jwks_path:
         raise StartError(
             f"dev mode (--dev, DEV_MODE=1) is refused with JWKS_PATH={settings.jwks_path}: "
@@ -579,8 +584,20 @@ def _run(
             return 0
         raise StartError(f"{exc} (log: {exc.child.log_path})") from exc
     if settings.dev_mode:
-        stack.dev_token = devtoken.DevTokenServer(tokens.load_or_create(home), settings).start()
-        stack.map_page = mappage.MapPageServer(settings).start()
+        try:
+            server = devtoken.DevTokenServer(tokens.load_or_create(home), settings)
+        except OSError as exc:
+            raise StartError(
+                f"the dev login cannot listen on 127.0.0.1:{settings.dev_token_port} ({exc}): "
+                "set DEV_TOKEN_PORT"
+            ) from exc
+        stack.dev_token = server.start()
+        try:
+            stack.map_page = mappage.MapPageServer(settings).start()
+        except OSError as exc:
+            raise StartError(
+                f"the map page cannot listen on 127.0.0.1:{settings.map_port} ({exc}): set MAP_PORT"
+            ) from exc
 
     cfg = envoy_config.from_settings(
         settings,

@@ -32,6 +32,7 @@ from mesh.internal.v1 import friend_graph_service_pb2, friend_graph_service_pb2_
 from mesh.settings import Settings
 from stack import infra
 from stack.edge import validate
+from tests.support import browser
 from tests.support.edge_stack import EdgeStack, edge_stack
 
 PUBLIC = (
@@ -301,6 +302,22 @@ async def test_grpc_web_for_browsers(stack: EdgeStack) -> None:
     assert status == 401
     assert headers.get("grpc-status") == "16"
     assert not body
+
+
+async def test_no_dev_login_outside_dev_mode(stack: EdgeStack) -> None:
+    """This stack is not in dev mode: /dev/token is no route, nothing mints a token."""
+    body = {"user_id": uid("dora")}
+    reply, doc = await asyncio.to_thread(browser.post_json, stack.envoy_addr, "/dev/token", body)
+    assert reply.status == 401 and "token" not in doc  # deny by default: no token
+    reply = await asyncio.to_thread(
+        browser.request,
+        stack.envoy_addr,
+        "POST",
+        "/dev/token",
+        {"content-type": "application/json", "authorization": f"Bearer {stack.token('dora')}"},
+        json.dumps(body).encode(),
+    )
+    assert reply.status == 404 and b"token" not in reply.body
 
 
 async def test_every_public_service_is_routed_to_its_cluster(settings: Settings) -> None:

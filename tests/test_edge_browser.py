@@ -239,10 +239,43 @@ async def test_watch_over_grpc_web_and_connect(stack: EdgeStack) -> None:
     finally:
         await ch.close()
     # no token: 401, which grpc-web and Connect clients read as UNAUTHENTICATED
+    # (with the CORS grant: the page can read it and show a sign-in error)
     for headers in (browser.GRPC_WEB, browser.CONNECT_STREAM):
         s = await asyncio.to_thread(watch, addr, headers, None)
         s.close()
         assert s.status == 401
+        assert s.headers.get("access-control-allow-origin") == PAGE
+
+
+async def test_connect_unary_errors_and_json_refused(stack: EdgeStack) -> None:
+    """A unary error over the Connect protocol is JSON with an HTTP status; the
+    backends speak binary protobuf only, so a JSON request is refused at the
+    edge, saying what to send (it would fail as UNKNOWN there)."""
+    token = stack.token(uid("json"))
+    bad = await asyncio.to_thread(connect_report, stack.envoy_addr, token, 95.0, 0.0)
+    assert bad.status == 400 and bad.headers["content-type"] == "application/json"
+    error = json.loads(bad.body)
+    assert error["code"] == "invalid_argument"
+    assert error["message"].startswith("position.latitude")
+    assert bad.headers.get("access-control-allow-origin") == PAGE
+    for content_type in ("application/json", "application/connect+json"):
+        reply = await asyncio.to_thread(
+            browser.request,
+            stack.envoy_addr,
+            "POST",
+            REPORT,
+            {
+                "content-type": content_type,
+                "connect-protocol-version": "1",
+                "authorization": f"Bearer {token}",
+                "origin": PAGE,
+            },
+            b'{"position": {"latitude": 52.5, "longitude": 13.4}}',
+        )
+        assert reply.status == 415
+        error = json.loads(reply.body)
+        assert error["code"] == "invalid_argument"
+        assert "useBinaryFormat" in error["message"]
 
 
 async def test_drain_reaches_a_browser_stream_as_reconnect(stack: EdgeStack) -> None:

@@ -33,6 +33,7 @@ from nearby.v1 import (
 from mesh.settings import Settings
 from stack import launcher
 from stack.signals import SignalBurst, Verdict
+from tests.support import browser
 from tests.support.edge_stack import grpcurl_binary
 from tests.support.nearby_run import (
     ROOT,
@@ -69,6 +70,7 @@ def test_nearby_run_serves_through_envoy_and_stops_cleanly(
             "2",
             "--listen",
             "127.0.0.1",
+            "--dev",
         ],
         env,
         out,
@@ -105,6 +107,12 @@ def test_nearby_run_serves_through_envoy_and_stops_cleanly(
     assert json.loads(me.stdout)["user"]["user_id"] == "alice"
     denied = grpcurl("-d", "{}", "nearby.v1.FriendService/GetUser")
     assert "Unauthenticated" in denied.stderr
+    # dev mode: the dev login through Envoy creates a user and mints its token
+    assert f"POST http://localhost:{port}/dev/token" in banner
+    reply, doc = browser.post_json(f"127.0.0.1:{port}", "/dev/token", {"user_id": "bob"})
+    assert reply.status == 200 and doc["created"] is True, reply.body
+    bob = grpcurl("-d", "{}", "nearby.v1.FriendService/GetUser", token=str(doc["token"]))
+    assert json.loads(bob.stdout)["user"]["user_id"] == "bob", bob.stderr
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0, out.read_text()
@@ -141,6 +149,20 @@ def test_port_in_use_is_one_clear_line(
         )
     assert f"port {port} (Envoy gRPC listener) is already in use" in line
     assert "--port" in line
+
+
+def test_dev_mode_next_to_a_real_issuer_is_one_clear_line(
+    redis_url: str, database_url: str, tmp_path: Path, launched: list[subprocess.Popen[bytes]]
+) -> None:
+    env = run_env(redis_url, database_url, tmp_path / "home")
+    env["JWKS_PATH"] = str(tmp_path / "issuer-jwks.json")
+    line = _one_line_failure(
+        ["--port", str(free_block(1)), "--admin-port", str(free_block(1)), "--dev"],
+        env,
+        tmp_path,
+        launched,
+    )
+    assert "dev mode" in line and "JWKS_PATH" in line
 
 
 def test_unreachable_database_is_one_clear_line(

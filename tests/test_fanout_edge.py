@@ -1,6 +1,8 @@
 """The fan-out service through the real Envoy (JWT auth, two fan-out replicas):
-200 concurrent streams on a social graph, every push checked against an
-independent recomputation; forged identity headers change nothing."""
+200 concurrent streams on a social graph (one in five a Watch stream moved by
+unary ReportLocation calls, the browser's way; the others Connect), every push
+checked against an independent recomputation; forged identity headers change
+nothing."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from nearby.v1 import nearby_service_pb2_grpc as pb_grpc
 from mesh.geo import distance_m
 from mesh.settings import Settings
 from tests.support.edge_stack import EdgeStack, edge_stack
-from tests.support.fanout import Stream, fast_settings, offset, uid, until
+from tests.support.fanout import Stream, WatchStream, fast_settings, offset, uid, until
 
 USERS = 200
 FRIENDS_EACH = 4  # edges added per user (average degree ~8)
@@ -193,7 +195,13 @@ async def test_200_streams_every_push_correct_and_none_missing(settings: Setting
         model = Model(people, s.nearby_radius_m, s.nearby_hysteresis_m)
         ch = stack.channel()
         stub = pb_grpc.NearbyServiceStub(ch)
-        streams = {u: Stream(stub, u, metadata=stack.auth(u)) for u in people}
+        locations = lpb_grpc.LocationServiceStub(ch)
+        streams = {
+            u: WatchStream(stub, u, stack.auth(u), locations=locations)
+            if i % 5 == 0
+            else Stream(stub, u, metadata=stack.auth(u))
+            for i, u in enumerate(people)
+        }
         try:
             await asyncio.gather(*(streams[u].open(*p.pos) for u, p in people.items()))
             for u, st in streams.items():

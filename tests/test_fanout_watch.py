@@ -109,30 +109,31 @@ async def test_watch_without_a_location_is_failed_precondition(m: Mesh) -> None:
 
 
 async def test_watch_resyncs_my_position_after_a_redis_loss(
-    m: Mesh, redis_client: aioredis.Redis
+    redis_url: str, database_url: str, redis_client: aioredis.Redis
 ) -> None:
-    if m.settings.redis_cluster:
-        pytest.skip("kills the standalone pub/sub connection (the cluster case: fanout_cluster)")
-    a, b = await m.users("a", "b")
-    await m.befriend(a, b)
-    sb = await m.connect(b, *offset(*ORIGIN, 12000))
-    sa = await m.watch(a, *ORIGIN)
-    await sa.wait_for(lambda s: s.snapshots())
-    hub = m.fanout_app.hub
-    assert hub.refcount(loc_channel(a)) == 2  # B watches A, and so does A (its own moves)
-    reconnects = hub.reconnects
-    assert await redis_client.client_kill_filter(_type="pubsub") >= 1
-    await sa.move(*offset(*ORIGIN, 11000))  # may be published while the hub is away
-    await until(lambda: hub.reconnects == reconnects + 1)
-    # the re-read own position brings B (1 km away now) in
-    await sa.wait_for(
-        lambda s: (
-            any(f.user_id == b for f in s.snapshots()[-1].friends)
-            or any(abs(u.distance_meters - 1000) < 3 for u in s.updates(b))
+    """Standalone Redis only: it kills the hub's pub/sub connection."""
+    base = Settings(redis_url=redis_url, database_url=database_url)
+    async with mesh(fast_settings(base)) as m:
+        a, b = await m.users("a", "b")
+        await m.befriend(a, b)
+        sb = await m.connect(b, *offset(*ORIGIN, 12000))
+        sa = await m.watch(a, *ORIGIN)
+        await sa.wait_for(lambda s: s.snapshots())
+        hub = m.fanout_app.hub
+        assert hub.refcount(loc_channel(a)) == 2  # B watches A, and so does A (its own moves)
+        reconnects = hub.reconnects
+        assert await redis_client.client_kill_filter(_type="pubsub") >= 1
+        await sa.move(*offset(*ORIGIN, 11000))  # may be published while the hub is away
+        await until(lambda: hub.reconnects == reconnects + 1)
+        # the re-read own position brings B (1 km away now) in
+        await sa.wait_for(
+            lambda s: (
+                any(f.user_id == b for f in s.snapshots()[-1].friends)
+                or any(abs(u.distance_meters - 1000) < 3 for u in s.updates(b))
+            )
         )
-    )
-    for s in (sa, sb):
-        await s.close()
+        for s in (sa, sb):
+            await s.close()
 
 
 async def test_watch_drain_sends_reconnect_then_unavailable(m: Mesh) -> None:
@@ -153,3 +154,53 @@ async def test_watch_drain_sends_reconnect_then_unavailable(m: Mesh) -> None:
         assert s.error is not None and s.error.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await runner.stop()
+
+
+async def test_watch_too_far_behind_gets_reconnect(settings: Settings) -> None:
+    """The slow-client rule of Connect (FANOUT_QUEUE_MAX), on a Watch stream."""
+    async with mesh(fast_settings(settings, fanout_queue_max=5)) as m:
+        me, *friends = await m.users("me", *[f"f{i}" for i in range(8)])
+        for f in friends:
+            await m.befriend(me, f)
+        s = await m.watch(me, *ORIGIN)
+        await s.wait_for(lambda s: s.snapshots())
+        # eight friends appear within one flush window: more than the queue allows
+        await m.report({f: offset(*ORIGIN, 100 + i) for i, f in enumerate(friends)})
+        await s.done.wait()
+        assert s.messages[-1].WhichOneof("kind") == "reconnect"
+        assert s.error is not None and s.error.code() == grpc.StatusCode.UNAVAILABLE
+        assert "fell behind" in (s.error.details() or "")
+        await until(lambda: not m.fanout_app.streams.sessions)
+
+
+async def test_watch_follows_my_moves_in_ghost_mode(m: Mesh) -> None:
+    """Nothing of a hidden caller is published, yet their own list follows them
+    (hidden while Watch is open, and hidden before it opened); friends see nothing."""
+    a, b, c = await m.users("a", "b", "c")
+    await m.befriend(a, b)
+    await m.befriend(c, b)
+    sb = await m.connect(b, *offset(*ORIGIN, 12000))
+    sa = await m.watch(a, *ORIGIN)
+    await sa.wait_for(lambda s: s.snapshots())
+    await m.set_hidden(a, True)
+    await sa.move(*offset(*ORIGIN, 11000))  # hidden: not published
+    upd = await sa.wait_for(lambda s: s.updates(b), within=15)
+    assert upd[0].distance_meters == pytest.approx(1000, abs=5)
+    assert sb.updates(a) == []  # B never learns where A is
+
+    await m.set_hidden(c, True)
+    sc = await m.watch(c, *offset(*ORIGIN, 11500))
+    snap = (await sc.wait_for(lambda s: s.snapshots()))[0]
+    assert [f.user_id for f in snap.friends] == [b]
+    await sc.move(*ORIGIN)  # 12 km from B: out of range
+    gone = await sc.wait_for(lambda s: s.gones(b), within=15)
+    assert gone[0].reason == pb.FRIEND_GONE_REASON_OUT_OF_RANGE
+    # visible again: the next report is published, and followed as usual
+    await m.set_hidden(c, False)
+    await sc.move(*offset(*ORIGIN, 11900))
+    upd = await sc.wait_for(lambda s: s.updates(b), within=15)
+    assert upd[-1].distance_meters == pytest.approx(100, abs=5)
+    await sb.wait_for(lambda s: s.updates(c))  # and B sees C again
+    assert sb.updates(a) == []
+    for s in (sa, sb, sc):
+        await s.close()

@@ -29,12 +29,16 @@ from nearby import (
     Reconnecting,
     Snapshot,
 )
+from nearby.v1 import location_service_pb2_grpc as lpb_grpc
+from nearby.v1 import nearby_service_pb2 as pb
+from nearby.v1 import nearby_service_pb2_grpc as pb_grpc
 from rich.console import Console
 
 from mesh.geo import EARTH_RADIUS_M
 from mesh.settings import Settings
 from stack import infra, watch
 from tests.support.edge_stack import EdgeStack, edge_stack
+from tests.support.fanout import WatchStream
 from tests.support.redis import CLUSTER, STANDALONE
 
 FAST = BackoffPolicy(initial_s=0.05, multiplier=2, max_s=0.5)
@@ -279,6 +283,49 @@ async def test_ghost_mode_and_unfriending_through_the_helpers(stack: EdgeStack) 
         assert isinstance(gone, FriendLeft) and (gone.user_id, gone.reason) == (bob, "UNFRIENDED")
         assert session.nearby == [] and session.total_size == 0
         await session.close()
+
+
+async def test_a_watch_stream_sees_what_an_sdk_session_sees(stack: EdgeStack) -> None:
+    """Alice on Connect (the SDK), Carol on Watch moved by ReportLocation (a
+    browser's way), both at HOME: the same snapshot, Bob's move and ghost mode."""
+    alice, bob, carol = await users(stack, "alice", "bob", "carol")
+    await befriend(stack, alice, bob)
+    await befriend(stack, carol, bob)
+    ch = stack.channel()
+    watch_stream = WatchStream(
+        pb_grpc.NearbyServiceStub(ch),
+        carol,
+        stack.auth(carol),
+        locations=lpb_grpc.LocationServiceStub(ch),
+    )
+    try:
+        async with client(stack, alice) as a, client(stack, bob) as b:
+            await b.report_location(*east(2000))
+            session = a.connect(*HOME)
+            await watch_stream.open(*HOME)
+            snap = await next_event(session)
+            assert isinstance(snap, Snapshot)
+            (wsnap,) = await watch_stream.wait_for(lambda s: s.snapshots(), within=20)
+            assert [(f.user_id, round(f.distance_meters)) for f in wsnap.friends] == [
+                (f.user_id, round(f.distance_meters)) for f in snap.friends
+            ]
+            await b.report_location(*east(500))
+            moved = (await until(session, FriendMoved))[-1]
+            assert isinstance(moved, FriendMoved)
+            (upd,) = await watch_stream.wait_for(lambda s: s.updates(bob), within=20)
+            assert upd.distance_meters == pytest.approx(moved.friend.distance_meters, abs=0.01)
+            assert upd.update_time.ToMilliseconds() == int(
+                moved.friend.updated_at.timestamp() * 1000
+            )
+            await b.set_visibility(False)
+            left = (await until(session, FriendLeft))[-1]
+            assert isinstance(left, FriendLeft) and left.reason == "HIDDEN"
+            (gone,) = await watch_stream.wait_for(lambda s: s.gones(bob), within=20)
+            assert gone.reason == pb.FRIEND_GONE_REASON_HIDDEN
+            await session.close()
+    finally:
+        await watch_stream.close()
+        await ch.close()
 
 
 async def test_session_pages_fill_the_view_in_distance_order(stack: EdgeStack) -> None:

@@ -67,6 +67,8 @@ def run_env(
         LOCATION_PORT=str(free_block(1)),
         PRESENCE_PORT=str(free_block(1)),
         FANOUT_PORT=str(free_block(fanout_replicas)),
+        DEV_TOKEN_PORT=str(free_block(1)),
+        MAP_PORT=str(free_block(1)),
         SHUTDOWN_GRACE_S="2",
         DRAIN_S="1",
     )
