@@ -14,7 +14,7 @@ help:
 	@echo "make test   - stubs/protos/envoy checks, ruff, mypy and the test suite"
 	@echo "make chaos  - the chaos tests at full size (1000 SDK sessions, 30 s Postgres outage, ...)"
 	@echo "make bench  - the benchmark suite (writes docs/benchmarks.md)"
-	@echo "make proto  - regenerate the Python stubs after editing protos/"
+	@echo "make proto  - regenerate the Python and TypeScript stubs after editing protos/"
 
 $(STAMP): pyproject.toml sdk/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,10 +22,11 @@ $(STAMP): pyproject.toml sdk/pyproject.toml
 	$(PY) -m pip install --quiet -e ./sdk -e '.[dev]'
 	@touch $(STAMP)
 
-run: $(STAMP)
+# a development stack: dev login, CORS and the map page (http://localhost:8081/)
+run: $(STAMP) web-build
 	$(BIN)/nearby run --dev $(ARGS)
 
-proto: $(STAMP)
+proto: $(STAMP) deps-node
 	$(PY) scripts/gen_protos.py
 
 docs-config: $(STAMP)
@@ -34,7 +35,7 @@ docs-config: $(STAMP)
 envoy-config: $(STAMP)
 	$(PY) envoy/generate.py
 
-lint: $(STAMP)
+lint: $(STAMP) deps-node
 	$(PY) scripts/gen_protos.py --check
 	$(PY) scripts/config_table.py --check
 	cd protos && ../$(BIN)/buf lint && ../$(BIN)/buf format --diff --exit-code
@@ -46,8 +47,25 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+test: lint typecheck deps-browser
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# TypeScript SDK and map page: `npm ci` from each lockfile, again only when the
+# lockfile changes or node_modules is gone (the stamp lives inside it).
+NODE_STAMPS := sdk-ts/node_modules/.ci-stamp web/node_modules/.ci-stamp
+.PHONY: deps-node deps-browser web-build
+deps-node: $(NODE_STAMPS)
+%/node_modules/.ci-stamp: %/package-lock.json
+	cd $* && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# The SDK (typed .d.ts in sdk-ts/dist) and the map page (web/dist).
+web-build: deps-node
+	cd web && npm run build --silent
+
+# Debian's chromium for the browser tests, installed once when missing.
+deps-browser:
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)
 
 # The chaos tests alone, at full size: more sessions than make test gives them
 # (200), a 30 s Postgres outage (3 s), 100 streams through a Redis restart (30),

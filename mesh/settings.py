@@ -374,6 +374,16 @@ class Settings:
         ),
     )
 
+    # --- clients: the dev map page (web/) ------------------------------------
+    map_tile_url: str = field(
+        default="",
+        metadata=_env(
+            "MAP_TILE_URL",
+            "Map tiles under the dev map page, a URL template with {z}/{x}/{y} "
+            "(empty: no tiles, a plain plot; the page fetches them from the browser)",
+        ),
+    )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every field from its variable (falling back to the default)."""

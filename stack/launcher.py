@@ -49,6 +49,7 @@ from stack import (
     envoy_browser,
     envoy_config,
     infra,
+    mappage,
     paths,
     procs,
     prometheus,
@@ -225,6 +226,8 @@ class Stack:
     envoy: Envoy | None = None
     #: dev mode only: the dev login behind Envoy's /dev/token
     dev_token: devtoken.DevTokenServer | None = None
+    #: dev mode only: the map page (web/dist) on MAP_PORT
+    map_page: mappage.MapPageServer | None = None
     #: restarts the children and Envoy once everything is up
     supervisor: Supervisor | None = None
     #: `--prometheus`: the Prometheus scraping the stack
@@ -251,6 +254,8 @@ class Stack:
             self.envoy.stop()
         if self.dev_token is not None:
             self.dev_token.stop()
+        if self.map_page is not None:
+            self.map_page.stop()
         for child in reversed(others):
             if child.exit_code() is None:
                 say(f"stopping {child.name}")
@@ -434,6 +439,7 @@ def banner(settings: Settings, stack: Stack, listen: str, home: Path, redis_url:
             f"  dev login     POST http://{host}:{settings.envoy_port}/dev/token  "
             f"(dev mode; CORS: {', '.join(envoy_browser.origins(settings))})"
         )
+        lines.append(f"  map page      http://{host}:{settings.map_port}/  (dev mode)")
     for child in stack.children:
         lines.append(
             f"  {child.name:<13} 127.0.0.1:{child.port}  "
@@ -578,6 +584,7 @@ def _run(
     check_dev(settings)
     if settings.dev_mode:
         wanted.append((loopback, settings.dev_token_port, "dev login", "set DEV_TOKEN_PORT"))
+        wanted.append((loopback, settings.map_port, "map page", "set MAP_PORT"))
     check_ports(wanted)
     raise_fd_limit()
 
@@ -646,6 +653,12 @@ def _run(
                 "set DEV_TOKEN_PORT"
             ) from exc
         stack.dev_token = server.start()
+        try:
+            stack.map_page = mappage.MapPageServer(settings).start()
+        except OSError as exc:
+            raise StartError(
+                f"the map page cannot listen on 127.0.0.1:{settings.map_port} ({exc}): set MAP_PORT"
+            ) from exc
 
     cfg = envoy_config.from_settings(
         settings,

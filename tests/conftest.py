@@ -22,6 +22,8 @@ from mesh.settings import Settings
 from stack import infra
 from tests.support import nearby_run
 from tests.support.redis import CLUSTER, STANDALONE, RedisTarget
+from tests.support.web_stack import WebStack
+from tests.support.web_stack import web_stack as web_stack_of
 
 SYSTEM_PG = os.environ.get(
     "NEARBY_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -168,3 +170,11 @@ def launched() -> Iterator[list[subprocess.Popen[bytes]]]:
     yield started
     for proc in started:
         nearby_run.kill_tree(proc)
+
+
+@pytest.fixture(scope="session")
+def web_stack(pg_admin_url: str, tmp_root: Path) -> Iterator[WebStack]:
+    """`nearby run --dev` (the map page, the dev login), shared by the browser
+    and the TypeScript SDK tests (tests/support/web_stack.py)."""
+    with web_stack_of(pg_admin_url, tmp_root / "web-stack") as stack:
+        yield stack

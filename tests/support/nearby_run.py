@@ -68,6 +68,7 @@ def run_env(
         PRESENCE_PORT=str(free_block(1)),
         FANOUT_PORT=str(free_block(fanout_replicas)),
         DEV_TOKEN_PORT=str(free_block(1)),
+        MAP_PORT=str(free_block(1)),
         SHUTDOWN_GRACE_S="2",
         DRAIN_S="1",
         ENVOY_TLS_PORT=str(free_block(1)),
