@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml sdk/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ./sdk -e '.[dev]'
+	@# xds-protos ships an old copy of opentelemetry/proto/...; whichever wheel is
+	@# unpacked last wins, so put opentelemetry-proto's own files back, always.
+	$(PY) -m pip install --quiet --force-reinstall --no-deps "$$(grep -o 'opentelemetry-proto[^"]*' pyproject.toml)"
 	@touch $(STAMP)
 
 # a development stack: dev login, CORS and the map page (http://localhost:8081/)
