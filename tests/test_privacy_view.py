@@ -65,8 +65,8 @@ def view(*friends: str) -> FriendView:
 
 
 def is_cell_centre(lat: float, lng: float) -> bool:
-    c = h3.cell_to_latlng(h3.latlng_to_cell(lat, lng, H3_RESOLUTION))
-    return abs(c[0] - lat) < 1e-9 and abs(c[1] - lng) < 1e-9
+    clat, clng = h3.cell_to_latlng(h3.latlng_to_cell(lat, lng, H3_RESOLUTION))
+    return bool(abs(clat - lat) < 1e-9 and abs(clng - lng) < 1e-9)
 
 
 def test_access_by_audience_rules_and_expiry() -> None:
