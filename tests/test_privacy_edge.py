@@ -16,12 +16,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import h3
 import pytest
 import redis.asyncio as aioredis
 from google.protobuf import duration_pb2
+from nearby import NearbyClient, NearbyError, Snapshot
 from nearby.v1 import friend_service_pb2 as fpb
 from nearby.v1 import friend_service_pb2_grpc as fpb_grpc
 from nearby.v1 import geo_pb2
@@ -32,13 +34,14 @@ from nearby.v1 import nearby_service_pb2_grpc as pb_grpc
 from nearby.v1 import presence_service_pb2 as ppb
 from nearby.v1 import presence_service_pb2_grpc as ppb_grpc
 from nearby.v1 import sharing_pb2 as spb
+from rich.console import Console
 
 from mesh.geo import distance_m
 from mesh.server import Runner
 from mesh.settings import Settings
 from mesh.sharing import DISTANCE_STEP_M, H3_RESOLUTION
 from presence_svc.app import PresenceApp
-from stack import infra
+from stack import infra, watch
 from tests.support.edge_stack import EdgeStack, edge_stack
 from tests.support.fanout import Stream, offset, until
 from tests.support.redis import CLUSTER, STANDALONE
@@ -495,3 +498,47 @@ async def test_bad_input_changes_nothing(world: World, stack: EdgeStack) -> None
     assert await w.settings(a) == before
     vis = await w.presence.GetVisibility(ppb.GetVisibilityRequest(), metadata=md)
     assert vis.visibility == ppb.VISIBILITY_VISIBLE
+
+
+async def test_sdk_and_watch_show_the_controls(world: World, stack: EdgeStack) -> None:
+    """The Python SDK sets and reads the controls, its session marks an
+    approximate friend (and keeps only cells of them), and `nearby watch`
+    shows the owner's settings and the approximate distance."""
+    w = world
+    a, b, stranger = await w.users("a", "b", "stranger")
+    await w.befriend(a, b)
+    await w.report(a, 0, 1800)
+    async with (
+        NearbyClient(stack.envoy_addr, stack.token(a), secure=False) as ca,
+        NearbyClient(stack.envoy_addr, stack.token(b), secure=False) as cb,
+    ):
+        got = await ca.set_audience("ONLY", [b])
+        assert (got.audience, got.audience_user_ids) == ("ONLY", (b,))
+        got = await ca.set_default_precision("APPROXIMATE")
+        got = await ca.set_friend_precision(b, "APPROXIMATE", ttl=timedelta(hours=1))
+        (rule,) = got.friend_precisions
+        assert rule.friend_id == b and rule.expires_at is not None
+        assert timedelta(minutes=59) < rule.expires_at - datetime.now(UTC) <= timedelta(hours=1)
+        with pytest.raises(NearbyError) as info:
+            await ca.set_audience("ALL_EXCEPT", [stranger])
+        assert info.value.code == grpc.StatusCode.NOT_FOUND and stranger in info.value.message
+        assert await ca.get_sharing_settings() == got
+
+        session = cb.connect(*offset(*HOME, 300))
+        events = aiter(session)
+        snap = await asyncio.wait_for(anext(events), 10)
+        assert isinstance(snap, Snapshot)
+        (fa,) = session.nearby
+        assert fa.approximate and fa.distance_meters % DISTANCE_STEP_M == 0
+        await session.update_location(*offset(*HOME, 900))  # the SDK re-centres
+        await asyncio.sleep(0.2)
+        (fa,) = session.nearby
+        assert fa.approximate and fa.distance_meters % DISTANCE_STEP_M == 0
+        state = watch.WatchState(a, stack.envoy_addr, session)
+        state.sharing = await ca.get_sharing_settings()
+        console = Console(record=True, width=160, color_system=None)
+        console.print(watch.render(state))
+        text = console.export_text()
+        await session.close()
+    assert f"sharing with only 1 ({b}), approximate; approximate for {b} until" in text
+    assert f"~{watch.format_distance(fa.distance_meters)}" in text
