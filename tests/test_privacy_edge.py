@@ -401,6 +401,11 @@ async def test_timers_survive_a_presence_restart_and_redis_losing_its_data(
     else:
         raise AssertionError("the policies were not reloaded")
     assert resp == []
+    # b's stream, open all along, kept a's policy: a's next move reaches it as a cell
+    mark = len(sb.messages)
+    await w.report(a, 30, 800)
+    await sb.wait_for(lambda s: len(list(seen(s.messages[mark:], a))) >= 1)
+    assert assert_coarse(sb.messages[mark:], a, w.pos[a]) >= 1
     sc = await w.connect(c, 400)
     listed_b = await w.listed(b)
     assert [f.user_id for f in listed_b] == [a] and is_coarse(listed_b[0])
