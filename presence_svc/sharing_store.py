@@ -46,11 +46,41 @@ class SharingStore:
             return await _read(conn, user_id)
 
     async def all_policies(self) -> list[tuple[str, Policy]]:
-        """Every stored policy (for reloading Redis)."""
+        """Every stored policy (for reloading Redis): three scans, one
+        repeatable-read snapshot."""
         async with self.pool.connection() as conn:
-            cur = await conn.execute("SELECT user_id FROM sharing_settings")
-            ids = [row[0] for row in await cur.fetchall()]
-            return [(uid, await _read(conn, uid)) for uid in ids]
+            await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+            try:
+                async with conn.transaction():
+                    cur = await conn.execute(
+                        "SELECT user_id, audience, default_precision, version FROM sharing_settings"
+                    )
+                    settings = await cur.fetchall()
+                    cur = await conn.execute("SELECT user_id, member_id FROM sharing_audience")
+                    members: dict[str, list[str]] = {}
+                    for uid, member in await cur.fetchall():
+                        members.setdefault(uid, []).append(member)
+                    cur = await conn.execute(
+                        "SELECT user_id, friend_id, precision, expires_at FROM sharing_rules"
+                    )
+                    rules: dict[str, dict[str, tuple[int, int]]] = {}
+                    for uid, fid, precision, expires in await cur.fetchall():
+                        rules.setdefault(uid, {})[fid] = (_level(precision), _ms(expires))
+            finally:
+                await conn.set_isolation_level(None)
+        return [
+            (
+                uid,
+                Policy(
+                    version,
+                    audience,
+                    frozenset(members.get(uid, ())),
+                    _level(precision),
+                    rules.get(uid, {}),
+                ),
+            )
+            for uid, audience, precision, version in settings
+        ]
 
     # --- changes ----------------------------------------------------------------
     async def set_audience(
