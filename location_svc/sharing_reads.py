@@ -22,11 +22,14 @@ from mesh.redis import RedisEngine, Routed, check
 class SharingReads:
     def __init__(self, engine: RedisEngine) -> None:
         self.engine = engine
-        self.markers = keys.visibility_synced_markers()
+        # the same commands on every read: built once
+        self.markers: list[Routed] = [
+            (m, resp.command(b"EXISTS", m)) for m in keys.visibility_synced_markers()
+        ]
 
     async def policies(self, user_ids: Sequence[str]) -> list[tuple[str, bytes]]:
         """(user id, SharingPolicy bytes) of those who have a policy, in order."""
-        commands: list[Routed] = [(m, resp.command(b"EXISTS", m)) for m in self.markers]
+        commands = list(self.markers)
         for uid in user_ids:
             key = keys.sharing(uid)
             commands.append((key, resp.command(b"HGET", key, keys.SHARING_POLICY)))
