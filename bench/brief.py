@@ -354,13 +354,7 @@ async def run(h: Harness, cfg: Config) -> dict[str, Any]:
         **({"profiles": profiles} if profiles else {}),
     }
     if mix_runs:
-        out["privacy"] = {
-            "approximate": cfg.privacy_approximate,
-            "only": cfg.privacy_only,
-            "runs": mix_runs,
-            "median": median_of(mix_runs),
-            **privacy.compare(per_window[windows[0]], mix_runs, "updates_per_cpu_s"),
-        }
+        out["privacy"] = privacy.summary(cfg, per_window[windows[0]], mix_runs)
     out["missed_notes"] = notes(levels[0], out["ceiling"]["median"], profiles)
     return out
 

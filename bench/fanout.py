@@ -201,13 +201,7 @@ async def run(h: Harness, cfg: Config) -> dict[str, Any]:
     out["single"] = scenario(runs_1, ceiling_runs_1, ratios)
     out["redis_pubsub"] = await redis_pubsub_cost(h, cfg)
     if mix_runs:
-        out["privacy"] = {
-            "approximate": cfg.privacy_approximate,
-            "only": cfg.privacy_only,
-            "runs": mix_runs,
-            "median": median_of(mix_runs),
-            **privacy.compare(runs, mix_runs, "updates_per_cpu_s"),
-        }
+        out["privacy"] = privacy.summary(cfg, runs, mix_runs)
     med = out["median"]
     if med["updates_per_cpu_s"] < 100_000:
         out["missed_notes"] = [

@@ -25,6 +25,8 @@ import psycopg
 import redis.asyncio as aioredis
 
 from bench import graph
+from bench.config import Config
+from bench.stats import median_of
 from mesh import keys
 from mesh.sharing import ALL_FRIENDS, ONLY, PRECISION_APPROXIMATE, PRECISION_PRECISE
 
@@ -110,6 +112,17 @@ async def reload(redis_url: str, cluster: bool, timeout_s: float = 120.0) -> flo
             await asyncio.sleep(0.2)
     finally:
         await r.aclose()
+
+
+def summary(cfg: Config, plain: list[dict[str, Any]], mix: list[dict[str, Any]]) -> dict[str, Any]:
+    """A scenario's `privacy` section: the mix, its runs and the comparison."""
+    return {
+        "approximate": cfg.privacy_approximate,
+        "only": cfg.privacy_only,
+        "runs": mix,
+        "median": median_of(mix),
+        **compare(plain, mix, "updates_per_cpu_s"),
+    }
 
 
 def compare(plain: list[dict[str, Any]], mix: list[dict[str, Any]], key: str) -> dict[str, Any]:
