@@ -31,7 +31,7 @@ import signal
 import time
 from typing import Any
 
-from bench import ceilings, graph
+from bench import ceilings, graph, privacy
 from bench.config import Config
 from bench.fanout import Publisher
 from bench.harness import Harness, LoadClient, Mesh, measured, metric
@@ -194,6 +194,30 @@ async def window_once(
         mesh.children.pop(fan.name, None)
 
 
+async def mixed_once(
+    h: Harness, cfg: Config, mesh: Mesh, g: graph.Graph, flush_ms: float, redis_procs: list[Proc]
+) -> dict[str, Any]:
+    """window_once with the privacy mix on the movers (bench/privacy.py);
+    the mesh is left without any policy afterwards."""
+    movers = list(range(cfg.brief_streams, len(g.ids)))
+    cluster = cluster_of(mesh)
+    mix = await privacy.apply_mix(
+        mesh.database_url,
+        mesh.redis_url,
+        g,
+        movers,
+        cfg.privacy_approximate,
+        cfg.privacy_only,
+        cluster=cluster,
+    )
+    try:
+        out = await window_once(h, cfg, mesh, g, flush_ms, redis_procs)
+    finally:
+        await privacy.clear_mix(mesh.database_url, mesh.redis_url, g, cluster=cluster)
+    out["privacy_mix"] = mix
+    return out
+
+
 def cluster_of(mesh: Mesh) -> bool:
     return bool(mesh.settings.redis_cluster)
 
@@ -276,12 +300,17 @@ async def run(h: Harness, cfg: Config) -> dict[str, Any]:
     windows = cfg.brief_windows
     per_window: dict[float, list[dict[str, Any]]] = {w: [] for w in windows}
     ceiling_runs: list[dict[str, Any]] = []
-    for _ in range(cfg.long_runs):
+    mix_runs: list[dict[str, Any]] = []
+    for i in range(cfg.long_runs):
         ceiling_runs.append(await bare_once(h, cfg))
         mesh, g, redis_procs = await start_brief_mesh(h, cfg)
         try:
             for w in windows:
+                if w == windows[0] and cfg.privacy_compare and i % 2:
+                    mix_runs.append(await mixed_once(h, cfg, mesh, g, w, redis_procs))
                 per_window[w].append(await window_once(h, cfg, mesh, g, w, redis_procs))
+                if w == windows[0] and cfg.privacy_compare and not i % 2:
+                    mix_runs.append(await mixed_once(h, cfg, mesh, g, w, redis_procs))
         finally:
             h.stop_mesh(mesh)
             h.stop_redis()
@@ -324,6 +353,8 @@ async def run(h: Harness, cfg: Config) -> dict[str, Any]:
         "default_flush_ms": windows[0],
         **({"profiles": profiles} if profiles else {}),
     }
+    if mix_runs:
+        out["privacy"] = privacy.summary(cfg, per_window[windows[0]], mix_runs)
     out["missed_notes"] = notes(levels[0], out["ceiling"]["median"], profiles)
     return out
 

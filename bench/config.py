@@ -52,6 +52,11 @@ class Config:
     # 6. Redis Cluster runs (--redis-cluster): master counts, runs per engine
     redis_cluster: tuple[int, ...] = ()
     cluster_runs: int = 1
+    # privacy mix (bench/privacy.py): scenarios 1 and 1b also measure, in the
+    # same run, with this share of movers approximate and selected-only
+    privacy_compare: bool = True
+    privacy_approximate: float = 0.2
+    privacy_only: float = 0.1
     # --profile: extra py-spy runs (brief, ingest)
     profile: bool = False
     # filled while running

@@ -24,7 +24,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from bench import ceilings, graph
+from bench import ceilings, graph, privacy
 from bench.config import Config
 from bench.harness import Harness, LoadClient, Mesh, measured
 from bench.procstat import CpuMeter
@@ -98,20 +98,32 @@ class Publisher:
 
 
 async def start_fan_in(
-    h: Harness, streams: int, movers: int, friends: int
+    h: Harness, streams: int, movers: int, friends: int, mix: Config | None = None
 ) -> tuple[Mesh, graph.Graph, Any]:
+    """The mesh and the fan-in graph; with `mix`, its privacy mix on the movers."""
     redis_url, redis_proc = h.redis()
     db = h.database("fanout")
     mesh = h.start_mesh(redis_url, db, fanout_replicas=1)
     g = graph.fan_in(streams, movers, friends)
     await graph.load(db, g)
+    if mix is not None:
+        await privacy.apply_mix(
+            db,
+            redis_url,
+            g,
+            list(range(streams, streams + movers)),
+            mix.privacy_approximate,
+            mix.privacy_only,
+        )
     return mesh, g, redis_proc
 
 
 async def fanout_once(
-    h: Harness, cfg: Config, movers: int, friends: int, rounds: int
+    h: Harness, cfg: Config, movers: int, friends: int, rounds: int, *, mix: bool = False
 ) -> dict[str, Any]:
-    mesh, g, redis_proc = await start_fan_in(h, cfg.fanout_streams, movers, friends)
+    mesh, g, redis_proc = await start_fan_in(
+        h, cfg.fanout_streams, movers, friends, cfg if mix else None
+    )
     load: LoadClient | None = None
     pub: Publisher | None = None
     try:
@@ -191,18 +203,24 @@ async def run(h: Harness, cfg: Config) -> dict[str, Any]:
     }
     n = cfg.fanout_streams
     runs, ceiling_runs, runs_1, ceiling_runs_1 = [], [], [], []
-    for _ in range(cfg.runs):
+    mix_runs: list[dict[str, Any]] = []
+    for i in range(cfg.runs):
         # batched: every stream gets `fanout_friends` updates per round
         ceiling_runs.append(await ceilings.bare_push(h, n, cfg.fanout_friends, cfg.fanout_rounds))
-        runs.append(
-            await fanout_once(h, cfg, cfg.fanout_movers, cfg.fanout_friends, cfg.fanout_rounds)
-        )
+        shape = (cfg.fanout_movers, cfg.fanout_friends, cfg.fanout_rounds)
+        if cfg.privacy_compare and i % 2:  # alternate which goes first
+            mix_runs.append(await fanout_once(h, cfg, *shape, mix=True))
+        runs.append(await fanout_once(h, cfg, *shape))
+        if cfg.privacy_compare and not i % 2:
+            mix_runs.append(await fanout_once(h, cfg, *shape, mix=True))
         # one update per stream per round: nothing to batch (the brief's rates)
         ceiling_runs_1.append(await ceilings.bare_push(h, n, 1, cfg.fanout_single_rounds))
         runs_1.append(await fanout_once(h, cfg, max(1, n // 20), 1, cfg.fanout_single_rounds))
     out = scenario(runs, ceiling_runs, ratios)
     out["single"] = scenario(runs_1, ceiling_runs_1, ratios)
     out["redis_pubsub"] = await redis_pubsub_cost(h, cfg)
+    if mix_runs:
+        out["privacy"] = privacy.summary(cfg, runs, mix_runs)
     med = out["median"]
     if med["updates_per_cpu_s"] < 100_000:
         out["missed_notes"] = [

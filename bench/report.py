@@ -84,6 +84,23 @@ def _single_rows(s: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _privacy_rows(s: dict[str, Any]) -> list[Row]:
+    """The same load with the privacy mix (bench/privacy.py), measured in the same run."""
+    p = s.get("privacy") or {}
+    if not p:
+        return []
+    return [
+        (
+            f"privacy mix ({p.get('approximate', 0):.0%} of movers approximate, "
+            f"{p.get('only', 0):.0%} selected-only): updates per fan-out CPU-second, "
+            "with the mix / without (ratio = with / without, median of per-run ratios)",
+            p.get("mix"),
+            p.get("plain"),
+            p.get("ratio"),
+        )
+    ]
+
+
 def _brief_rows(s: dict[str, Any]) -> list[Row]:
     """Scenario 1b: one group of rows per flush window."""
     sh, c = s.get("shape", {}), get(s, "ceiling", "median") or {}
@@ -136,7 +153,7 @@ def _brief_rows(s: dict[str, Any]) -> list[Row]:
                 None,
             ),
         ]
-    return out
+    return out + _privacy_rows(s)
 
 
 def held_worst(s: dict[str, Any]) -> Any:
@@ -256,6 +273,7 @@ def rows_of(name: str, s: dict[str, Any]) -> list[Row]:
                 None,
             ),
             *_single_rows(s),
+            *_privacy_rows(s),
         ]
     if name == "latency":
         out: list[Row] = []
@@ -488,6 +506,23 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             m("fanout", "updates_per_cpu_s"),
             100_000,
             True,
+        ),
+        _target(
+            "Fan-out with the privacy mix (bench 1): updates per CPU-s / without the mix",
+            "≥ 0.9",
+            ratio("fanout", "privacy", "ratio"),
+            0.9,
+            True,
+            "x",
+        ),
+        _target(
+            "Fan-out at the brief's shape with the privacy mix (bench 1b, default window): "
+            "updates per CPU-s / without the mix",
+            "≥ 0.9",
+            ratio("brief", "privacy", "ratio"),
+            0.9,
+            True,
+            "x",
         ),
         _target(
             "Latency p99 at 50% of max throughput",

@@ -40,6 +40,7 @@ from fanout_svc.subscriber import RedisSubscriber, Subscriber
 from mesh import keys, tracing
 from mesh.internal.v1 import events_pb2
 from mesh.settings import Settings
+from mesh.sharing import Policy
 from mesh.startup import wait_for_store
 
 log = logging.getLogger("fanout_svc.hub")
@@ -265,6 +266,14 @@ class Hub:
                     reason = GONE_OFFLINE if kind == "offline" else GONE_HIDDEN
                     for s in tuple(ls):
                         s.on_gone(uid, reason)
+                elif kind == "sharing":  # parsed once, shared by every listener
+                    policy = Policy.from_proto(ev.sharing)
+                    for s in tuple(ls):
+                        # a stream's view has it (session.on_sharing); a
+                        # listener that holds no positions needs none
+                        on_sharing = getattr(s, "on_sharing", None)
+                        if on_sharing is not None:
+                            on_sharing(uid, policy)
             elif channel.startswith(_INBOX):
                 inbox = events_pb2.InboxEvent.FromString(data)
                 for s in tuple(ls):

@@ -88,7 +88,7 @@ class Hot:
         self.page = 0
         self.heartbeat = 0
         self.reconnect = 0
-        self.gone = [0] * 5  # by FriendGoneReason
+        self.gone = [0] * (max(GONE_KINDS) + 1)  # by FriendGoneReason
 
 
 class FastHistogram:

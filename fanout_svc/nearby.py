@@ -14,6 +14,7 @@ from nearby.v1 import nearby_service_pb2 as pb
 
 from mesh import paging
 from mesh.errors import invalid_field
+from mesh.sharing import PRECISION_APPROXIMATE, PRECISION_PRECISE
 
 TOKEN_KIND = "nearby"
 MAX_PAGE_SIZE = 100
@@ -28,6 +29,8 @@ class Entry(NamedTuple):
     lat: float
     lng: float
     t_ms: int
+    approximate: bool = False
+    """(lat, lng) is a cell centre and distance rounded (mesh/sharing.py)."""
 
 
 def fill(msg: pb.NearbyFriend, e: Entry) -> None:
@@ -40,6 +43,7 @@ def fill(msg: pb.NearbyFriend, e: Entry) -> None:
     ts = msg.update_time
     ts.seconds = e.t_ms // 1000
     ts.nanos = (e.t_ms % 1000) * 1_000_000
+    msg.precision = PRECISION_APPROXIMATE if e.approximate else PRECISION_PRECISE
 
 
 class Page(NamedTuple):

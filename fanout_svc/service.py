@@ -9,9 +9,10 @@ from fanout_svc.nearby import Entry, fill, page_of, page_size
 from fanout_svc.session import Session
 from fanout_svc.streams import Streams
 from fanout_svc.watch_session import WatchSession
+from mesh.clock import now_ms
 from mesh.errors import FailedPrecondition, Unavailable
-from mesh.geo import distance_m
 from mesh.identity import caller_id
+from mesh.sharing import APPROXIMATE, DEFAULT, place
 from mesh.types import Context
 
 
@@ -54,18 +55,25 @@ class NearbyServicer(pb_grpc.NearbyServiceServicer):
         names = {r.user_id: r.display_name for r in refs if r.user_id != user_id}
         radius = self.settings.nearby_radius_m
         entries = []
-        for loc in await upstream.get_locations(list(names)):
+        locs, policies = await upstream.get_shared(list(names))
+        now = now_ms()
+        for loc in locs:
             f = loc.fix
-            d = distance_m(lat, lng, f.latitude, f.longitude)
-            if d <= radius and loc.user_id in names:
+            level = policies.get(loc.user_id, DEFAULT).access(user_id, now)[0]
+            seen = place(level, lat, lng, f.latitude, f.longitude)
+            if seen is None or loc.user_id not in names:
+                continue
+            flat, flng, d = seen
+            if d <= radius:
                 entries.append(
                     Entry(
                         d,
                         loc.user_id,
                         names[loc.user_id],
-                        f.latitude,
-                        f.longitude,
+                        flat,
+                        flng,
                         f.recorded_at_ms,
+                        level == APPROXIMATE,
                     )
                 )
         page = page_of(entries, request.page_token, size)

@@ -21,7 +21,7 @@ import logging
 import random
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, ClassVar, Protocol
 
 import grpc
@@ -43,6 +43,7 @@ from mesh.fixes import PUBLIC_FIELDS, FixRules
 from mesh.internal.v1 import events_pb2
 from mesh.internal.v1 import location_ingest_service_pb2 as li
 from mesh.settings import Settings
+from mesh.sharing import DEFAULT, PRECISION_OF, Policy
 from mesh.types import Context
 
 log = logging.getLogger("fanout_svc.session")
@@ -52,6 +53,9 @@ _COALESCED = location_service_pb2.REPORT_DISPOSITION_COALESCED
 
 CONNECT_FIELDS = {part: f"location.{name}" for part, name in PUBLIC_FIELDS.items()}
 """The client's names for the parts of a fix (ConnectRequest.location)."""
+
+PRECISION = PRECISION_OF
+"""Access level -> NearbyFriend.precision (written only for a friend with access)."""
 
 REPORT_TO_CLIENT = {
     "fix.latitude": "location.position.latitude",
@@ -222,6 +226,17 @@ class Session:
         owed = self.view.owed
         return [(fid, tp, t0) for fid, (tp, pub, t0) in traces.items() if owed.get(fid) == pub]
 
+    def on_sharing(self, user_id: str, policy: Policy) -> None:
+        """A friend's policy changed: access may be lost (FriendGone) or gained
+        (their cached location is read at once)."""
+        if self.view.set_policy(user_id, policy, now_ms()):
+            self._spawn(self._fetch_friend(user_id))
+
+    def review(self) -> None:
+        """A rule of a friend's policy ended (the watchdog's clock)."""
+        for fid in self.view.review(now_ms()):
+            self._spawn(self._fetch_friend(fid))
+
     def resync(self) -> None:
         if self.ending is not None:
             return
@@ -354,6 +369,9 @@ class Session:
         elif now - self.last_write >= heartbeat_s and not self.heartbeat_due:
             self.heartbeat_due = True
             self.kick()
+        review = self.view.review_ms
+        if review and now_ms() >= review:
+            self.review()
 
     # --- loading friends and snapshots -----------------------------------
     async def _load(self, first: bool) -> None:
@@ -373,8 +391,10 @@ class Session:
         hub.unsubscribe([loc_channel(fid) for fid in removed], self)
         hub.subscribe([loc_channel(fid) for fid in added], self)
         await hub.barrier()
+        asked = list(view.friends)
         async with process.load_limit:
-            locs = await upstream.get_locations(list(view.friends))
+            locs, policies = await upstream.get_shared(asked)
+        apply_policies(view, asked, policies)
         on_moved = view.on_moved
         for loc in locs:
             fix = loc.fix
@@ -431,10 +451,11 @@ class Session:
             return
         try:
             async with process.load_limit:
-                locs = await process.upstream.get_locations([fid])
+                locs, policies = await process.upstream.get_shared([fid])
         except ServiceError as exc:
             log.warning("new friend %s of %s: %s", fid, self.user_id, exc.message)
             return
+        apply_policies(self.view, (fid,), policies)
         for loc in locs:
             fix = loc.fix
             self.view.on_moved(loc.user_id, fix.latitude, fix.longitude, fix.recorded_at_ms, 0)
@@ -601,6 +622,7 @@ class Session:
                 pos.latitude = f.lat
                 pos.longitude = f.lng
                 fm.distance_meters = f.dist
+                fm.precision = PRECISION[f.access]
                 ts = fm.update_time
                 t = f.t_ms
                 ts.seconds = t // 1000
@@ -616,6 +638,15 @@ class Session:
         metrics.HOT.update += updates
         metrics.BATCH_EVENTS.observe(len(owed))
         return msg, oldest
+
+
+def apply_policies(view: FriendView, asked: Iterable[str], policies: dict[str, Policy]) -> None:
+    """The policies read with the locations of `asked`; one of them without a
+    policy has the default one (location_svc answers only once Redis holds
+    them all)."""
+    t = now_ms()
+    for fid in asked:
+        view.set_policy(fid, policies.get(fid, DEFAULT), t)
 
 
 def _fill_page(out: Any, page: Page) -> None:

@@ -1,21 +1,12 @@
-"""Calls from the fan-out service to friend_svc and location_svc."""
+"""Calls from the fan-out service to friend_svc and location_svc (failures
+mapped by mesh.upstream)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import grpc
-from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2, status_pb2
 
-from mesh.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    ServiceError,
-    Unavailable,
-)
 from mesh.internal.v1 import (
     friend_graph_service_pb2 as fg,
 )
@@ -28,56 +19,10 @@ from mesh.internal.v1 import (
 from mesh.internal.v1 import (
     location_ingest_service_pb2_grpc as li_grpc,
 )
+from mesh.sharing import Policy
+from mesh.upstream import PASSED_ON, error_info, upstream_error
 
 CALL_TIMEOUT_S = 5.0
-
-
-PASSED_ON: dict[grpc.StatusCode, type[ServiceError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-}
-"""Upstream codes that retrying cannot fix: our caller gets the same code."""
-
-
-def upstream_error(exc: grpc.aio.AioRpcError, what: str) -> ServiceError:
-    """The error our caller sees when a service we depend on failed.
-
-    Non-retryable codes (PASSED_ON) reach the caller as themselves, with the
-    upstream's ErrorInfo reason; the upstream's field path (a field of an
-    internal request, not of our caller's) is left out of the message. Any
-    other code (unreachable, deadline, overloaded, internal) is UNAVAILABLE:
-    retry with backoff.
-    """
-    code = exc.code()
-    cls = PASSED_ON.get(code)
-    if cls is None:
-        return Unavailable(
-            f"{what} failed ({code.name}); retry with backoff", reason="UPSTREAM_UNAVAILABLE"
-        )
-    info = error_info(exc)
-    details = exc.details() or code.name
-    field = info.metadata.get("field", "") if info is not None else ""
-    if field:
-        details = details.removeprefix(f"{field}: ")
-    return cls(f"{what}: {details}", reason=(info.reason if info is not None else "") or code.name)
-
-
-def error_info(exc: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
-    """The google.rpc.ErrorInfo of a failed call, if it carries one."""
-    for key, value in exc.trailing_metadata() or ():
-        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
-            continue
-        try:
-            status = status_pb2.Status.FromString(value)
-        except DecodeError:
-            return None
-        for detail in status.details:
-            info = error_details_pb2.ErrorInfo()
-            if detail.Unpack(info):
-                return info
-    return None
 
 
 class Upstream:
@@ -101,14 +46,28 @@ class Upstream:
     ) -> Sequence[li.CachedLocation]:
         if not user_ids:
             return []
+        resp = await self._batch_get(
+            li.BatchGetLocationsRequest(user_ids=user_ids, include_hidden=include_hidden)
+        )
+        return resp.locations
+
+    async def get_shared(
+        self, user_ids: Sequence[str]
+    ) -> tuple[Sequence[li.CachedLocation], dict[str, Policy]]:
+        """Friends' cached locations (active, visible) and the sharing policies
+        of all of them (a friend missing from the dict has the default one)."""
+        if not user_ids:
+            return [], {}
+        resp = await self._batch_get(
+            li.BatchGetLocationsRequest(user_ids=user_ids, include_sharing=True)
+        )
+        return resp.locations, {s.user_id: Policy.from_proto(s.policy) for s in resp.sharing}
+
+    async def _batch_get(self, req: li.BatchGetLocationsRequest) -> li.BatchGetLocationsResponse:
         try:
-            resp = await self.locations.BatchGetLocations(
-                li.BatchGetLocationsRequest(user_ids=user_ids, include_hidden=include_hidden),
-                timeout=CALL_TIMEOUT_S,
-            )
+            return await self.locations.BatchGetLocations(req, timeout=CALL_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
             raise upstream_error(exc, "reading cached locations") from exc
-        return resp.locations
 
     async def report(self, reports: Sequence[li.LocationReport]) -> Sequence[li.ReportResult]:
         try:
@@ -118,3 +77,6 @@ class Upstream:
         except grpc.aio.AioRpcError as exc:
             raise upstream_error(exc, "recording the location") from exc
         return resp.results
+
+
+__all__ = ["PASSED_ON", "Upstream", "error_info", "upstream_error"]

@@ -14,6 +14,14 @@ what is owed when it writes. Rules:
   snapshot that follows replaces everything the client had.
 - What is owed coalesces by friend (`owed`: friend id -> newest event), so it
   holds at most one entry per friend; a replaced entry is a drop.
+- Privacy (mesh/sharing.py): each friend has an access level, from their
+  sharing policy, for this user. NONE until the policy is known and while it
+  says so: nothing of the friend is kept (their position is forgotten) and a
+  friend in the list gets FriendGone(NOT_SHARED). APPROXIMATE: the position
+  is snapped to its cell on arrival, so only the cell centre and a rounded
+  distance are ever held, compared or written out. A policy with a version
+  older than the one held is ignored; `review_ms` is the next time a rule of
+  a held policy ends (the stream calls `review`).
 
 The view tells its owner (the stream) through the `Owner` callbacks: the
 queue went from empty to not empty, an entry was replaced, the queue grew
@@ -28,9 +36,11 @@ from nearby.v1 import nearby_service_pb2 as pb
 
 from fanout_svc.nearby import Entry, Page, page_of
 from mesh.geo import distance_m
+from mesh.sharing import APPROXIMATE, NONE, PRECISE, Policy, coarse, coarse_distance
 
 OUT_OF_RANGE = pb.FRIEND_GONE_REASON_OUT_OF_RANGE
 UNFRIENDED = pb.FRIEND_GONE_REASON_UNFRIENDED
+NOT_SHARED = pb.FRIEND_GONE_REASON_NOT_SHARED
 
 
 class Owner(Protocol):
@@ -50,9 +60,11 @@ class Owner(Protocol):
 
 
 class Friend:
-    """A friend as this user knows them; lat is None while the position is unknown."""
+    """A friend as this user knows them; lat is None while the position is
+    unknown. For an APPROXIMATE friend, (lat, lng) is the cell centre and
+    dist the rounded distance to it."""
 
-    __slots__ = ("dist", "inside", "lat", "lng", "name", "t_ms")
+    __slots__ = ("access", "dist", "inside", "lat", "lng", "name", "policy", "t_ms")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -61,6 +73,8 @@ class Friend:
         self.t_ms = 0
         self.dist = 0.0
         self.inside = False
+        self.access = NONE
+        self.policy: Policy | None = None
 
 
 class FriendView:
@@ -81,6 +95,7 @@ class FriendView:
         "owner",
         "queue_max",
         "radius_m",
+        "review_ms",
         "user_id",
     )
 
@@ -104,14 +119,23 @@ class FriendView:
         self.owed: dict[str, int] = {}
         self.loading = True
         self.overflowed = False
+        self.review_ms = 0
 
     # --- friends' events (the hub calls these once per message) -----------
     def on_moved(self, user_id: str, lat: float, lng: float, t_ms: int, pub_ms: int) -> None:
         f = self.friends.get(user_id)
         if f is None or (f.lat is not None and t_ms < f.t_ms):
             return
+        access = f.access
+        if access == PRECISE:
+            d = distance_m(self.lat, self.lng, lat, lng)
+        elif access == APPROXIMATE:
+            lat, lng = coarse(lat, lng)
+            d = coarse_distance(distance_m(self.lat, self.lng, lat, lng))
+        else:
+            return  # not shared with this user: nothing of them is kept
         f.lat, f.lng, f.t_ms = lat, lng, t_ms
-        d = f.dist = distance_m(self.lat, self.lng, lat, lng)
+        f.dist = d
         if self.loading:
             return
         if d <= self.radius_m or (f.inside and d <= self.leave_m):
@@ -142,7 +166,10 @@ class FriendView:
         for fid, f in self.friends.items():
             if f.lat is None:
                 continue
-            d = f.dist = distance_m(lat, lng, f.lat, f.lng)
+            d = distance_m(lat, lng, f.lat, f.lng)
+            if f.access == APPROXIMATE:
+                d = coarse_distance(d)
+            f.dist = d
             if f.inside:
                 if d > leave:
                     f.inside = False
@@ -150,6 +177,67 @@ class FriendView:
             elif d <= radius:
                 f.inside = True
                 self._owe(fid, 0)
+
+    # --- friends' sharing policies -------------------------------------------
+    def set_policy(self, fid: str, policy: Policy, now_ms: int) -> bool:
+        """A friend's (new) policy. True when the caller must fetch the friend's
+        cached location: access was gained, or raised to PRECISE (only the
+        cell is held). A policy older than the one held is ignored."""
+        f = self.friends.get(fid)
+        if f is None:
+            return False
+        held = f.policy
+        if held is not None and policy.version < held.version:
+            return False
+        f.policy = policy
+        level, until = policy.access(self.user_id, now_ms)
+        if until and (not self.review_ms or until < self.review_ms):
+            self.review_ms = until
+        return self._set_access(fid, f, level)
+
+    def review(self, now_ms: int) -> list[str]:
+        """Rules of held policies may have ended: recompute every friend's
+        access; returns the friends to fetch (see set_policy)."""
+        self.review_ms = 0
+        fetch = []
+        for fid, f in self.friends.items():
+            policy = f.policy
+            if policy is None:
+                continue
+            level, until = policy.access(self.user_id, now_ms)
+            if until and (not self.review_ms or until < self.review_ms):
+                self.review_ms = until
+            if self._set_access(fid, f, level):
+                fetch.append(fid)
+        return fetch
+
+    def _set_access(self, fid: str, f: Friend, level: int) -> bool:
+        old = f.access
+        if level == old:
+            return False
+        f.access = level
+        if level == NONE:
+            f.lat = None
+            if f.inside:
+                f.inside = False
+                if not self.loading:
+                    self._owe(fid, -NOT_SHARED)
+            return False
+        if old == NONE:
+            return not self.loading
+        if level == APPROXIMATE and f.lat is not None:
+            # PRECISE -> APPROXIMATE: the exact position is dropped for its cell
+            f.lat, f.lng = coarse(f.lat, f.lng)
+            f.dist = coarse_distance(distance_m(self.lat, self.lng, f.lat, f.lng))
+            if f.inside and not self.loading:
+                if f.dist <= self.leave_m:
+                    self._owe(fid, 0)
+                else:
+                    f.inside = False
+                    self._owe(fid, -OUT_OF_RANGE)
+            return False
+        # APPROXIMATE -> PRECISE: the cell stays until the exact position is read
+        return not self.loading
 
     # --- the friend list ------------------------------------------------------
     def add_friend(self, fid: str, name: str) -> bool:
@@ -205,7 +293,8 @@ class FriendView:
             if f.lat is None:
                 f.inside = False
             else:
-                f.dist = distance_m(self.lat, self.lng, f.lat, f.lng)
+                d = distance_m(self.lat, self.lng, f.lat, f.lng)
+                f.dist = coarse_distance(d) if f.access == APPROXIMATE else d
                 f.inside = f.dist <= radius
         self.owed.clear()
 
@@ -213,9 +302,9 @@ class FriendView:
     def entries(self) -> list[Entry]:
         """The nearby list, in no particular order."""
         return [
-            Entry(f.dist, fid, f.name, f.lat, f.lng, f.t_ms)
+            Entry(f.dist, fid, f.name, f.lat, f.lng, f.t_ms, f.access == APPROXIMATE)
             for fid, f in self.friends.items()
-            if f.inside and f.lat is not None
+            if f.inside and f.lat is not None and f.access
         ]
 
     def page(self, token: str, size: int) -> Page:

@@ -3,6 +3,7 @@ edge) and internal LocationIngestService (user ids in the request body)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 from google.protobuf import timestamp_pb2
@@ -13,6 +14,7 @@ from location_svc import metrics, store
 from location_svc.cache import LocationCache, Report
 from location_svc.erase import Eraser
 from location_svc.ingest import Ingestor
+from location_svc.sharing_reads import SharingReads
 from mesh import fixes, paging, tracing
 from mesh.clock import now_ms
 from mesh.errors import InvalidArgument, PermissionDenied, invalid_field
@@ -187,6 +189,7 @@ class LocationIngestServicer(location_ingest_service_pb2_grpc.LocationIngestServ
     def __init__(self, ingest: Ingestor, cache: LocationCache, settings: Settings) -> None:
         self.ingest = ingest
         self.cache = cache
+        self.sharing = SharingReads(cache.engine)
         self.friend_cap = settings.friend_cap
 
     async def ReportLocations(
@@ -232,9 +235,18 @@ class LocationIngestServicer(location_ingest_service_pb2_grpc.LocationIngestServ
         self, request: location_ingest_service_pb2.BatchGetLocationsRequest, context: Context
     ) -> location_ingest_service_pb2.BatchGetLocationsResponse:
         ids = check_user_ids(request.user_ids, self.friend_cap)
-        found = await self.cache.batch_get(ids, request.include_hidden)
+        if request.include_sharing:
+            found, policies = await asyncio.gather(
+                self.cache.batch_get(ids, request.include_hidden), self.sharing.policies(ids)
+            )
+        else:
+            found, policies = await self.cache.batch_get(ids, request.include_hidden), []
         resp = location_ingest_service_pb2.BatchGetLocationsResponse()
         for uid, value in found:
             loc = resp.locations.add(user_id=uid)
             loc.fix.MergeFrom(events_pb2.PositionFix.FromString(value))
+        for uid, value in policies:
+            resp.sharing.add(user_id=uid).policy.MergeFrom(
+                events_pb2.SharingPolicy.FromString(value)
+            )
         return resp

@@ -64,6 +64,25 @@ def user_streams(user_id: str) -> str:
     return f"streams:{{{user_id}}}"
 
 
+# --- privacy: the sharing policy (presence_svc writes, location_svc reads) ----
+
+SHARING_VERSION = "v"
+"""Field of `sharing:{uid}`: the policy's version (a newer one always wins)."""
+SHARING_POLICY = "p"
+"""Field of `sharing:{uid}`: SharingPolicy bytes."""
+
+
+def sharing(user_id: str) -> str:
+    """Hash of the user's sharing policy (mirrors Postgres; absent: the default)."""
+    return f"sharing:{{{user_id}}}"
+
+
+def sharing_event(user_id: str, policy: events_pb2.SharingPolicy, now_ms: int) -> bytes:
+    return events_pb2.LocationEvent(
+        user_id=user_id, sharing=policy, published_at_ms=now_ms
+    ).SerializeToString()
+
+
 # --- sharded keys ------------------------------------------------------------
 
 
@@ -114,7 +133,8 @@ def presence_sweep_lock(shard: int) -> str:
 
 
 def visibility_synced(shard: int) -> str:
-    """Marker that the ghost-mode flags were loaded from Postgres into Redis.
+    """Marker that the ghost-mode flags and sharing policies were loaded from
+    Postgres into Redis.
 
     One per presence shard tag, so every master holds some: a master that
     comes back empty (restarted without persistence, flushed) loses its

@@ -1,4 +1,4 @@
-"""Keeps Redis' ghost-mode flags equal to Postgres.
+"""Keeps Redis' ghost-mode flags and sharing policies equal to Postgres.
 
 Postgres is the source of truth. The flags are loaded into Redis when
 presence starts and whenever a marker `hidden-synced:{t}` is missing (Redis
@@ -16,6 +16,8 @@ from redis.exceptions import RedisError
 
 from presence_svc import metrics
 from presence_svc.cache import PresenceCache
+from presence_svc.sharing_cache import SharingCache
+from presence_svc.sharing_store import SharingStore
 from presence_svc.store import VisibilityStore
 
 log = logging.getLogger("presence_svc.flags")
@@ -26,9 +28,17 @@ _RACE_MARGIN = dt.timedelta(seconds=5)
 
 
 class FlagSync:
-    def __init__(self, store: VisibilityStore, cache: PresenceCache) -> None:
+    def __init__(
+        self,
+        store: VisibilityStore,
+        cache: PresenceCache,
+        sharing_store: SharingStore,
+        sharing_cache: SharingCache,
+    ) -> None:
         self.store = store
         self.cache = cache
+        self.sharing_store = sharing_store
+        self.sharing_cache = sharing_cache
 
     async def reload(self) -> int:
         """Copy every flag from Postgres into Redis, then set the marker."""
@@ -44,6 +54,8 @@ class FlagSync:
             [uid for uid, h in changes if h],
             [uid for uid, h in changes if not h] + [uid for uid in hidden if uid not in still],
         )
+        # sharing policies: versioned writes, so a reload never undoes a change
+        await self.sharing_cache.apply(await self.sharing_store.all_policies())
         await self.cache.mark_synced()
         metrics.FLAG_RELOADS.inc()
         log.info("ghost-mode flags loaded into Redis", extra={"hidden_users": len(hidden)})

@@ -18,3 +18,10 @@ VISIBILITY_CHANGES = Counter(
 FLAG_RELOADS = Counter(
     "presence_hidden_flag_reloads_total", "Reloads of the ghost-mode flags from Postgres into Redis"
 )
+# --- privacy ---
+SHARING_CHANGES = Counter(
+    "presence_sharing_changes_total", "Sharing policy changes by RPC", ["rpc"]
+)
+TIMERS_FIRED = Counter(
+    "presence_privacy_timers_fired_total", "Privacy timers ended by the server", ["kind"]
+)

@@ -3,8 +3,11 @@ caller) and internal PresenceQueryService (user ids in the request body)."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from nearby.v1 import presence_service_pb2, presence_service_pb2_grpc
 
+from mesh import sharing
 from mesh.errors import invalid_field
 from mesh.identity import caller_id, check_user_id, check_user_ids
 from mesh.internal.v1 import (
@@ -16,16 +19,26 @@ from mesh.internal.v1 import (
 from mesh.types import Context
 from presence_svc import metrics
 from presence_svc.cache import PresenceCache
+from presence_svc.friends import FriendCheck
+from presence_svc.sharing import SharingRpcs, timestamp
+from presence_svc.sharing_cache import SharingCache
+from presence_svc.sharing_store import SharingStore
 from presence_svc.store import VisibilityStore
 
 VISIBLE = presence_service_pb2.VISIBILITY_VISIBLE
 HIDDEN = presence_service_pb2.VISIBILITY_HIDDEN
 
 
-class PresenceServicer(presence_service_pb2_grpc.PresenceServiceServicer):
-    def __init__(self, store: VisibilityStore, cache: PresenceCache) -> None:
+class PresenceServicer(SharingRpcs, presence_service_pb2_grpc.PresenceServiceServicer):
+    def __init__(
+        self,
+        store: VisibilityStore,
+        cache: PresenceCache,
+        privacy: tuple[SharingStore, SharingCache, FriendCheck, int],
+    ) -> None:
         self.store = store
         self.cache = cache
+        self.sharing_store, self.sharing_cache, self.friends, self.friend_cap = privacy
 
     async def SetVisibility(
         self, request: presence_service_pb2.SetVisibilityRequest, context: Context
@@ -34,29 +47,53 @@ class PresenceServicer(presence_service_pb2_grpc.PresenceServiceServicer):
         if request.visibility not in (VISIBLE, HIDDEN):
             raise invalid_field("visibility", "must be VISIBILITY_VISIBLE or VISIBILITY_HIDDEN")
         hidden = request.visibility == HIDDEN
+        kind = request.WhichOneof("expiration")
+        if kind is not None and not hidden:
+            raise invalid_field(kind, "is only allowed with VISIBILITY_HIDDEN")
+        until = sharing.expiry(
+            "",
+            request.expire_time if kind == "expire_time" else None,
+            request.ttl if kind == "ttl" else None,
+            dt.datetime.now(dt.UTC),
+        )
         # Postgres first (the source of truth), then the Redis mirror + event.
-        await self.store.set_hidden(user_id, hidden)
+        await self.store.set_hidden(user_id, hidden, until)
         if hidden:
             await self.cache.hide(user_id)
         else:
             await self.cache.show(user_id)
         metrics.VISIBILITY_CHANGES.labels("hidden" if hidden else "visible").inc()
-        return presence_service_pb2.SetVisibilityResponse(visibility=request.visibility)
+        resp = presence_service_pb2.SetVisibilityResponse(visibility=request.visibility)
+        if until is not None:
+            resp.expire_time.CopyFrom(timestamp(until))
+        return resp
 
     async def GetVisibility(
         self, request: presence_service_pb2.GetVisibilityRequest, context: Context
     ) -> presence_service_pb2.GetVisibilityResponse:
         user_id = caller_id(context)
-        hidden = await self.store.is_hidden(user_id)
-        return presence_service_pb2.GetVisibilityResponse(visibility=HIDDEN if hidden else VISIBLE)
+        hidden, until = await self.store.visibility(user_id)
+        resp = presence_service_pb2.GetVisibilityResponse(visibility=HIDDEN if hidden else VISIBLE)
+        if until is not None:
+            resp.expire_time.CopyFrom(timestamp(until))
+        return resp
 
 
 class UserDataServicer(user_data_service_pb2_grpc.UserDataServiceServicer):
-    """Internal: friend_svc erases a deleted account's ghost-mode setting."""
+    """Internal: friend_svc erases a deleted account's ghost-mode setting and
+    sharing policy (and the account's place in other users' policies)."""
 
-    def __init__(self, store: VisibilityStore, cache: PresenceCache) -> None:
+    def __init__(
+        self,
+        store: VisibilityStore,
+        cache: PresenceCache,
+        sharing_store: SharingStore,
+        sharing_cache: SharingCache,
+    ) -> None:
         self.store = store
         self.cache = cache
+        self.sharing_store = sharing_store
+        self.sharing_cache = sharing_cache
 
     async def DeleteUserData(
         self, request: user_data_service_pb2.DeleteUserDataRequest, context: Context
@@ -64,7 +101,8 @@ class UserDataServicer(user_data_service_pb2_grpc.UserDataServiceServicer):
         user_id = check_user_id(request.user_id)
         # Postgres first: a flag reload in between cannot bring the flag back.
         rows = await self.store.delete(user_id)
-        flags = await self.cache.forget(user_id)
+        rows += await self.sharing_store.forget(user_id, self.sharing_cache.publish)
+        flags = await self.cache.forget(user_id) + await self.sharing_cache.forget(user_id)
         return user_data_service_pb2.DeleteUserDataResponse(deleted_count=rows + flags)
 
 

@@ -5,7 +5,9 @@
 
 It holds one NearbyService.Connect stream through the SDK (so it reconnects by
 itself) and redraws a rich table: name, distance, when each friend was last
-updated ("12 s ago"), the total count and the connection state. `--walk` moves the user a little every
+updated ("12 s ago"; "~" marks a friend who shares only an approximate
+location), the total count, the connection state and your own sharing
+settings (audience, precision, timed rules, ghost mode). `--walk` moves the user a little every
 few seconds, which makes demos lively. Ctrl-C exits cleanly.
 """
 
@@ -33,6 +35,7 @@ from nearby import (
     NearbyFriend,
     NearbySession,
     Page,
+    SharingSettings,
     Snapshot,
 )
 from nearby.events import now
@@ -44,6 +47,7 @@ from rich.text import Text
 from mesh.settings import Settings
 
 EARTH_RADIUS_M = 6_371_008.8
+SHARING_REFRESH_S = 5.0
 STATE_STYLE = {
     "idle": "dim",
     "connecting": "yellow",
@@ -60,6 +64,36 @@ def format_distance(meters: float) -> str:
     if meters < 10_000:
         return f"{meters / 1000:.2f} km"
     return f"{meters / 1000:.1f} km"
+
+
+def format_friend_distance(f: NearbyFriend) -> str:
+    """An approximate friend's distance is marked: "~1.50 km"."""
+    return ("~" if f.approximate else "") + format_distance(f.distance_meters)
+
+
+def describe_sharing(s: SharingSettings | None) -> str:
+    """One line: who sees you, how precisely, rules and ghost mode."""
+    if s is None:
+        return "sharing: (not known yet)"
+
+    def names(ids: tuple[str, ...]) -> str:
+        shown = ", ".join(ids[:3]) + (f" +{len(ids) - 3}" if len(ids) > 3 else "")
+        return f"{len(ids)} ({shown})" if ids else "0"
+
+    who = {
+        "ALL_FRIENDS": "all friends",
+        "ONLY": f"only {names(s.audience_user_ids)}",
+        "ALL_EXCEPT": f"all friends except {names(s.audience_user_ids)}",
+    }.get(s.audience, s.audience.lower())
+    parts = [f"sharing with {who}, {s.default_precision.lower()}"]
+    for r in s.friend_precisions:
+        until = f" until {r.expires_at.astimezone():%H:%M:%S}" if r.expires_at else ""
+        parts.append(f"{r.precision.lower()} for {r.friend_id}{until}")
+    line = "; ".join(parts)
+    if s.hidden:
+        until = f"until {s.hidden_until.astimezone():%H:%M:%S}" if s.hidden_until else "until off"
+        line = f"GHOST MODE ({until}): nobody sees you; otherwise {line}"
+    return line
 
 
 def format_age(then: datetime, at: datetime) -> str:
@@ -94,7 +128,7 @@ def describe(event: Event) -> str:
     if isinstance(event, FriendMoved):
         verb = "appeared" if event.is_new else "moved"
         f = event.friend
-        return f"{f.display_name or f.user_id} {verb}, {format_distance(f.distance_meters)}"
+        return f"{f.display_name or f.user_id} {verb}, {format_friend_distance(f)}"
     if isinstance(event, FriendLeft):
         return f"{event.user_id} left ({event.reason})"
     if isinstance(event, Page):
@@ -111,6 +145,7 @@ class WatchState:
     session: NearbySession
     log: deque[tuple[datetime, str]] = field(default_factory=lambda: deque(maxlen=6))
     events: int = 0
+    sharing: SharingSettings | None = None
 
     def record(self, event: Event) -> None:
         """Counts the event and logs one line about it."""
@@ -134,9 +169,7 @@ def render(state: WatchState, at: datetime | None = None, max_rows: int = 30) ->
         name = Text(f.display_name or f.user_id)
         if f.display_name and f.display_name.casefold() != f.user_id.casefold():
             name.append(f"  {f.user_id}", style="dim")
-        table.add_row(
-            str(i), name, format_distance(f.distance_meters), format_age(f.updated_at, at)
-        )
+        table.add_row(str(i), name, format_friend_distance(f), format_age(f.updated_at, at))
     hidden = s.total_size - min(len(friends), max_rows)
     if hidden > 0:
         table.caption = f"… and {hidden} more"
@@ -152,6 +185,7 @@ def render(state: WatchState, at: datetime | None = None, max_rows: int = 30) ->
         status.append(f"  reconnects: {s.connects - 1}", style="dim")
     if s.state != "connected" and s.last_error:
         status.append(f"\n  {s.last_error}", style="yellow")
+    status.append(f"\n{describe_sharing(state.sharing)}", style="cyan")
     log = Text(style="dim")
     for when, line in state.log:
         log.append(f"{when:%H:%M:%S} {line}\n")
@@ -221,6 +255,15 @@ async def _walk(session: NearbySession, every: float, meters: float, stop: async
         await session.update_location(*step(*session.location, heading, meters))
 
 
+async def _sharing(client: NearbyClient, state: WatchState, stop: asyncio.Event) -> None:
+    """Your own sharing settings, re-read every few seconds (timers end)."""
+    while not stop.is_set():
+        with contextlib.suppress(NearbyError):
+            state.sharing = await client.get_sharing_settings()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SHARING_REFRESH_S)
+
+
 async def _consume(session: NearbySession, state: WatchState) -> None:
     async for event in session:
         state.record(event)
@@ -241,6 +284,7 @@ async def watch(args: argparse.Namespace, console: Console) -> int:
         session = client.connect(args.lat, args.lng)
         state = WatchState(who, args.target, session)
         reader = asyncio.create_task(_consume(session, state))
+        sharing = asyncio.create_task(_sharing(client, state, stop))
         walker = (
             asyncio.create_task(_walk(session, args.walk_every, args.step, stop))
             if args.walk
@@ -255,7 +299,7 @@ async def watch(args: argparse.Namespace, console: Console) -> int:
         finally:
             stop.set()
             await session.close()
-            for task in (reader, walker):
+            for task in (reader, walker, sharing):
                 if task is None:
                     continue
                 if not task.done():

@@ -9,6 +9,7 @@ from nearby.v1 import nearby_service_pb2 as pb
 
 from fanout_svc.view import FriendView
 from mesh.geo import distance_m
+from mesh.sharing import DEFAULT
 from tests.support.fanout import ORIGIN, offset
 
 RADIUS = 8047.0
@@ -47,7 +48,10 @@ def make(
     owner = Owner()
     view = FriendView("me", owner, radius_m=radius, hysteresis_m=hysteresis, queue_max=queue_max)
     view.on_my_move(*ORIGIN)
-    view.set_friends(friends if friends is not None else {"b": "B", "c": "C"})
+    wanted = friends if friends is not None else {"b": "B", "c": "C"}
+    view.set_friends(wanted)
+    for fid in wanted:  # what the stream does with the friends' policies it read
+        view.set_policy(fid, DEFAULT, 0)
     view.finish_load()
     return view, owner
 
@@ -174,10 +178,12 @@ def test_unfriend_owes_unfriended_and_ignores_them_afterwards() -> None:
     assert view.take_owed() == {} and listed(view) == []
     # a queued event of a friend removed before the write becomes UNFRIENDED
     assert view.add_friend("b", "B") is True
+    assert view.set_policy("b", DEFAULT, 0) is True  # the stream fetches b
     at(view, "b", 10, 6)
     view.remove_friend("b")
     assert view.take_owed() == {"b": UNFRIENDED}
     view.add_friend("b", "B")
+    view.set_policy("b", DEFAULT, 0)
     at(view, "b", 10, 7)
     view.take_owed()
     at(view, "b", 30_000, 8)  # queued: OUT_OF_RANGE
@@ -261,6 +267,7 @@ def test_loading_owes_nothing_and_clear_forgets_all() -> None:
     view = FriendView("me", owner, radius_m=RADIUS, hysteresis_m=HYSTERESIS, queue_max=10)
     view.on_my_move(*ORIGIN)
     view.set_friends({"b": "B"})
+    assert view.set_policy("b", DEFAULT, 0) is False  # loading: the load reads b
     at(view, "b", 100, 1)
     view.on_gone("b", OFFLINE)
     at(view, "b", 100, 2)

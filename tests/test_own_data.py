@@ -424,7 +424,7 @@ async def test_a_ghost_flag_reload_racing_a_deletion_does_not_bring_the_flag_bac
     async with running(app):
         await app.store.set_hidden(user, True)
         await app.cache.hide(user)
-        eraser = UserDataServicer(app.store, app.cache)
+        eraser = UserDataServicer(app.store, app.cache, app.sharing_store, app.sharing_cache)
 
         class Racing(VisibilityStore):
             """Deletes the user right after the reload read the hidden users."""
@@ -438,7 +438,7 @@ async def test_a_ghost_flag_reload_racing_a_deletion_does_not_bring_the_flag_bac
                     await eraser.DeleteUserData(ud.DeleteUserDataRequest(user_id=user), None)  # type: ignore[arg-type]
                 return found
 
-        await FlagSync(Racing(app.pool), app.cache).reload()
+        await FlagSync(Racing(app.pool), app.cache, app.sharing_store, app.sharing_cache).reload()
         assert await traces(
             settings.database_url, RedisTarget(settings.redis_url, False), user
         ) == (

@@ -26,7 +26,15 @@ from nearby.events import (
     Reconnecting,
     Snapshot,
 )
-from nearby.models import Friend, FriendRequest, Location, ReportResult, User
+from nearby.models import (
+    Friend,
+    FriendPrecision,
+    FriendRequest,
+    Location,
+    ReportResult,
+    SharingSettings,
+    User,
+)
 from nearby.session import NearbySession
 from nearby.view import NearbyView, distance_m
 
@@ -41,6 +49,7 @@ __all__ = [
     "Friend",
     "FriendLeft",
     "FriendMoved",
+    "FriendPrecision",
     "FriendRequest",
     "Location",
     "NearbyClient",
@@ -51,6 +60,7 @@ __all__ = [
     "Page",
     "Reconnecting",
     "ReportResult",
+    "SharingSettings",
     "Snapshot",
     "User",
     "__version__",

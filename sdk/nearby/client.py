@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal, TypeVar
 
 import grpc
@@ -13,7 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nearby.backoff import BackoffPolicy
 from nearby.errors import from_rpc_error
 from nearby.events import Page
-from nearby.models import Friend, FriendRequest, Location, ReportResult, User
+from nearby.models import Friend, FriendRequest, Location, ReportResult, SharingSettings, User
 from nearby.session import NearbySession, check_position
 from nearby.v1 import (
     friend_service_pb2,
@@ -420,23 +420,95 @@ class NearbyClient:
         )
         return response.deleted_count
 
-    async def set_visibility(self, visible: bool) -> bool:
+    async def set_visibility(
+        self, visible: bool, *, ttl: timedelta | None = None, until: datetime | None = None
+    ) -> bool:
         """Shares your location with friends (True) or hides it: ghost mode
-        (False). Returns the setting now in force."""
+        (False), until turned off or, with ``ttl``/``until`` (at most 7 days
+        away), until then. Returns the setting now in force."""
         stub = presence_service_pb2_grpc.PresenceServiceStub(self.channel)
         value = (
             presence_service_pb2.VISIBILITY_VISIBLE
             if visible
             else presence_service_pb2.VISIBILITY_HIDDEN
         )
+        request = presence_service_pb2.SetVisibilityRequest(visibility=value)
+        _expiration(request, ttl, until)
         response = await self._call(
-            stub.SetVisibility(
-                presence_service_pb2.SetVisibilityRequest(visibility=value),
+            stub.SetVisibility(request, metadata=self.metadata(), timeout=self.timeout)
+        )
+        return response.visibility == presence_service_pb2.VISIBILITY_VISIBLE
+
+    async def get_sharing_settings(self) -> SharingSettings:
+        """Your sharing settings: audience, precisions, ghost mode and timers."""
+        response = await self._call(
+            self._presence().GetSharingSettings(
+                presence_service_pb2.GetSharingSettingsRequest(),
                 metadata=self.metadata(),
                 timeout=self.timeout,
             )
         )
-        return response.visibility == presence_service_pb2.VISIBILITY_VISIBLE
+        return SharingSettings.from_proto(response.settings)
+
+    async def set_audience(self, audience: str, user_ids: Sequence[str] = ()) -> SharingSettings:
+        """Who sees you: "ALL_FRIENDS", "ONLY" the listed friends or
+        "ALL_EXCEPT" them. Ids that are not your friends raise NearbyError
+        (NOT_FOUND) and change nothing."""
+        request = presence_service_pb2.SetAudienceRequest(
+            audience=f"AUDIENCE_{audience}", user_ids=user_ids
+        )
+        response = await self._call(
+            self._presence().SetAudience(request, metadata=self.metadata(), timeout=self.timeout)
+        )
+        return SharingSettings.from_proto(response.settings)
+
+    async def set_default_precision(self, precision: str) -> SharingSettings:
+        """ "PRECISE" or "APPROXIMATE" for the friends in your audience."""
+        request = presence_service_pb2.SetDefaultPrecisionRequest(
+            precision=f"PRECISION_{precision}"
+        )
+        response = await self._call(
+            self._presence().SetDefaultPrecision(
+                request, metadata=self.metadata(), timeout=self.timeout
+            )
+        )
+        return SharingSettings.from_proto(response.settings)
+
+    async def set_friend_precision(
+        self,
+        friend_id: str,
+        precision: str,
+        *,
+        ttl: timedelta | None = None,
+        until: datetime | None = None,
+    ) -> SharingSettings:
+        """How precisely one friend sees you ("PRECISE" or "APPROXIMATE"),
+        whatever the audience, until cleared or for ``ttl`` / until ``until``
+        (at most 7 days): e.g. precise for Bob for the next hour."""
+        request = presence_service_pb2.SetFriendPrecisionRequest(
+            friend_id=friend_id, precision=f"PRECISION_{precision}"
+        )
+        _expiration(request, ttl, until)
+        response = await self._call(
+            self._presence().SetFriendPrecision(
+                request, metadata=self.metadata(), timeout=self.timeout
+            )
+        )
+        return SharingSettings.from_proto(response.settings)
+
+    async def clear_friend_precision(self, friend_id: str) -> SharingSettings:
+        """Removes one friend's rule (the audience decides again)."""
+        response = await self._call(
+            self._presence().ClearFriendPrecision(
+                presence_service_pb2.ClearFriendPrecisionRequest(friend_id=friend_id),
+                metadata=self.metadata(),
+                timeout=self.timeout,
+            )
+        )
+        return SharingSettings.from_proto(response.settings)
+
+    def _presence(self) -> presence_service_pb2_grpc.PresenceServiceAsyncStub:
+        return presence_service_pb2_grpc.PresenceServiceStub(self.channel)
 
     async def get_visibility(self) -> bool:
         """True when your location is shared with friends (not in ghost mode)."""
@@ -449,3 +521,18 @@ class NearbyClient:
             )
         )
         return response.visibility != presence_service_pb2.VISIBILITY_HIDDEN
+
+
+def _expiration(
+    request: presence_service_pb2.SetVisibilityRequest
+    | presence_service_pb2.SetFriendPrecisionRequest,
+    ttl: timedelta | None,
+    until: datetime | None,
+) -> None:
+    """Sets a request's `expiration` oneof from ttl or until (not both)."""
+    if ttl is not None and until is not None:
+        raise ValueError("give ttl or until, not both")
+    if ttl is not None:
+        request.ttl.FromTimedelta(ttl)
+    elif until is not None:
+        request.expire_time.FromDatetime(until)

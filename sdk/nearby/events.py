@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from nearby.v1 import nearby_service_pb2 as pb
+from nearby.v1 import sharing_pb2
 
 __all__ = [
     "Event",
@@ -26,6 +27,7 @@ __all__ = [
 ]
 
 _GONE_PREFIX = "FRIEND_GONE_REASON_"
+_APPROXIMATE = sharing_pb2.PRECISION_APPROXIMATE
 
 
 def now() -> datetime:
@@ -49,6 +51,10 @@ class NearbyFriend:
         longitude: degrees, where the friend was at ``updated_at``.
         distance_meters: great-circle distance from you, in metres.
         updated_at: when the friend's device took this fix (UTC).
+        approximate: the friend shares only an approximate location with
+            you: latitude/longitude are the centre of the coarse cell holding
+            them (about 1.4 km across an edge) and distance_meters is the
+            distance to that centre rounded up to 500 m.
     """
 
     user_id: str
@@ -57,6 +63,7 @@ class NearbyFriend:
     longitude: float
     distance_meters: float
     updated_at: datetime
+    approximate: bool = False
 
     @classmethod
     def from_proto(cls, msg: pb.NearbyFriend) -> NearbyFriend:
@@ -68,6 +75,7 @@ class NearbyFriend:
             longitude=msg.position.longitude,
             distance_meters=msg.distance_meters,
             updated_at=to_datetime(msg.update_time),
+            approximate=msg.precision == _APPROXIMATE,
         )
 
     @property
@@ -152,7 +160,8 @@ class FriendLeft:
 
     Attributes:
         user_id: the friend's user id.
-        reason: "OUT_OF_RANGE", "OFFLINE", "UNFRIENDED" or "HIDDEN".
+        reason: "OUT_OF_RANGE", "OFFLINE", "UNFRIENDED", "HIDDEN" or
+            "NOT_SHARED" (the friend no longer shares their location with you).
         received_at: when the SDK received it (UTC).
     """
 

@@ -6,9 +6,17 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from nearby.events import to_datetime
-from nearby.v1 import friend_service_pb2, location_service_pb2, user_pb2
+from nearby.v1 import friend_service_pb2, location_service_pb2, sharing_pb2, user_pb2
 
-__all__ = ["Friend", "FriendRequest", "Location", "ReportResult", "User"]
+__all__ = [
+    "Friend",
+    "FriendPrecision",
+    "FriendRequest",
+    "Location",
+    "ReportResult",
+    "SharingSettings",
+    "User",
+]
 
 
 @dataclass(frozen=True)
@@ -119,3 +127,65 @@ class ReportResult:
         """Converts a ``nearby.v1.ReportLocationResponse`` message."""
         name = location_service_pb2.ReportDisposition.Name(msg.disposition)
         return cls(Location.from_proto(msg.location), name.removeprefix("REPORT_DISPOSITION_"))
+
+
+@dataclass(frozen=True)
+class FriendPrecision:
+    """How precisely one friend sees you, perhaps for a limited time.
+
+    Attributes:
+        friend_id: the friend.
+        precision: "PRECISE" or "APPROXIMATE".
+        expires_at: when the rule ends by itself (UTC); None: until cleared.
+    """
+
+    friend_id: str
+    precision: str
+    expires_at: datetime | None
+
+    @classmethod
+    def from_proto(cls, msg: sharing_pb2.FriendPrecision) -> FriendPrecision:
+        """Converts a ``nearby.v1.FriendPrecision`` message."""
+        return cls(
+            msg.friend_id,
+            _precision(msg.precision),
+            to_datetime(msg.expire_time) if msg.HasField("expire_time") else None,
+        )
+
+
+@dataclass(frozen=True)
+class SharingSettings:
+    """Who sees your location and how precisely (your own settings).
+
+    Attributes:
+        audience: "ALL_FRIENDS", "ONLY" (the listed friends) or "ALL_EXCEPT".
+        audience_user_ids: the list of ONLY / ALL_EXCEPT.
+        default_precision: "PRECISE" or "APPROXIMATE", for the audience.
+        friend_precisions: per-friend rules; they take precedence over the
+            audience and the default precision.
+        hidden: ghost mode (nobody sees you).
+        hidden_until: when ghost mode ends by itself (UTC); None: until off.
+    """
+
+    audience: str
+    audience_user_ids: tuple[str, ...]
+    default_precision: str
+    friend_precisions: tuple[FriendPrecision, ...]
+    hidden: bool
+    hidden_until: datetime | None
+
+    @classmethod
+    def from_proto(cls, msg: sharing_pb2.SharingSettings) -> SharingSettings:
+        """Converts a ``nearby.v1.SharingSettings`` message."""
+        return cls(
+            sharing_pb2.Audience.Name(msg.audience).removeprefix("AUDIENCE_"),
+            tuple(msg.audience_user_ids),
+            _precision(msg.default_precision),
+            tuple(FriendPrecision.from_proto(r) for r in msg.friend_precisions),
+            msg.hidden,
+            to_datetime(msg.hidden_until) if msg.HasField("hidden_until") else None,
+        )
+
+
+def _precision(value: int) -> str:
+    return sharing_pb2.Precision.Name(value).removeprefix("PRECISION_")

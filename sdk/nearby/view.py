@@ -126,9 +126,20 @@ class NearbyView:
         enter/leave; this keeps the distances and the order of those who
         stay accurate until their next update)."""
         self._friends = {
-            uid: replace(
-                f, distance_meters=distance_m(latitude, longitude, f.latitude, f.longitude)
-            )
+            uid: replace(f, distance_meters=_distance(latitude, longitude, f))
             for uid, f in self._friends.items()
         }
         self._sorted = None
+
+
+APPROXIMATE_STEP_M = 500.0
+"""The server rounds an approximate friend's distance up to this step."""
+
+
+def _distance(latitude: float, longitude: float, f: NearbyFriend) -> float:
+    """The distance to a friend as the server would give it (approximate
+    friends: to their cell centre, rounded up to the step)."""
+    d = distance_m(latitude, longitude, f.latitude, f.longitude)
+    if f.approximate:
+        d = max(APPROXIMATE_STEP_M, math.ceil(d / APPROXIMATE_STEP_M) * APPROXIMATE_STEP_M)
+    return d

@@ -22,29 +22,34 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from nearby.v1 import sharing_pb2 as nearby_dot_v1_dot_sharing__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmesh/internal/v1/events.proto\x12\x10mesh.internal.v1\"J\n\x0bPositionFix\x12\x10\n\x08latitude\x18\x01 \x01(\x01\x12\x11\n\tlongitude\x18\x02 \x01(\x01\x12\x16\n\x0erecorded_at_ms\x18\x03 \x01(\x03\"\xe8\x01\n\rLocationEvent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12.\n\x05moved\x18\x02 \x01(\x0b\x32\x1d.mesh.internal.v1.PositionFixH\x00\x12\x30\n\x07offline\x18\x03 \x01(\x0b\x32\x1d.mesh.internal.v1.UserOfflineH\x00\x12.\n\x06hidden\x18\x04 \x01(\x0b\x32\x1c.mesh.internal.v1.UserHiddenH\x00\x12\x17\n\x0fpublished_at_ms\x18\x05 \x01(\x03\x12\x13\n\x0btraceparent\x18\x06 \x01(\tB\x06\n\x04kind\"%\n\x0bUserOffline\x12\x16\n\x0elast_active_ms\x18\x01 \x01(\x03\"\x0c\n\nUserHidden\"\xdc\x01\n\nInboxEvent\x12\x35\n\x0c\x66riend_added\x18\x01 \x01(\x0b\x32\x1d.mesh.internal.v1.FriendAddedH\x00\x12\x39\n\x0e\x66riend_removed\x18\x02 \x01(\x0b\x32\x1f.mesh.internal.v1.FriendRemovedH\x00\x12;\n\x0f\x61\x63\x63ount_deleted\x18\x04 \x01(\x0b\x32 .mesh.internal.v1.AccountDeletedH\x00\x12\x17\n\x0fpublished_at_ms\x18\x03 \x01(\x03\x42\x06\n\x04kind\"6\n\x0b\x46riendAdded\x12\x11\n\tfriend_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\"\"\n\rFriendRemoved\x12\x11\n\tfriend_id\x18\x01 \x01(\t\"\x10\n\x0e\x41\x63\x63ountDeletedb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmesh/internal/v1/events.proto\x12\x10mesh.internal.v1\x1a\x17nearby/v1/sharing.proto\"J\n\x0bPositionFix\x12\x10\n\x08latitude\x18\x01 \x01(\x01\x12\x11\n\tlongitude\x18\x02 \x01(\x01\x12\x16\n\x0erecorded_at_ms\x18\x03 \x01(\x03\"\x9c\x02\n\rLocationEvent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12.\n\x05moved\x18\x02 \x01(\x0b\x32\x1d.mesh.internal.v1.PositionFixH\x00\x12\x30\n\x07offline\x18\x03 \x01(\x0b\x32\x1d.mesh.internal.v1.UserOfflineH\x00\x12.\n\x06hidden\x18\x04 \x01(\x0b\x32\x1c.mesh.internal.v1.UserHiddenH\x00\x12\x32\n\x07sharing\x18\x06 \x01(\x0b\x32\x1f.mesh.internal.v1.SharingPolicyH\x00\x12\x17\n\x0fpublished_at_ms\x18\x05 \x01(\x03\x12\x13\n\x0btraceparent\x18\x07 \x01(\tB\x06\n\x04kind\"%\n\x0bUserOffline\x12\x16\n\x0elast_active_ms\x18\x01 \x01(\x03\"\x0c\n\nUserHidden\"\xdc\x01\n\nInboxEvent\x12\x35\n\x0c\x66riend_added\x18\x01 \x01(\x0b\x32\x1d.mesh.internal.v1.FriendAddedH\x00\x12\x39\n\x0e\x66riend_removed\x18\x02 \x01(\x0b\x32\x1f.mesh.internal.v1.FriendRemovedH\x00\x12;\n\x0f\x61\x63\x63ount_deleted\x18\x04 \x01(\x0b\x32 .mesh.internal.v1.AccountDeletedH\x00\x12\x17\n\x0fpublished_at_ms\x18\x03 \x01(\x03\x42\x06\n\x04kind\"6\n\x0b\x46riendAdded\x12\x11\n\tfriend_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\"\"\n\rFriendRemoved\x12\x11\n\tfriend_id\x18\x01 \x01(\t\"\x10\n\x0e\x41\x63\x63ountDeleted\"\xc0\x01\n\rSharingPolicy\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12%\n\x08\x61udience\x18\x02 \x01(\x0e\x32\x13.nearby.v1.Audience\x12\x19\n\x11\x61udience_user_ids\x18\x03 \x03(\t\x12/\n\x11\x64\x65\x66\x61ult_precision\x18\x04 \x01(\x0e\x32\x14.nearby.v1.Precision\x12+\n\x05rules\x18\x05 \x03(\x0b\x32\x1c.mesh.internal.v1.FriendRule\"^\n\nFriendRule\x12\x11\n\tfriend_id\x18\x01 \x01(\t\x12\'\n\tprecision\x18\x02 \x01(\x0e\x32\x14.nearby.v1.Precision\x12\x14\n\x0c\x65xpire_at_ms\x18\x03 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mesh.internal.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_POSITIONFIX']._serialized_start=51
-  _globals['_POSITIONFIX']._serialized_end=125
-  _globals['_LOCATIONEVENT']._serialized_start=128
-  _globals['_LOCATIONEVENT']._serialized_end=360
-  _globals['_USEROFFLINE']._serialized_start=362
-  _globals['_USEROFFLINE']._serialized_end=399
-  _globals['_USERHIDDEN']._serialized_start=401
-  _globals['_USERHIDDEN']._serialized_end=413
-  _globals['_INBOXEVENT']._serialized_start=416
-  _globals['_INBOXEVENT']._serialized_end=636
-  _globals['_FRIENDADDED']._serialized_start=638
-  _globals['_FRIENDADDED']._serialized_end=692
-  _globals['_FRIENDREMOVED']._serialized_start=694
-  _globals['_FRIENDREMOVED']._serialized_end=728
-  _globals['_ACCOUNTDELETED']._serialized_start=730
-  _globals['_ACCOUNTDELETED']._serialized_end=746
+  _globals['_POSITIONFIX']._serialized_start=76
+  _globals['_POSITIONFIX']._serialized_end=150
+  _globals['_LOCATIONEVENT']._serialized_start=153
+  _globals['_LOCATIONEVENT']._serialized_end=437
+  _globals['_USEROFFLINE']._serialized_start=439
+  _globals['_USEROFFLINE']._serialized_end=476
+  _globals['_USERHIDDEN']._serialized_start=478
+  _globals['_USERHIDDEN']._serialized_end=490
+  _globals['_INBOXEVENT']._serialized_start=493
+  _globals['_INBOXEVENT']._serialized_end=713
+  _globals['_FRIENDADDED']._serialized_start=715
+  _globals['_FRIENDADDED']._serialized_end=769
+  _globals['_FRIENDREMOVED']._serialized_start=771
+  _globals['_FRIENDREMOVED']._serialized_end=805
+  _globals['_ACCOUNTDELETED']._serialized_start=807
+  _globals['_ACCOUNTDELETED']._serialized_end=823
+  _globals['_SHARINGPOLICY']._serialized_start=826
+  _globals['_SHARINGPOLICY']._serialized_end=1018
+  _globals['_FRIENDRULE']._serialized_start=1020
+  _globals['_FRIENDRULE']._serialized_end=1114
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,8 @@
+from nearby.v1 import sharing_pb2 as _sharing_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -16,20 +18,22 @@ class PositionFix(_message.Message):
     def __init__(self, latitude: _Optional[float] = ..., longitude: _Optional[float] = ..., recorded_at_ms: _Optional[int] = ...) -> None: ...
 
 class LocationEvent(_message.Message):
-    __slots__ = ("user_id", "moved", "offline", "hidden", "published_at_ms", "traceparent")
+    __slots__ = ("user_id", "moved", "offline", "hidden", "sharing", "published_at_ms", "traceparent")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     MOVED_FIELD_NUMBER: _ClassVar[int]
     OFFLINE_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    SHARING_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     moved: PositionFix
     offline: UserOffline
     hidden: UserHidden
+    sharing: SharingPolicy
     published_at_ms: int
     traceparent: str
-    def __init__(self, user_id: _Optional[str] = ..., moved: _Optional[_Union[PositionFix, _Mapping]] = ..., offline: _Optional[_Union[UserOffline, _Mapping]] = ..., hidden: _Optional[_Union[UserHidden, _Mapping]] = ..., published_at_ms: _Optional[int] = ..., traceparent: _Optional[str] = ...) -> None: ...
+    def __init__(self, user_id: _Optional[str] = ..., moved: _Optional[_Union[PositionFix, _Mapping]] = ..., offline: _Optional[_Union[UserOffline, _Mapping]] = ..., hidden: _Optional[_Union[UserHidden, _Mapping]] = ..., sharing: _Optional[_Union[SharingPolicy, _Mapping]] = ..., published_at_ms: _Optional[int] = ..., traceparent: _Optional[str] = ...) -> None: ...
 
 class UserOffline(_message.Message):
     __slots__ = ("last_active_ms",)
@@ -70,3 +74,27 @@ class FriendRemoved(_message.Message):
 class AccountDeleted(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class SharingPolicy(_message.Message):
+    __slots__ = ("version", "audience", "audience_user_ids", "default_precision", "rules")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCE_USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    audience: _sharing_pb2.Audience
+    audience_user_ids: _containers.RepeatedScalarFieldContainer[str]
+    default_precision: _sharing_pb2.Precision
+    rules: _containers.RepeatedCompositeFieldContainer[FriendRule]
+    def __init__(self, version: _Optional[int] = ..., audience: _Optional[_Union[_sharing_pb2.Audience, str]] = ..., audience_user_ids: _Optional[_Iterable[str]] = ..., default_precision: _Optional[_Union[_sharing_pb2.Precision, str]] = ..., rules: _Optional[_Iterable[_Union[FriendRule, _Mapping]]] = ...) -> None: ...
+
+class FriendRule(_message.Message):
+    __slots__ = ("friend_id", "precision", "expire_at_ms")
+    FRIEND_ID_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    friend_id: str
+    precision: _sharing_pb2.Precision
+    expire_at_ms: int
+    def __init__(self, friend_id: _Optional[str] = ..., precision: _Optional[_Union[_sharing_pb2.Precision, str]] = ..., expire_at_ms: _Optional[int] = ...) -> None: ...

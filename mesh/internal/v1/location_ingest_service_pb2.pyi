@@ -51,12 +51,14 @@ class ReportLocationsResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ReportResult, _Mapping]]] = ...) -> None: ...
 
 class BatchGetLocationsRequest(_message.Message):
-    __slots__ = ("user_ids", "include_hidden")
+    __slots__ = ("user_ids", "include_hidden", "include_sharing")
     USER_IDS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_SHARING_FIELD_NUMBER: _ClassVar[int]
     user_ids: _containers.RepeatedScalarFieldContainer[str]
     include_hidden: bool
-    def __init__(self, user_ids: _Optional[_Iterable[str]] = ..., include_hidden: _Optional[bool] = ...) -> None: ...
+    include_sharing: bool
+    def __init__(self, user_ids: _Optional[_Iterable[str]] = ..., include_hidden: _Optional[bool] = ..., include_sharing: _Optional[bool] = ...) -> None: ...
 
 class CachedLocation(_message.Message):
     __slots__ = ("user_id", "fix")
@@ -67,7 +69,17 @@ class CachedLocation(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., fix: _Optional[_Union[_events_pb2.PositionFix, _Mapping]] = ...) -> None: ...
 
 class BatchGetLocationsResponse(_message.Message):
-    __slots__ = ("locations",)
+    __slots__ = ("locations", "sharing")
     LOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    SHARING_FIELD_NUMBER: _ClassVar[int]
     locations: _containers.RepeatedCompositeFieldContainer[CachedLocation]
-    def __init__(self, locations: _Optional[_Iterable[_Union[CachedLocation, _Mapping]]] = ...) -> None: ...
+    sharing: _containers.RepeatedCompositeFieldContainer[UserSharing]
+    def __init__(self, locations: _Optional[_Iterable[_Union[CachedLocation, _Mapping]]] = ..., sharing: _Optional[_Iterable[_Union[UserSharing, _Mapping]]] = ...) -> None: ...
+
+class UserSharing(_message.Message):
+    __slots__ = ("user_id", "policy")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    policy: _events_pb2.SharingPolicy
+    def __init__(self, user_id: _Optional[str] = ..., policy: _Optional[_Union[_events_pb2.SharingPolicy, _Mapping]] = ...) -> None: ...

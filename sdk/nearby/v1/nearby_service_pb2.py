@@ -25,51 +25,52 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from nearby.v1 import geo_pb2 as nearby_dot_v1_dot_geo__pb2
+from nearby.v1 import sharing_pb2 as nearby_dot_v1_dot_sharing__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enearby/v1/nearby_service.proto\x12\tnearby.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13nearby/v1/geo.proto\"w\n\x0e\x43onnectRequest\x12-\n\x08location\x18\x01 \x01(\x0b\x32\x19.nearby.v1.LocationUpdateH\x00\x12.\n\x0cpage_request\x18\x02 \x01(\x0b\x32\x16.nearby.v1.PageRequestH\x00\x42\x06\n\x04kind\"f\n\x0eLocationUpdate\x12#\n\x08position\x18\x01 \x01(\x0b\x32\x11.nearby.v1.LatLng\x12/\n\x0brecorded_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"4\n\x0bPageRequest\x12\x12\n\npage_token\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"\xf1\x01\n\x0f\x43onnectResponse\x12\'\n\x08snapshot\x18\x01 \x01(\x0b\x32\x13.nearby.v1.SnapshotH\x00\x12,\n\x04page\x18\x02 \x01(\x0b\x32\x1c.nearby.v1.NearbyFriendsPageH\x00\x12)\n\x06\x65vents\x18\x03 \x01(\x0b\x32\x17.nearby.v1.NearbyEventsH\x00\x12)\n\theartbeat\x18\x04 \x01(\x0b\x32\x14.nearby.v1.HeartbeatH\x00\x12)\n\treconnect\x18\x05 \x01(\x0b\x32\x14.nearby.v1.ReconnectH\x00\x42\x06\n\x04kind\"\xa4\x01\n\x0cNearbyFriend\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12#\n\x08position\x18\x03 \x01(\x0b\x32\x11.nearby.v1.LatLng\x12\x17\n\x0f\x64istance_meters\x18\x04 \x01(\x01\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"x\n\x08Snapshot\x12(\n\x07\x66riends\x18\x01 \x03(\x0b\x32\x17.nearby.v1.NearbyFriend\x12\x12\n\ntotal_size\x18\x02 \x01(\x05\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12\x15\n\rradius_meters\x18\x04 \x01(\x01\"j\n\x11NearbyFriendsPage\x12(\n\x07\x66riends\x18\x01 \x03(\x0b\x32\x17.nearby.v1.NearbyFriend\x12\x12\n\ntotal_size\x18\x02 \x01(\x05\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"6\n\x0cNearbyEvents\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.nearby.v1.NearbyEvent\"u\n\x0bNearbyEvent\x12\x30\n\rfriend_update\x18\x01 \x01(\x0b\x32\x17.nearby.v1.FriendUpdateH\x00\x12,\n\x0b\x66riend_gone\x18\x02 \x01(\x0b\x32\x15.nearby.v1.FriendGoneH\x00\x42\x06\n\x04kind\"7\n\x0c\x46riendUpdate\x12\'\n\x06\x66riend\x18\x01 \x01(\x0b\x32\x17.nearby.v1.NearbyFriend\"J\n\nFriendGone\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12+\n\x06reason\x18\x02 \x01(\x0e\x32\x1b.nearby.v1.FriendGoneReason\"<\n\tHeartbeat\x12/\n\x0bserver_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\tReconnect\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12.\n\x0bretry_after\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"A\n\x18ListNearbyFriendsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"r\n\x19ListNearbyFriendsResponse\x12(\n\x07\x66riends\x18\x01 \x03(\x0b\x32\x17.nearby.v1.NearbyFriend\x12\x12\n\ntotal_size\x18\x02 \x01(\x05\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\x0e\n\x0cWatchRequest\"\xc1\x01\n\rWatchResponse\x12\'\n\x08snapshot\x18\x01 \x01(\x0b\x32\x13.nearby.v1.SnapshotH\x00\x12)\n\x06\x65vents\x18\x03 \x01(\x0b\x32\x17.nearby.v1.NearbyEventsH\x00\x12)\n\theartbeat\x18\x04 \x01(\x0b\x32\x14.nearby.v1.HeartbeatH\x00\x12)\n\treconnect\x18\x05 \x01(\x0b\x32\x14.nearby.v1.ReconnectH\x00\x42\x06\n\x04kind*\xbd\x01\n\x10\x46riendGoneReason\x12\"\n\x1e\x46RIEND_GONE_REASON_UNSPECIFIED\x10\x00\x12#\n\x1f\x46RIEND_GONE_REASON_OUT_OF_RANGE\x10\x01\x12\x1e\n\x1a\x46RIEND_GONE_REASON_OFFLINE\x10\x02\x12!\n\x1d\x46RIEND_GONE_REASON_UNFRIENDED\x10\x03\x12\x1d\n\x19\x46RIEND_GONE_REASON_HIDDEN\x10\x04\x32\xf3\x01\n\rNearbyService\x12\x44\n\x07\x43onnect\x12\x19.nearby.v1.ConnectRequest\x1a\x1a.nearby.v1.ConnectResponse(\x01\x30\x01\x12^\n\x11ListNearbyFriends\x12#.nearby.v1.ListNearbyFriendsRequest\x1a$.nearby.v1.ListNearbyFriendsResponse\x12<\n\x05Watch\x12\x17.nearby.v1.WatchRequest\x1a\x18.nearby.v1.WatchResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enearby/v1/nearby_service.proto\x12\tnearby.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13nearby/v1/geo.proto\x1a\x17nearby/v1/sharing.proto\"w\n\x0e\x43onnectRequest\x12-\n\x08location\x18\x01 \x01(\x0b\x32\x19.nearby.v1.LocationUpdateH\x00\x12.\n\x0cpage_request\x18\x02 \x01(\x0b\x32\x16.nearby.v1.PageRequestH\x00\x42\x06\n\x04kind\"f\n\x0eLocationUpdate\x12#\n\x08position\x18\x01 \x01(\x0b\x32\x11.nearby.v1.LatLng\x12/\n\x0brecorded_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"4\n\x0bPageRequest\x12\x12\n\npage_token\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"\xf1\x01\n\x0f\x43onnectResponse\x12\'\n\x08snapshot\x18\x01 \x01(\x0b\x32\x13.nearby.v1.SnapshotH\x00\x12,\n\x04page\x18\x02 \x01(\x0b\x32\x1c.nearby.v1.NearbyFriendsPageH\x00\x12)\n\x06\x65vents\x18\x03 \x01(\x0b\x32\x17.nearby.v1.NearbyEventsH\x00\x12)\n\theartbeat\x18\x04 \x01(\x0b\x32\x14.nearby.v1.HeartbeatH\x00\x12)\n\treconnect\x18\x05 \x01(\x0b\x32\x14.nearby.v1.ReconnectH\x00\x42\x06\n\x04kind\"\xcd\x01\n\x0cNearbyFriend\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12#\n\x08position\x18\x03 \x01(\x0b\x32\x11.nearby.v1.LatLng\x12\x17\n\x0f\x64istance_meters\x18\x04 \x01(\x01\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\tprecision\x18\x06 \x01(\x0e\x32\x14.nearby.v1.Precision\"x\n\x08Snapshot\x12(\n\x07\x66riends\x18\x01 \x03(\x0b\x32\x17.nearby.v1.NearbyFriend\x12\x12\n\ntotal_size\x18\x02 \x01(\x05\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12\x15\n\rradius_meters\x18\x04 \x01(\x01\"j\n\x11NearbyFriendsPage\x12(\n\x07\x66riends\x18\x01 \x03(\x0b\x32\x17.nearby.v1.NearbyFriend\x12\x12\n\ntotal_size\x18\x02 \x01(\x05\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"6\n\x0cNearbyEvents\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.nearby.v1.NearbyEvent\"u\n\x0bNearbyEvent\x12\x30\n\rfriend_update\x18\x01 \x01(\x0b\x32\x17.nearby.v1.FriendUpdateH\x00\x12,\n\x0b\x66riend_gone\x18\x02 \x01(\x0b\x32\x15.nearby.v1.FriendGoneH\x00\x42\x06\n\x04kind\"7\n\x0c\x46riendUpdate\x12\'\n\x06\x66riend\x18\x01 \x01(\x0b\x32\x17.nearby.v1.NearbyFriend\"J\n\nFriendGone\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12+\n\x06reason\x18\x02 \x01(\x0e\x32\x1b.nearby.v1.FriendGoneReason\"<\n\tHeartbeat\x12/\n\x0bserver_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\tReconnect\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12.\n\x0bretry_after\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"A\n\x18ListNearbyFriendsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"r\n\x19ListNearbyFriendsResponse\x12(\n\x07\x66riends\x18\x01 \x03(\x0b\x32\x17.nearby.v1.NearbyFriend\x12\x12\n\ntotal_size\x18\x02 \x01(\x05\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\x0e\n\x0cWatchRequest\"\xc1\x01\n\rWatchResponse\x12\'\n\x08snapshot\x18\x01 \x01(\x0b\x32\x13.nearby.v1.SnapshotH\x00\x12)\n\x06\x65vents\x18\x03 \x01(\x0b\x32\x17.nearby.v1.NearbyEventsH\x00\x12)\n\theartbeat\x18\x04 \x01(\x0b\x32\x14.nearby.v1.HeartbeatH\x00\x12)\n\treconnect\x18\x05 \x01(\x0b\x32\x14.nearby.v1.ReconnectH\x00\x42\x06\n\x04kind*\xe0\x01\n\x10\x46riendGoneReason\x12\"\n\x1e\x46RIEND_GONE_REASON_UNSPECIFIED\x10\x00\x12#\n\x1f\x46RIEND_GONE_REASON_OUT_OF_RANGE\x10\x01\x12\x1e\n\x1a\x46RIEND_GONE_REASON_OFFLINE\x10\x02\x12!\n\x1d\x46RIEND_GONE_REASON_UNFRIENDED\x10\x03\x12\x1d\n\x19\x46RIEND_GONE_REASON_HIDDEN\x10\x04\x12!\n\x1d\x46RIEND_GONE_REASON_NOT_SHARED\x10\x05\x32\xf3\x01\n\rNearbyService\x12\x44\n\x07\x43onnect\x12\x19.nearby.v1.ConnectRequest\x1a\x1a.nearby.v1.ConnectResponse(\x01\x30\x01\x12^\n\x11ListNearbyFriends\x12#.nearby.v1.ListNearbyFriendsRequest\x1a$.nearby.v1.ListNearbyFriendsResponse\x12<\n\x05Watch\x12\x17.nearby.v1.WatchRequest\x1a\x18.nearby.v1.WatchResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nearby.v1.nearby_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FRIENDGONEREASON']._serialized_start=1894
-  _globals['_FRIENDGONEREASON']._serialized_end=2083
-  _globals['_CONNECTREQUEST']._serialized_start=131
-  _globals['_CONNECTREQUEST']._serialized_end=250
-  _globals['_LOCATIONUPDATE']._serialized_start=252
-  _globals['_LOCATIONUPDATE']._serialized_end=354
-  _globals['_PAGEREQUEST']._serialized_start=356
-  _globals['_PAGEREQUEST']._serialized_end=408
-  _globals['_CONNECTRESPONSE']._serialized_start=411
-  _globals['_CONNECTRESPONSE']._serialized_end=652
-  _globals['_NEARBYFRIEND']._serialized_start=655
-  _globals['_NEARBYFRIEND']._serialized_end=819
-  _globals['_SNAPSHOT']._serialized_start=821
-  _globals['_SNAPSHOT']._serialized_end=941
-  _globals['_NEARBYFRIENDSPAGE']._serialized_start=943
-  _globals['_NEARBYFRIENDSPAGE']._serialized_end=1049
-  _globals['_NEARBYEVENTS']._serialized_start=1051
-  _globals['_NEARBYEVENTS']._serialized_end=1105
-  _globals['_NEARBYEVENT']._serialized_start=1107
-  _globals['_NEARBYEVENT']._serialized_end=1224
-  _globals['_FRIENDUPDATE']._serialized_start=1226
-  _globals['_FRIENDUPDATE']._serialized_end=1281
-  _globals['_FRIENDGONE']._serialized_start=1283
-  _globals['_FRIENDGONE']._serialized_end=1357
-  _globals['_HEARTBEAT']._serialized_start=1359
-  _globals['_HEARTBEAT']._serialized_end=1419
-  _globals['_RECONNECT']._serialized_start=1421
-  _globals['_RECONNECT']._serialized_end=1496
-  _globals['_LISTNEARBYFRIENDSREQUEST']._serialized_start=1498
-  _globals['_LISTNEARBYFRIENDSREQUEST']._serialized_end=1563
-  _globals['_LISTNEARBYFRIENDSRESPONSE']._serialized_start=1565
-  _globals['_LISTNEARBYFRIENDSRESPONSE']._serialized_end=1679
-  _globals['_WATCHREQUEST']._serialized_start=1681
-  _globals['_WATCHREQUEST']._serialized_end=1695
-  _globals['_WATCHRESPONSE']._serialized_start=1698
-  _globals['_WATCHRESPONSE']._serialized_end=1891
-  _globals['_NEARBYSERVICE']._serialized_start=2086
-  _globals['_NEARBYSERVICE']._serialized_end=2329
+  _globals['_FRIENDGONEREASON']._serialized_start=1960
+  _globals['_FRIENDGONEREASON']._serialized_end=2184
+  _globals['_CONNECTREQUEST']._serialized_start=156
+  _globals['_CONNECTREQUEST']._serialized_end=275
+  _globals['_LOCATIONUPDATE']._serialized_start=277
+  _globals['_LOCATIONUPDATE']._serialized_end=379
+  _globals['_PAGEREQUEST']._serialized_start=381
+  _globals['_PAGEREQUEST']._serialized_end=433
+  _globals['_CONNECTRESPONSE']._serialized_start=436
+  _globals['_CONNECTRESPONSE']._serialized_end=677
+  _globals['_NEARBYFRIEND']._serialized_start=680
+  _globals['_NEARBYFRIEND']._serialized_end=885
+  _globals['_SNAPSHOT']._serialized_start=887
+  _globals['_SNAPSHOT']._serialized_end=1007
+  _globals['_NEARBYFRIENDSPAGE']._serialized_start=1009
+  _globals['_NEARBYFRIENDSPAGE']._serialized_end=1115
+  _globals['_NEARBYEVENTS']._serialized_start=1117
+  _globals['_NEARBYEVENTS']._serialized_end=1171
+  _globals['_NEARBYEVENT']._serialized_start=1173
+  _globals['_NEARBYEVENT']._serialized_end=1290
+  _globals['_FRIENDUPDATE']._serialized_start=1292
+  _globals['_FRIENDUPDATE']._serialized_end=1347
+  _globals['_FRIENDGONE']._serialized_start=1349
+  _globals['_FRIENDGONE']._serialized_end=1423
+  _globals['_HEARTBEAT']._serialized_start=1425
+  _globals['_HEARTBEAT']._serialized_end=1485
+  _globals['_RECONNECT']._serialized_start=1487
+  _globals['_RECONNECT']._serialized_end=1562
+  _globals['_LISTNEARBYFRIENDSREQUEST']._serialized_start=1564
+  _globals['_LISTNEARBYFRIENDSREQUEST']._serialized_end=1629
+  _globals['_LISTNEARBYFRIENDSRESPONSE']._serialized_start=1631
+  _globals['_LISTNEARBYFRIENDSRESPONSE']._serialized_end=1745
+  _globals['_WATCHREQUEST']._serialized_start=1747
+  _globals['_WATCHREQUEST']._serialized_end=1761
+  _globals['_WATCHRESPONSE']._serialized_start=1764
+  _globals['_WATCHRESPONSE']._serialized_end=1957
+  _globals['_NEARBYSERVICE']._serialized_start=2187
+  _globals['_NEARBYSERVICE']._serialized_end=2430
 # @@protoc_insertion_point(module_scope)

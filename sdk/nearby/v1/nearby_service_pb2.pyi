@@ -3,6 +3,7 @@ import datetime
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from nearby.v1 import geo_pb2 as _geo_pb2
+from nearby.v1 import sharing_pb2 as _sharing_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -19,11 +20,13 @@ class FriendGoneReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FRIEND_GONE_REASON_OFFLINE: _ClassVar[FriendGoneReason]
     FRIEND_GONE_REASON_UNFRIENDED: _ClassVar[FriendGoneReason]
     FRIEND_GONE_REASON_HIDDEN: _ClassVar[FriendGoneReason]
+    FRIEND_GONE_REASON_NOT_SHARED: _ClassVar[FriendGoneReason]
 FRIEND_GONE_REASON_UNSPECIFIED: FriendGoneReason
 FRIEND_GONE_REASON_OUT_OF_RANGE: FriendGoneReason
 FRIEND_GONE_REASON_OFFLINE: FriendGoneReason
 FRIEND_GONE_REASON_UNFRIENDED: FriendGoneReason
 FRIEND_GONE_REASON_HIDDEN: FriendGoneReason
+FRIEND_GONE_REASON_NOT_SHARED: FriendGoneReason
 
 class ConnectRequest(_message.Message):
     __slots__ = ("location", "page_request")
@@ -64,18 +67,20 @@ class ConnectResponse(_message.Message):
     def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., page: _Optional[_Union[NearbyFriendsPage, _Mapping]] = ..., events: _Optional[_Union[NearbyEvents, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reconnect: _Optional[_Union[Reconnect, _Mapping]] = ...) -> None: ...
 
 class NearbyFriend(_message.Message):
-    __slots__ = ("user_id", "display_name", "position", "distance_meters", "update_time")
+    __slots__ = ("user_id", "display_name", "position", "distance_meters", "update_time", "precision")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     DISTANCE_METERS_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     display_name: str
     position: _geo_pb2.LatLng
     distance_meters: float
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, user_id: _Optional[str] = ..., display_name: _Optional[str] = ..., position: _Optional[_Union[_geo_pb2.LatLng, _Mapping]] = ..., distance_meters: _Optional[float] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    precision: _sharing_pb2.Precision
+    def __init__(self, user_id: _Optional[str] = ..., display_name: _Optional[str] = ..., position: _Optional[_Union[_geo_pb2.LatLng, _Mapping]] = ..., distance_meters: _Optional[float] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., precision: _Optional[_Union[_sharing_pb2.Precision, str]] = ...) -> None: ...
 
 class Snapshot(_message.Message):
     __slots__ = ("friends", "total_size", "next_page_token", "radius_meters")

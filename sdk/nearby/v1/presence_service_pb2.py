@@ -22,25 +22,48 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from nearby.v1 import sharing_pb2 as nearby_dot_v1_dot_sharing__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n nearby/v1/presence_service.proto\x12\tnearby.v1\"A\n\x14SetVisibilityRequest\x12)\n\nvisibility\x18\x01 \x01(\x0e\x32\x15.nearby.v1.Visibility\"B\n\x15SetVisibilityResponse\x12)\n\nvisibility\x18\x01 \x01(\x0e\x32\x15.nearby.v1.Visibility\"\x16\n\x14GetVisibilityRequest\"B\n\x15GetVisibilityResponse\x12)\n\nvisibility\x18\x01 \x01(\x0e\x32\x15.nearby.v1.Visibility*W\n\nVisibility\x12\x1a\n\x16VISIBILITY_UNSPECIFIED\x10\x00\x12\x16\n\x12VISIBILITY_VISIBLE\x10\x01\x12\x15\n\x11VISIBILITY_HIDDEN\x10\x02\x32\xb9\x01\n\x0fPresenceService\x12R\n\rSetVisibility\x12\x1f.nearby.v1.SetVisibilityRequest\x1a .nearby.v1.SetVisibilityResponse\x12R\n\rGetVisibility\x12\x1f.nearby.v1.GetVisibilityRequest\x1a .nearby.v1.GetVisibilityResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n nearby/v1/presence_service.proto\x12\tnearby.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17nearby/v1/sharing.proto\"\xac\x01\n\x14SetVisibilityRequest\x12)\n\nvisibility\x18\x01 \x01(\x0e\x32\x15.nearby.v1.Visibility\x12\x31\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12(\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x42\x0c\n\nexpiration\"s\n\x15SetVisibilityResponse\x12)\n\nvisibility\x18\x01 \x01(\x0e\x32\x15.nearby.v1.Visibility\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x16\n\x14GetVisibilityRequest\"s\n\x15GetVisibilityResponse\x12)\n\nvisibility\x18\x01 \x01(\x0e\x32\x15.nearby.v1.Visibility\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"M\n\x12SetAudienceRequest\x12%\n\x08\x61udience\x18\x01 \x01(\x0e\x32\x13.nearby.v1.Audience\x12\x10\n\x08user_ids\x18\x02 \x03(\t\"C\n\x13SetAudienceResponse\x12,\n\x08settings\x18\x01 \x01(\x0b\x32\x1a.nearby.v1.SharingSettings\"E\n\x1aSetDefaultPrecisionRequest\x12\'\n\tprecision\x18\x01 \x01(\x0e\x32\x14.nearby.v1.Precision\"K\n\x1bSetDefaultPrecisionResponse\x12,\n\x08settings\x18\x01 \x01(\x0b\x32\x1a.nearby.v1.SharingSettings\"\xc2\x01\n\x19SetFriendPrecisionRequest\x12\x11\n\tfriend_id\x18\x01 \x01(\t\x12\'\n\tprecision\x18\x02 \x01(\x0e\x32\x14.nearby.v1.Precision\x12\x31\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12(\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x42\x0c\n\nexpiration\"J\n\x1aSetFriendPrecisionResponse\x12,\n\x08settings\x18\x01 \x01(\x0b\x32\x1a.nearby.v1.SharingSettings\"0\n\x1b\x43learFriendPrecisionRequest\x12\x11\n\tfriend_id\x18\x01 \x01(\t\"L\n\x1c\x43learFriendPrecisionResponse\x12,\n\x08settings\x18\x01 \x01(\x0b\x32\x1a.nearby.v1.SharingSettings\"\x1b\n\x19GetSharingSettingsRequest\"J\n\x1aGetSharingSettingsResponse\x12,\n\x08settings\x18\x01 \x01(\x0b\x32\x1a.nearby.v1.SharingSettings*W\n\nVisibility\x12\x1a\n\x16VISIBILITY_UNSPECIFIED\x10\x00\x12\x16\n\x12VISIBILITY_VISIBLE\x10\x01\x12\x15\n\x11VISIBILITY_HIDDEN\x10\x02\x32\x9c\x05\n\x0fPresenceService\x12R\n\rSetVisibility\x12\x1f.nearby.v1.SetVisibilityRequest\x1a .nearby.v1.SetVisibilityResponse\x12R\n\rGetVisibility\x12\x1f.nearby.v1.GetVisibilityRequest\x1a .nearby.v1.GetVisibilityResponse\x12L\n\x0bSetAudience\x12\x1d.nearby.v1.SetAudienceRequest\x1a\x1e.nearby.v1.SetAudienceResponse\x12\x64\n\x13SetDefaultPrecision\x12%.nearby.v1.SetDefaultPrecisionRequest\x1a&.nearby.v1.SetDefaultPrecisionResponse\x12\x61\n\x12SetFriendPrecision\x12$.nearby.v1.SetFriendPrecisionRequest\x1a%.nearby.v1.SetFriendPrecisionResponse\x12g\n\x14\x43learFriendPrecision\x12&.nearby.v1.ClearFriendPrecisionRequest\x1a\'.nearby.v1.ClearFriendPrecisionResponse\x12\x61\n\x12GetSharingSettings\x12$.nearby.v1.GetSharingSettingsRequest\x1a%.nearby.v1.GetSharingSettingsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nearby.v1.presence_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VISIBILITY']._serialized_start=274
-  _globals['_VISIBILITY']._serialized_end=361
-  _globals['_SETVISIBILITYREQUEST']._serialized_start=47
-  _globals['_SETVISIBILITYREQUEST']._serialized_end=112
-  _globals['_SETVISIBILITYRESPONSE']._serialized_start=114
-  _globals['_SETVISIBILITYRESPONSE']._serialized_end=180
-  _globals['_GETVISIBILITYREQUEST']._serialized_start=182
-  _globals['_GETVISIBILITYREQUEST']._serialized_end=204
-  _globals['_GETVISIBILITYRESPONSE']._serialized_start=206
-  _globals['_GETVISIBILITYRESPONSE']._serialized_end=272
-  _globals['_PRESENCESERVICE']._serialized_start=364
-  _globals['_PRESENCESERVICE']._serialized_end=549
+  _globals['_VISIBILITY']._serialized_start=1372
+  _globals['_VISIBILITY']._serialized_end=1459
+  _globals['_SETVISIBILITYREQUEST']._serialized_start=138
+  _globals['_SETVISIBILITYREQUEST']._serialized_end=310
+  _globals['_SETVISIBILITYRESPONSE']._serialized_start=312
+  _globals['_SETVISIBILITYRESPONSE']._serialized_end=427
+  _globals['_GETVISIBILITYREQUEST']._serialized_start=429
+  _globals['_GETVISIBILITYREQUEST']._serialized_end=451
+  _globals['_GETVISIBILITYRESPONSE']._serialized_start=453
+  _globals['_GETVISIBILITYRESPONSE']._serialized_end=568
+  _globals['_SETAUDIENCEREQUEST']._serialized_start=570
+  _globals['_SETAUDIENCEREQUEST']._serialized_end=647
+  _globals['_SETAUDIENCERESPONSE']._serialized_start=649
+  _globals['_SETAUDIENCERESPONSE']._serialized_end=716
+  _globals['_SETDEFAULTPRECISIONREQUEST']._serialized_start=718
+  _globals['_SETDEFAULTPRECISIONREQUEST']._serialized_end=787
+  _globals['_SETDEFAULTPRECISIONRESPONSE']._serialized_start=789
+  _globals['_SETDEFAULTPRECISIONRESPONSE']._serialized_end=864
+  _globals['_SETFRIENDPRECISIONREQUEST']._serialized_start=867
+  _globals['_SETFRIENDPRECISIONREQUEST']._serialized_end=1061
+  _globals['_SETFRIENDPRECISIONRESPONSE']._serialized_start=1063
+  _globals['_SETFRIENDPRECISIONRESPONSE']._serialized_end=1137
+  _globals['_CLEARFRIENDPRECISIONREQUEST']._serialized_start=1139
+  _globals['_CLEARFRIENDPRECISIONREQUEST']._serialized_end=1187
+  _globals['_CLEARFRIENDPRECISIONRESPONSE']._serialized_start=1189
+  _globals['_CLEARFRIENDPRECISIONRESPONSE']._serialized_end=1265
+  _globals['_GETSHARINGSETTINGSREQUEST']._serialized_start=1267
+  _globals['_GETSHARINGSETTINGSREQUEST']._serialized_end=1294
+  _globals['_GETSHARINGSETTINGSRESPONSE']._serialized_start=1296
+  _globals['_GETSHARINGSETTINGSRESPONSE']._serialized_end=1370
+  _globals['_PRESENCESERVICE']._serialized_start=1462
+  _globals['_PRESENCESERVICE']._serialized_end=2130
 # @@protoc_insertion_point(module_scope)

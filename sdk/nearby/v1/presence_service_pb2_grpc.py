@@ -48,6 +48,31 @@ class PresenceServiceStub:
                 request_serializer=nearby_dot_v1_dot_presence__service__pb2.GetVisibilityRequest.SerializeToString,
                 response_deserializer=nearby_dot_v1_dot_presence__service__pb2.GetVisibilityResponse.FromString,
                 _registered_method=True)
+        self.SetAudience = channel.unary_unary(
+                '/nearby.v1.PresenceService/SetAudience',
+                request_serializer=nearby_dot_v1_dot_presence__service__pb2.SetAudienceRequest.SerializeToString,
+                response_deserializer=nearby_dot_v1_dot_presence__service__pb2.SetAudienceResponse.FromString,
+                _registered_method=True)
+        self.SetDefaultPrecision = channel.unary_unary(
+                '/nearby.v1.PresenceService/SetDefaultPrecision',
+                request_serializer=nearby_dot_v1_dot_presence__service__pb2.SetDefaultPrecisionRequest.SerializeToString,
+                response_deserializer=nearby_dot_v1_dot_presence__service__pb2.SetDefaultPrecisionResponse.FromString,
+                _registered_method=True)
+        self.SetFriendPrecision = channel.unary_unary(
+                '/nearby.v1.PresenceService/SetFriendPrecision',
+                request_serializer=nearby_dot_v1_dot_presence__service__pb2.SetFriendPrecisionRequest.SerializeToString,
+                response_deserializer=nearby_dot_v1_dot_presence__service__pb2.SetFriendPrecisionResponse.FromString,
+                _registered_method=True)
+        self.ClearFriendPrecision = channel.unary_unary(
+                '/nearby.v1.PresenceService/ClearFriendPrecision',
+                request_serializer=nearby_dot_v1_dot_presence__service__pb2.ClearFriendPrecisionRequest.SerializeToString,
+                response_deserializer=nearby_dot_v1_dot_presence__service__pb2.ClearFriendPrecisionResponse.FromString,
+                _registered_method=True)
+        self.GetSharingSettings = channel.unary_unary(
+                '/nearby.v1.PresenceService/GetSharingSettings',
+                request_serializer=nearby_dot_v1_dot_presence__service__pb2.GetSharingSettingsRequest.SerializeToString,
+                response_deserializer=nearby_dot_v1_dot_presence__service__pb2.GetSharingSettingsResponse.FromString,
+                _registered_method=True)
 
 
 class PresenceServiceServicer:
@@ -73,6 +98,48 @@ class PresenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetAudience(self, request, context):
+        """Who among the caller's friends sees the caller: all friends, only a
+        list, or all but a list. The ids must be the caller's friends (NOT_FOUND
+        naming the others, nothing changed); at most the friend cap of them
+        (INVALID_ARGUMENT). Takes effect on live streams at once: a friend who
+        loses access gets FriendGone(NOT_SHARED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDefaultPrecision(self, request, context):
+        """The precision of friends in the audience who have no rule of their own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetFriendPrecision(self, request, context):
+        """A precision for one friend (e.g. PRECISE for the next hour), which takes
+        precedence over the audience and the default precision. The friend must
+        be a friend (NOT_FOUND); the expiration must be in the future and at
+        most 7 days away (INVALID_ARGUMENT).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearFriendPrecision(self, request, context):
+        """Removes one friend's rule (no error when there is none).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSharingSettings(self, request, context):
+        """The caller's sharing settings: audience, precisions, ghost mode and timers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PresenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -85,6 +152,31 @@ def add_PresenceServiceServicer_to_server(servicer, server):
                     servicer.GetVisibility,
                     request_deserializer=nearby_dot_v1_dot_presence__service__pb2.GetVisibilityRequest.FromString,
                     response_serializer=nearby_dot_v1_dot_presence__service__pb2.GetVisibilityResponse.SerializeToString,
+            ),
+            'SetAudience': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAudience,
+                    request_deserializer=nearby_dot_v1_dot_presence__service__pb2.SetAudienceRequest.FromString,
+                    response_serializer=nearby_dot_v1_dot_presence__service__pb2.SetAudienceResponse.SerializeToString,
+            ),
+            'SetDefaultPrecision': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDefaultPrecision,
+                    request_deserializer=nearby_dot_v1_dot_presence__service__pb2.SetDefaultPrecisionRequest.FromString,
+                    response_serializer=nearby_dot_v1_dot_presence__service__pb2.SetDefaultPrecisionResponse.SerializeToString,
+            ),
+            'SetFriendPrecision': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetFriendPrecision,
+                    request_deserializer=nearby_dot_v1_dot_presence__service__pb2.SetFriendPrecisionRequest.FromString,
+                    response_serializer=nearby_dot_v1_dot_presence__service__pb2.SetFriendPrecisionResponse.SerializeToString,
+            ),
+            'ClearFriendPrecision': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearFriendPrecision,
+                    request_deserializer=nearby_dot_v1_dot_presence__service__pb2.ClearFriendPrecisionRequest.FromString,
+                    response_serializer=nearby_dot_v1_dot_presence__service__pb2.ClearFriendPrecisionResponse.SerializeToString,
+            ),
+            'GetSharingSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSharingSettings,
+                    request_deserializer=nearby_dot_v1_dot_presence__service__pb2.GetSharingSettingsRequest.FromString,
+                    response_serializer=nearby_dot_v1_dot_presence__service__pb2.GetSharingSettingsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -145,6 +237,141 @@ class PresenceService:
             '/nearby.v1.PresenceService/GetVisibility',
             nearby_dot_v1_dot_presence__service__pb2.GetVisibilityRequest.SerializeToString,
             nearby_dot_v1_dot_presence__service__pb2.GetVisibilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAudience(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nearby.v1.PresenceService/SetAudience',
+            nearby_dot_v1_dot_presence__service__pb2.SetAudienceRequest.SerializeToString,
+            nearby_dot_v1_dot_presence__service__pb2.SetAudienceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDefaultPrecision(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nearby.v1.PresenceService/SetDefaultPrecision',
+            nearby_dot_v1_dot_presence__service__pb2.SetDefaultPrecisionRequest.SerializeToString,
+            nearby_dot_v1_dot_presence__service__pb2.SetDefaultPrecisionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetFriendPrecision(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nearby.v1.PresenceService/SetFriendPrecision',
+            nearby_dot_v1_dot_presence__service__pb2.SetFriendPrecisionRequest.SerializeToString,
+            nearby_dot_v1_dot_presence__service__pb2.SetFriendPrecisionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearFriendPrecision(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nearby.v1.PresenceService/ClearFriendPrecision',
+            nearby_dot_v1_dot_presence__service__pb2.ClearFriendPrecisionRequest.SerializeToString,
+            nearby_dot_v1_dot_presence__service__pb2.ClearFriendPrecisionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSharingSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nearby.v1.PresenceService/GetSharingSettings',
+            nearby_dot_v1_dot_presence__service__pb2.GetSharingSettingsRequest.SerializeToString,
+            nearby_dot_v1_dot_presence__service__pb2.GetSharingSettingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

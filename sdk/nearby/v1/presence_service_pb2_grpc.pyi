@@ -44,6 +44,25 @@ class PresenceServiceStub:
     """
     GetVisibility: _grpc.UnaryUnaryMultiCallable[_presence_service_pb2.GetVisibilityRequest, _presence_service_pb2.GetVisibilityResponse]
     """Returns the caller's current sharing setting."""
+    SetAudience: _grpc.UnaryUnaryMultiCallable[_presence_service_pb2.SetAudienceRequest, _presence_service_pb2.SetAudienceResponse]
+    """Who among the caller's friends sees the caller: all friends, only a
+    list, or all but a list. The ids must be the caller's friends (NOT_FOUND
+    naming the others, nothing changed); at most the friend cap of them
+    (INVALID_ARGUMENT). Takes effect on live streams at once: a friend who
+    loses access gets FriendGone(NOT_SHARED).
+    """
+    SetDefaultPrecision: _grpc.UnaryUnaryMultiCallable[_presence_service_pb2.SetDefaultPrecisionRequest, _presence_service_pb2.SetDefaultPrecisionResponse]
+    """The precision of friends in the audience who have no rule of their own."""
+    SetFriendPrecision: _grpc.UnaryUnaryMultiCallable[_presence_service_pb2.SetFriendPrecisionRequest, _presence_service_pb2.SetFriendPrecisionResponse]
+    """A precision for one friend (e.g. PRECISE for the next hour), which takes
+    precedence over the audience and the default precision. The friend must
+    be a friend (NOT_FOUND); the expiration must be in the future and at
+    most 7 days away (INVALID_ARGUMENT).
+    """
+    ClearFriendPrecision: _grpc.UnaryUnaryMultiCallable[_presence_service_pb2.ClearFriendPrecisionRequest, _presence_service_pb2.ClearFriendPrecisionResponse]
+    """Removes one friend's rule (no error when there is none)."""
+    GetSharingSettings: _grpc.UnaryUnaryMultiCallable[_presence_service_pb2.GetSharingSettingsRequest, _presence_service_pb2.GetSharingSettingsResponse]
+    """The caller's sharing settings: audience, precisions, ghost mode and timers."""
 
 @_typing.type_check_only
 class PresenceServiceAsyncStub(PresenceServiceStub):
@@ -61,6 +80,25 @@ class PresenceServiceAsyncStub(PresenceServiceStub):
     """
     GetVisibility: _aio.UnaryUnaryMultiCallable[_presence_service_pb2.GetVisibilityRequest, _presence_service_pb2.GetVisibilityResponse]  # type: ignore[assignment]
     """Returns the caller's current sharing setting."""
+    SetAudience: _aio.UnaryUnaryMultiCallable[_presence_service_pb2.SetAudienceRequest, _presence_service_pb2.SetAudienceResponse]  # type: ignore[assignment]
+    """Who among the caller's friends sees the caller: all friends, only a
+    list, or all but a list. The ids must be the caller's friends (NOT_FOUND
+    naming the others, nothing changed); at most the friend cap of them
+    (INVALID_ARGUMENT). Takes effect on live streams at once: a friend who
+    loses access gets FriendGone(NOT_SHARED).
+    """
+    SetDefaultPrecision: _aio.UnaryUnaryMultiCallable[_presence_service_pb2.SetDefaultPrecisionRequest, _presence_service_pb2.SetDefaultPrecisionResponse]  # type: ignore[assignment]
+    """The precision of friends in the audience who have no rule of their own."""
+    SetFriendPrecision: _aio.UnaryUnaryMultiCallable[_presence_service_pb2.SetFriendPrecisionRequest, _presence_service_pb2.SetFriendPrecisionResponse]  # type: ignore[assignment]
+    """A precision for one friend (e.g. PRECISE for the next hour), which takes
+    precedence over the audience and the default precision. The friend must
+    be a friend (NOT_FOUND); the expiration must be in the future and at
+    most 7 days away (INVALID_ARGUMENT).
+    """
+    ClearFriendPrecision: _aio.UnaryUnaryMultiCallable[_presence_service_pb2.ClearFriendPrecisionRequest, _presence_service_pb2.ClearFriendPrecisionResponse]  # type: ignore[assignment]
+    """Removes one friend's rule (no error when there is none)."""
+    GetSharingSettings: _aio.UnaryUnaryMultiCallable[_presence_service_pb2.GetSharingSettingsRequest, _presence_service_pb2.GetSharingSettingsResponse]  # type: ignore[assignment]
+    """The caller's sharing settings: audience, precisions, ghost mode and timers."""
 
 class PresenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """Location sharing ("ghost mode") of the caller.
@@ -87,5 +125,54 @@ class PresenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_presence_service_pb2.GetVisibilityResponse, _abc.Awaitable[_presence_service_pb2.GetVisibilityResponse]]:
         """Returns the caller's current sharing setting."""
+
+    @_abc_1.abstractmethod
+    def SetAudience(
+        self,
+        request: _presence_service_pb2.SetAudienceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_presence_service_pb2.SetAudienceResponse, _abc.Awaitable[_presence_service_pb2.SetAudienceResponse]]:
+        """Who among the caller's friends sees the caller: all friends, only a
+        list, or all but a list. The ids must be the caller's friends (NOT_FOUND
+        naming the others, nothing changed); at most the friend cap of them
+        (INVALID_ARGUMENT). Takes effect on live streams at once: a friend who
+        loses access gets FriendGone(NOT_SHARED).
+        """
+
+    @_abc_1.abstractmethod
+    def SetDefaultPrecision(
+        self,
+        request: _presence_service_pb2.SetDefaultPrecisionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_presence_service_pb2.SetDefaultPrecisionResponse, _abc.Awaitable[_presence_service_pb2.SetDefaultPrecisionResponse]]:
+        """The precision of friends in the audience who have no rule of their own."""
+
+    @_abc_1.abstractmethod
+    def SetFriendPrecision(
+        self,
+        request: _presence_service_pb2.SetFriendPrecisionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_presence_service_pb2.SetFriendPrecisionResponse, _abc.Awaitable[_presence_service_pb2.SetFriendPrecisionResponse]]:
+        """A precision for one friend (e.g. PRECISE for the next hour), which takes
+        precedence over the audience and the default precision. The friend must
+        be a friend (NOT_FOUND); the expiration must be in the future and at
+        most 7 days away (INVALID_ARGUMENT).
+        """
+
+    @_abc_1.abstractmethod
+    def ClearFriendPrecision(
+        self,
+        request: _presence_service_pb2.ClearFriendPrecisionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_presence_service_pb2.ClearFriendPrecisionResponse, _abc.Awaitable[_presence_service_pb2.ClearFriendPrecisionResponse]]:
+        """Removes one friend's rule (no error when there is none)."""
+
+    @_abc_1.abstractmethod
+    def GetSharingSettings(
+        self,
+        request: _presence_service_pb2.GetSharingSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_presence_service_pb2.GetSharingSettingsResponse, _abc.Awaitable[_presence_service_pb2.GetSharingSettingsResponse]]:
+        """The caller's sharing settings: audience, precisions, ghost mode and timers."""
 
 def add_PresenceServiceServicer_to_server(servicer: PresenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4,13 +4,17 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Audience, Precision, SharingSettings } from "./sharing_pb.js";
+import { file_nearby_v1_sharing } from "./sharing_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file nearby/v1/presence_service.proto.
  */
 export const file_nearby_v1_presence_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBuZWFyYnkvdjEvcHJlc2VuY2Vfc2VydmljZS5wcm90bxIJbmVhcmJ5LnYxIkEKFFNldFZpc2liaWxpdHlSZXF1ZXN0EikKCnZpc2liaWxpdHkYASABKA4yFS5uZWFyYnkudjEuVmlzaWJpbGl0eSJCChVTZXRWaXNpYmlsaXR5UmVzcG9uc2USKQoKdmlzaWJpbGl0eRgBIAEoDjIVLm5lYXJieS52MS5WaXNpYmlsaXR5IhYKFEdldFZpc2liaWxpdHlSZXF1ZXN0IkIKFUdldFZpc2liaWxpdHlSZXNwb25zZRIpCgp2aXNpYmlsaXR5GAEgASgOMhUubmVhcmJ5LnYxLlZpc2liaWxpdHkqVwoKVmlzaWJpbGl0eRIaChZWSVNJQklMSVRZX1VOU1BFQ0lGSUVEEAASFgoSVklTSUJJTElUWV9WSVNJQkxFEAESFQoRVklTSUJJTElUWV9ISURERU4QAjK5AQoPUHJlc2VuY2VTZXJ2aWNlElIKDVNldFZpc2liaWxpdHkSHy5uZWFyYnkudjEuU2V0VmlzaWJpbGl0eVJlcXVlc3QaIC5uZWFyYnkudjEuU2V0VmlzaWJpbGl0eVJlc3BvbnNlElIKDUdldFZpc2liaWxpdHkSHy5uZWFyYnkudjEuR2V0VmlzaWJpbGl0eVJlcXVlc3QaIC5uZWFyYnkudjEuR2V0VmlzaWJpbGl0eVJlc3BvbnNlYgZwcm90bzM");
+  fileDesc("CiBuZWFyYnkvdjEvcHJlc2VuY2Vfc2VydmljZS5wcm90bxIJbmVhcmJ5LnYxIqwBChRTZXRWaXNpYmlsaXR5UmVxdWVzdBIpCgp2aXNpYmlsaXR5GAEgASgOMhUubmVhcmJ5LnYxLlZpc2liaWxpdHkSMQoLZXhwaXJlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wSAASKAoDdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uSABCDAoKZXhwaXJhdGlvbiJzChVTZXRWaXNpYmlsaXR5UmVzcG9uc2USKQoKdmlzaWJpbGl0eRgBIAEoDjIVLm5lYXJieS52MS5WaXNpYmlsaXR5Ei8KC2V4cGlyZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIWChRHZXRWaXNpYmlsaXR5UmVxdWVzdCJzChVHZXRWaXNpYmlsaXR5UmVzcG9uc2USKQoKdmlzaWJpbGl0eRgBIAEoDjIVLm5lYXJieS52MS5WaXNpYmlsaXR5Ei8KC2V4cGlyZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJNChJTZXRBdWRpZW5jZVJlcXVlc3QSJQoIYXVkaWVuY2UYASABKA4yEy5uZWFyYnkudjEuQXVkaWVuY2USEAoIdXNlcl9pZHMYAiADKAkiQwoTU2V0QXVkaWVuY2VSZXNwb25zZRIsCghzZXR0aW5ncxgBIAEoCzIaLm5lYXJieS52MS5TaGFyaW5nU2V0dGluZ3MiRQoaU2V0RGVmYXVsdFByZWNpc2lvblJlcXVlc3QSJwoJcHJlY2lzaW9uGAEgASgOMhQubmVhcmJ5LnYxLlByZWNpc2lvbiJLChtTZXREZWZhdWx0UHJlY2lzaW9uUmVzcG9uc2USLAoIc2V0dGluZ3MYASABKAsyGi5uZWFyYnkudjEuU2hhcmluZ1NldHRpbmdzIsIBChlTZXRGcmllbmRQcmVjaXNpb25SZXF1ZXN0EhEKCWZyaWVuZF9pZBgBIAEoCRInCglwcmVjaXNpb24YAiABKA4yFC5uZWFyYnkudjEuUHJlY2lzaW9uEjEKC2V4cGlyZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEgAEigKA3R0bBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkgAQgwKCmV4cGlyYXRpb24iSgoaU2V0RnJpZW5kUHJlY2lzaW9uUmVzcG9uc2USLAoIc2V0dGluZ3MYASABKAsyGi5uZWFyYnkudjEuU2hhcmluZ1NldHRpbmdzIjAKG0NsZWFyRnJpZW5kUHJlY2lzaW9uUmVxdWVzdBIRCglmcmllbmRfaWQYASABKAkiTAocQ2xlYXJGcmllbmRQcmVjaXNpb25SZXNwb25zZRIsCghzZXR0aW5ncxgBIAEoCzIaLm5lYXJieS52MS5TaGFyaW5nU2V0dGluZ3MiGwoZR2V0U2hhcmluZ1NldHRpbmdzUmVxdWVzdCJKChpHZXRTaGFyaW5nU2V0dGluZ3NSZXNwb25zZRIsCghzZXR0aW5ncxgBIAEoCzIaLm5lYXJieS52MS5TaGFyaW5nU2V0dGluZ3MqVwoKVmlzaWJpbGl0eRIaChZWSVNJQklMSVRZX1VOU1BFQ0lGSUVEEAASFgoSVklTSUJJTElUWV9WSVNJQkxFEAESFQoRVklTSUJJTElUWV9ISURERU4QAjKcBQoPUHJlc2VuY2VTZXJ2aWNlElIKDVNldFZpc2liaWxpdHkSHy5uZWFyYnkudjEuU2V0VmlzaWJpbGl0eVJlcXVlc3QaIC5uZWFyYnkudjEuU2V0VmlzaWJpbGl0eVJlc3BvbnNlElIKDUdldFZpc2liaWxpdHkSHy5uZWFyYnkudjEuR2V0VmlzaWJpbGl0eVJlcXVlc3QaIC5uZWFyYnkudjEuR2V0VmlzaWJpbGl0eVJlc3BvbnNlEkwKC1NldEF1ZGllbmNlEh0ubmVhcmJ5LnYxLlNldEF1ZGllbmNlUmVxdWVzdBoeLm5lYXJieS52MS5TZXRBdWRpZW5jZVJlc3BvbnNlEmQKE1NldERlZmF1bHRQcmVjaXNpb24SJS5uZWFyYnkudjEuU2V0RGVmYXVsdFByZWNpc2lvblJlcXVlc3QaJi5uZWFyYnkudjEuU2V0RGVmYXVsdFByZWNpc2lvblJlc3BvbnNlEmEKElNldEZyaWVuZFByZWNpc2lvbhIkLm5lYXJieS52MS5TZXRGcmllbmRQcmVjaXNpb25SZXF1ZXN0GiUubmVhcmJ5LnYxLlNldEZyaWVuZFByZWNpc2lvblJlc3BvbnNlEmcKFENsZWFyRnJpZW5kUHJlY2lzaW9uEiYubmVhcmJ5LnYxLkNsZWFyRnJpZW5kUHJlY2lzaW9uUmVxdWVzdBonLm5lYXJieS52MS5DbGVhckZyaWVuZFByZWNpc2lvblJlc3BvbnNlEmEKEkdldFNoYXJpbmdTZXR0aW5ncxIkLm5lYXJieS52MS5HZXRTaGFyaW5nU2V0dGluZ3NSZXF1ZXN0GiUubmVhcmJ5LnYxLkdldFNoYXJpbmdTZXR0aW5nc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_nearby_v1_sharing]);
 
 /**
  * Request of PresenceService.SetVisibility.
@@ -24,6 +28,31 @@ export type SetVisibilityRequest = Message<"nearby.v1.SetVisibilityRequest"> & {
    * @generated from field: nearby.v1.Visibility visibility = 1;
    */
   visibility: Visibility;
+
+  /**
+   * With VISIBILITY_HIDDEN: ghost mode ends by itself (e.g. after 3 h or
+   * 24 h); unset: until turned off. In the future and at most 7 days away
+   * (INVALID_ARGUMENT otherwise). Not allowed with VISIBILITY_VISIBLE.
+   *
+   * @generated from oneof nearby.v1.SetVisibilityRequest.expiration
+   */
+  expiration: {
+    /**
+     * When ghost mode ends.
+     *
+     * @generated from field: google.protobuf.Timestamp expire_time = 2;
+     */
+    value: Timestamp;
+    case: "expireTime";
+  } | {
+    /**
+     * How long ghost mode lasts from now.
+     *
+     * @generated from field: google.protobuf.Duration ttl = 3;
+     */
+    value: Duration;
+    case: "ttl";
+  } | { case: undefined; value?: undefined };
 };
 
 /**
@@ -45,6 +74,13 @@ export type SetVisibilityResponse = Message<"nearby.v1.SetVisibilityResponse"> &
    * @generated from field: nearby.v1.Visibility visibility = 1;
    */
   visibility: Visibility;
+
+  /**
+   * When ghost mode ends by itself; unset: until turned off (or visible).
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 2;
+   */
+  expireTime?: Timestamp | undefined;
 };
 
 /**
@@ -81,6 +117,13 @@ export type GetVisibilityResponse = Message<"nearby.v1.GetVisibilityResponse"> &
    * @generated from field: nearby.v1.Visibility visibility = 1;
    */
   visibility: Visibility;
+
+  /**
+   * When ghost mode ends by itself; unset: until turned off (or visible).
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 2;
+   */
+  expireTime?: Timestamp | undefined;
 };
 
 /**
@@ -89,6 +132,248 @@ export type GetVisibilityResponse = Message<"nearby.v1.GetVisibilityResponse"> &
  */
 export const GetVisibilityResponseSchema: GenMessage<GetVisibilityResponse> = /*@__PURE__*/
   messageDesc(file_nearby_v1_presence_service, 3);
+
+/**
+ * Request of PresenceService.SetAudience.
+ *
+ * @generated from message nearby.v1.SetAudienceRequest
+ */
+export type SetAudienceRequest = Message<"nearby.v1.SetAudienceRequest"> & {
+  /**
+   * Who sees the caller.
+   *
+   * @generated from field: nearby.v1.Audience audience = 1;
+   */
+  audience: Audience;
+
+  /**
+   * The friends listed for AUDIENCE_ONLY / AUDIENCE_ALL_EXCEPT (must be
+   * empty for AUDIENCE_ALL_FRIENDS).
+   *
+   * @generated from field: repeated string user_ids = 2;
+   */
+  userIds: string[];
+};
+
+/**
+ * Describes the message nearby.v1.SetAudienceRequest.
+ * Use `create(SetAudienceRequestSchema)` to create a new message.
+ */
+export const SetAudienceRequestSchema: GenMessage<SetAudienceRequest> = /*@__PURE__*/
+  messageDesc(file_nearby_v1_presence_service, 4);
+
+/**
+ * Response of PresenceService.SetAudience.
+ *
+ * @generated from message nearby.v1.SetAudienceResponse
+ */
+export type SetAudienceResponse = Message<"nearby.v1.SetAudienceResponse"> & {
+  /**
+   * The settings now in force.
+   *
+   * @generated from field: nearby.v1.SharingSettings settings = 1;
+   */
+  settings?: SharingSettings | undefined;
+};
+
+/**
+ * Describes the message nearby.v1.SetAudienceResponse.
+ * Use `create(SetAudienceResponseSchema)` to create a new message.
+ */
+export const SetAudienceResponseSchema: GenMessage<SetAudienceResponse> = /*@__PURE__*/
+  messageDesc(file_nearby_v1_presence_service, 5);
+
+/**
+ * Request of PresenceService.SetDefaultPrecision.
+ *
+ * @generated from message nearby.v1.SetDefaultPrecisionRequest
+ */
+export type SetDefaultPrecisionRequest = Message<"nearby.v1.SetDefaultPrecisionRequest"> & {
+  /**
+   * PRECISION_PRECISE or PRECISION_APPROXIMATE.
+   *
+   * @generated from field: nearby.v1.Precision precision = 1;
+   */
+  precision: Precision;
+};
+
+/**
+ * Describes the message nearby.v1.SetDefaultPrecisionRequest.
+ * Use `create(SetDefaultPrecisionRequestSchema)` to create a new message.
+ */
+export const SetDefaultPrecisionRequestSchema: GenMessage<SetDefaultPrecisionRequest> = /*@__PURE__*/
+  messageDesc(file_nearby_v1_presence_service, 6);
+
+/**
+ * Response of PresenceService.SetDefaultPrecision.
+ *
+ * @generated from message nearby.v1.SetDefaultPrecisionResponse
+ */
+export type SetDefaultPrecisionResponse = Message<"nearby.v1.SetDefaultPrecisionResponse"> & {
+  /**
+   * The settings now in force.
+   *
+   * @generated from field: nearby.v1.SharingSettings settings = 1;
+   */
+  settings?: SharingSettings | undefined;
+};
+
+/**
+ * Describes the message nearby.v1.SetDefaultPrecisionResponse.
+ * Use `create(SetDefaultPrecisionResponseSchema)` to create a new message.
+ */
+export const SetDefaultPrecisionResponseSchema: GenMessage<SetDefaultPrecisionResponse> = /*@__PURE__*/
+  messageDesc(file_nearby_v1_presence_service, 7);
+
+/**
+ * Request of PresenceService.SetFriendPrecision.
+ *
+ * @generated from message nearby.v1.SetFriendPrecisionRequest
+ */
+export type SetFriendPrecisionRequest = Message<"nearby.v1.SetFriendPrecisionRequest"> & {
+  /**
+   * The friend the rule is for.
+   *
+   * @generated from field: string friend_id = 1;
+   */
+  friendId: string;
+
+  /**
+   * PRECISION_PRECISE or PRECISION_APPROXIMATE.
+   *
+   * @generated from field: nearby.v1.Precision precision = 2;
+   */
+  precision: Precision;
+
+  /**
+   * When the rule ends by itself; unset: until cleared.
+   *
+   * @generated from oneof nearby.v1.SetFriendPrecisionRequest.expiration
+   */
+  expiration: {
+    /**
+     * When the rule ends.
+     *
+     * @generated from field: google.protobuf.Timestamp expire_time = 3;
+     */
+    value: Timestamp;
+    case: "expireTime";
+  } | {
+    /**
+     * How long the rule lasts from now (e.g. 3600 s: "for the next hour").
+     *
+     * @generated from field: google.protobuf.Duration ttl = 4;
+     */
+    value: Duration;
+    case: "ttl";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message nearby.v1.SetFriendPrecisionRequest.
+ * Use `create(SetFriendPrecisionRequestSchema)` to create a new message.
+ */
+export const SetFriendPrecisionRequestSchema: GenMessage<SetFriendPrecisionRequest> = /*@__PURE__*/
+  messageDesc(file_nearby_v1_presence_service, 8);
+
+/**
+ * Response of PresenceService.SetFriendPrecision.
+ *
+ * @generated from message nearby.v1.SetFriendPrecisionResponse
+ */
+export type SetFriendPrecisionResponse = Message<"nearby.v1.SetFriendPrecisionResponse"> & {
+  /**
+   * The settings now in force.
+   *
+   * @generated from field: nearby.v1.SharingSettings settings = 1;
+   */
+  settings?: SharingSettings | undefined;
+};
+
+/**
+ * Describes the message nearby.v1.SetFriendPrecisionResponse.
+ * Use `create(SetFriendPrecisionResponseSchema)` to create a new message.
+ */
+export const SetFriendPrecisionResponseSchema: GenMessage<SetFriendPrecisionResponse> = /*@__PURE__*/
+  messageDesc(file_nearby_v1_presence_service, 9);
+
+/**
+ * Request of PresenceService.ClearFriendPrecision.
+ *
+ * @generated from message nearby.v1.ClearFriendPrecisionRequest
+ */
+export type ClearFriendPrecisionRequest = Message<"nearby.v1.ClearFriendPrecisionRequest"> & {
+  /**
+   * The friend whose rule is removed.
+   *
+   * @generated from field: string friend_id = 1;
+   */
+  friendId: string;
+};
+
+/**
+ * Describes the message nearby.v1.ClearFriendPrecisionRequest.
+ * Use `create(ClearFriendPrecisionRequestSchema)` to create a new message.
+ */
+export const ClearFriendPrecisionRequestSchema: GenMessage<ClearFriendPrecisionRequest> = /*@__PURE__*/
+  messageDesc(file_nearby_v1_presence_service, 10);
+
+/**
+ * Response of PresenceService.ClearFriendPrecision.
+ *
+ * @generated from message nearby.v1.ClearFriendPrecisionResponse
+ */
+export type ClearFriendPrecisionResponse = Message<"nearby.v1.ClearFriendPrecisionResponse"> & {
+  /**
+   * The settings now in force.
+   *
+   * @generated from field: nearby.v1.SharingSettings settings = 1;
+   */
+  settings?: SharingSettings | undefined;
+};
+
+/**
+ * Describes the message nearby.v1.ClearFriendPrecisionResponse.
+ * Use `create(ClearFriendPrecisionResponseSchema)` to create a new message.
+ */
+export const ClearFriendPrecisionResponseSchema: GenMessage<ClearFriendPrecisionResponse> = /*@__PURE__*/
+  messageDesc(file_nearby_v1_presence_service, 11);
+
+/**
+ * Request of PresenceService.GetSharingSettings.
+ *
+ * @generated from message nearby.v1.GetSharingSettingsRequest
+ */
+export type GetSharingSettingsRequest = Message<"nearby.v1.GetSharingSettingsRequest"> & {
+};
+
+/**
+ * Describes the message nearby.v1.GetSharingSettingsRequest.
+ * Use `create(GetSharingSettingsRequestSchema)` to create a new message.
+ */
+export const GetSharingSettingsRequestSchema: GenMessage<GetSharingSettingsRequest> = /*@__PURE__*/
+  messageDesc(file_nearby_v1_presence_service, 12);
+
+/**
+ * Response of PresenceService.GetSharingSettings.
+ *
+ * @generated from message nearby.v1.GetSharingSettingsResponse
+ */
+export type GetSharingSettingsResponse = Message<"nearby.v1.GetSharingSettingsResponse"> & {
+  /**
+   * The caller's settings.
+   *
+   * @generated from field: nearby.v1.SharingSettings settings = 1;
+   */
+  settings?: SharingSettings | undefined;
+};
+
+/**
+ * Describes the message nearby.v1.GetSharingSettingsResponse.
+ * Use `create(GetSharingSettingsResponseSchema)` to create a new message.
+ */
+export const GetSharingSettingsResponseSchema: GenMessage<GetSharingSettingsResponse> = /*@__PURE__*/
+  messageDesc(file_nearby_v1_presence_service, 13);
 
 /**
  * Whether a user's location is shared with friends.
@@ -154,6 +439,63 @@ export const PresenceService: GenService<{
     methodKind: "unary";
     input: typeof GetVisibilityRequestSchema;
     output: typeof GetVisibilityResponseSchema;
+  },
+  /**
+   * Who among the caller's friends sees the caller: all friends, only a
+   * list, or all but a list. The ids must be the caller's friends (NOT_FOUND
+   * naming the others, nothing changed); at most the friend cap of them
+   * (INVALID_ARGUMENT). Takes effect on live streams at once: a friend who
+   * loses access gets FriendGone(NOT_SHARED).
+   *
+   * @generated from rpc nearby.v1.PresenceService.SetAudience
+   */
+  setAudience: {
+    methodKind: "unary";
+    input: typeof SetAudienceRequestSchema;
+    output: typeof SetAudienceResponseSchema;
+  },
+  /**
+   * The precision of friends in the audience who have no rule of their own.
+   *
+   * @generated from rpc nearby.v1.PresenceService.SetDefaultPrecision
+   */
+  setDefaultPrecision: {
+    methodKind: "unary";
+    input: typeof SetDefaultPrecisionRequestSchema;
+    output: typeof SetDefaultPrecisionResponseSchema;
+  },
+  /**
+   * A precision for one friend (e.g. PRECISE for the next hour), which takes
+   * precedence over the audience and the default precision. The friend must
+   * be a friend (NOT_FOUND); the expiration must be in the future and at
+   * most 7 days away (INVALID_ARGUMENT).
+   *
+   * @generated from rpc nearby.v1.PresenceService.SetFriendPrecision
+   */
+  setFriendPrecision: {
+    methodKind: "unary";
+    input: typeof SetFriendPrecisionRequestSchema;
+    output: typeof SetFriendPrecisionResponseSchema;
+  },
+  /**
+   * Removes one friend's rule (no error when there is none).
+   *
+   * @generated from rpc nearby.v1.PresenceService.ClearFriendPrecision
+   */
+  clearFriendPrecision: {
+    methodKind: "unary";
+    input: typeof ClearFriendPrecisionRequestSchema;
+    output: typeof ClearFriendPrecisionResponseSchema;
+  },
+  /**
+   * The caller's sharing settings: audience, precisions, ghost mode and timers.
+   *
+   * @generated from rpc nearby.v1.PresenceService.GetSharingSettings
+   */
+  getSharingSettings: {
+    methodKind: "unary";
+    input: typeof GetSharingSettingsRequestSchema;
+    output: typeof GetSharingSettingsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_nearby_v1_presence_service, 0);
