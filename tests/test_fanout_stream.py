@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from nearby.v1 import nearby_service_pb2 as pb
 
+from mesh.clock import now_ms
 from mesh.settings import Settings
 from tests.support.fanout import ORIGIN, Mesh, fast_settings, mesh, offset
 
@@ -192,11 +193,14 @@ async def test_hysteresis_one_enter_not_dozens(m: Mesh) -> None:
     sa = await m.connect(a, *ORIGIN)
     snap = (await sa.wait_for(lambda s: s.snapshots()))[0]
     assert snap.total_size == 0
+    # distinct fix times, after B's first one: two fixes of the same
+    # millisecond are one (the later is STALE), which made the last move vanish
+    t0 = now_ms() + 1
     for i in range(12):
-        await sb.move(*offset(*ORIGIN, radius - 40 if i % 2 == 0 else radius + 40 + i))
+        await sb.move(*offset(*ORIGIN, radius - 40 if i % 2 == 0 else radius + 40 + i), t0 + i)
     await sa.wait_for(lambda s: any(u.distance_meters > radius + 50 for u in s.updates(b)))
     assert sa.gones(b) == []  # it never left
-    await sb.move(*offset(*ORIGIN, radius + 400))
+    await sb.move(*offset(*ORIGIN, radius + 400), t0 + 100)
     gone = await sa.wait_for(lambda s: s.gones(b))
     assert [g.reason for g in gone] == [pb.FRIEND_GONE_REASON_OUT_OF_RANGE]
     # each event is the newest of B; the list saw B enter once and leave once

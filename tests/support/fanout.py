@@ -178,10 +178,12 @@ async def mesh(settings: Settings) -> AsyncIterator[Mesh]:
                         await ch.close()
 
 
-def location(lat: float, lng: float) -> pb.ConnectRequest:
-    return pb.ConnectRequest(
-        location=pb.LocationUpdate(position=geo_pb2.LatLng(latitude=lat, longitude=lng))
-    )
+def location(lat: float, lng: float, recorded_at_ms: int = 0) -> pb.ConnectRequest:
+    """A location message; `recorded_at_ms` 0: the server's time of receipt."""
+    update = pb.LocationUpdate(position=geo_pb2.LatLng(latitude=lat, longitude=lng))
+    if recorded_at_ms:
+        update.recorded_at.FromMilliseconds(recorded_at_ms)
+    return pb.ConnectRequest(location=update)
 
 
 class Stream:
@@ -221,8 +223,8 @@ class Stream:
             self.done.set()
             self._arrived.set()
 
-    async def move(self, lat: float, lng: float) -> None:
-        await self.call.write(location(lat, lng))
+    async def move(self, lat: float, lng: float, recorded_at_ms: int = 0) -> None:
+        await self.call.write(location(lat, lng, recorded_at_ms))
 
     async def page(self, token: str, size: int = 0) -> None:
         await self.call.write(
@@ -301,11 +303,11 @@ class WatchStream(Stream):
         if read:
             self._task = asyncio.create_task(self._read())
 
-    async def move(self, lat: float, lng: float) -> None:
-        await self.locations.ReportLocation(
-            lpb.ReportLocationRequest(position=geo_pb2.LatLng(latitude=lat, longitude=lng)),
-            metadata=self.metadata,
-        )
+    async def move(self, lat: float, lng: float, recorded_at_ms: int = 0) -> None:
+        request = lpb.ReportLocationRequest(position=geo_pb2.LatLng(latitude=lat, longitude=lng))
+        if recorded_at_ms:
+            request.recorded_at.FromMilliseconds(recorded_at_ms)
+        await self.locations.ReportLocation(request, metadata=self.metadata)
 
 
 async def until(predicate: Any, within: float = 10.0, every: float = 0.02) -> Any:
