@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import math
 import signal
@@ -39,6 +40,7 @@ from mesh.settings import Settings
 from stack import infra, watch
 from tests.support.edge_stack import EdgeStack, edge_stack
 from tests.support.fanout import WatchStream
+from tests.support.fanout import until as poll_until
 from tests.support.redis import CLUSTER, STANDALONE
 
 FAST = BackoffPolicy(initial_s=0.05, multiplier=2, max_s=0.5)
@@ -503,7 +505,14 @@ async def test_sigterm_on_a_replica_moves_every_sdk_session_to_the_other(
 
                 await two.stop_fanout(0)  # SIGTERM, drain, exit
 
-                moved = [s for s in seen if any(isinstance(e, Reconnecting) for e in s)]
+                # the stopped replica's sessions say so (the end of a stream
+                # can reach a client a moment after the process is gone)
+                def reconnecting() -> list[list[Event]]:
+                    return [s for s in seen if any(isinstance(e, Reconnecting) for e in s)]
+
+                with contextlib.suppress(TimeoutError):
+                    await poll_until(reconnecting, within=10)
+                moved = reconnecting()
                 assert moved, "no session was on the stopped replica"
                 async with asyncio.timeout(30):
                     while True:  # every moved session has its fresh snapshot
