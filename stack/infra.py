@@ -18,9 +18,9 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Self, TypeVar
 
 import psycopg
 
@@ -140,21 +140,33 @@ def find_binary(name: str) -> str:
 
 
 class RedisServer:
-    """A private redis-server (no persistence) on its own port."""
+    """A private redis-server (no persistence unless `config` says so) on its
+    own port; `config` adds or overrides redis.conf directives."""
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    DEFAULTS: dict[str, str] = {"save": "", "appendonly": "no"}
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        config: Mapping[str, str] | None = None,
+        start_timeout_s: float = 10.0,
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
+        self.config = {**self.DEFAULTS, **(config or {})}
+        self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> RedisServer:
+    def start(self) -> Self:
         return once_more_if_crashed(self._start, "redis-server")
 
-    def _start(self) -> RedisServer:
+    def _start(self) -> Self:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv, preexec = dying_with_parent(
             [
@@ -163,10 +175,7 @@ class RedisServer:
                 str(self.port),
                 "--bind",
                 "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
+                *(arg for name, value in self.config.items() for arg in (f"--{name}", value)),
                 "--dir",
                 str(self.data_dir),
                 "--logfile",
@@ -182,7 +191,7 @@ class RedisServer:
             start_new_session=True,
             preexec_fn=preexec,
         )
-        wait_port("127.0.0.1", self.port, 10, self.proc, "redis-server")
+        wait_port("127.0.0.1", self.port, self.start_timeout_s, self.proc, "redis-server")
         return self
 
     def stop(self) -> None:

@@ -11,67 +11,30 @@ at 50 µs load in 5.3 s on this machine).
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
 import redis
 
 from stack import infra
-from stack.procs import dying_with_parent
 
 
-class AofRedis:
+class AofRedis(infra.RedisServer):
+    """`infra.RedisServer` with its AOF on and loading slowed down; `start()`
+    (again) returns once the port accepts connections (it may still be
+    loading: see `wait_ready`), `stop()` is a SIGTERM (Redis flushes its AOF)."""
+
     def __init__(self, data_dir: Path, *, key_load_delay_us: int = 50) -> None:
-        self.data_dir = data_dir
-        self.port = infra.free_port()
-        self.key_load_delay_us = key_load_delay_us
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> AofRedis:
-        """Start (again); returns once the port accepts connections (it may
-        still be loading: see `wait_ready`)."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        argv, preexec = dying_with_parent(
-            [
-                infra.find_binary("redis-server"),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--dir",
-                str(self.data_dir),
-                "--logfile",
-                str(self.data_dir / "redis.log"),
-                "--key-load-delay",
-                str(self.key_load_delay_us),
-                "--loading-process-events-interval-bytes",
-                "1024",
-            ]
+        super().__init__(
+            data_dir,
+            config={
+                "appendonly": "yes",
+                "appendfsync": "everysec",
+                "key-load-delay": str(key_load_delay_us),
+                "loading-process-events-interval-bytes": "1024",
+            },
+            start_timeout_s=30.0,
         )
-        self.proc = subprocess.Popen(
-            argv,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=preexec,
-        )
-        infra.wait_port("127.0.0.1", self.port, 30, self.proc, "redis-server (AOF)")
-        return self
-
-    def stop(self) -> None:
-        """SIGTERM: Redis flushes its AOF and exits."""
-        infra.stop_process(self.proc)
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, socket_timeout=5)
