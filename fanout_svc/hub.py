@@ -68,6 +68,14 @@ class Listener(Protocol):
 
     def on_inbox(self, event: events_pb2.InboxEvent) -> None: ...
 
+    def on_sharing(self, user_id: str, policy: Policy) -> None:
+        """The user's sharing policy changed (parsed once per process)."""
+        ...
+
+    def on_traced(self, user_id: str, tp: str, pub_ms: int) -> None:
+        """Tracing on: the update just dispatched was traced (its traceparent)."""
+        ...
+
     def resync(self) -> None:
         """Messages may have been lost: re-read everything, send a new snapshot."""
         ...
@@ -269,11 +277,7 @@ class Hub:
                 elif kind == "sharing":  # parsed once, shared by every listener
                     policy = Policy.from_proto(ev.sharing)
                     for s in tuple(ls):
-                        # a stream's view has it (session.on_sharing); a
-                        # listener that holds no positions needs none
-                        on_sharing = getattr(s, "on_sharing", None)
-                        if on_sharing is not None:
-                            on_sharing(uid, policy)
+                        s.on_sharing(uid, policy)
             elif channel.startswith(_INBOX):
                 inbox = events_pb2.InboxEvent.FromString(data)
                 for s in tuple(ls):
@@ -286,9 +290,7 @@ class Hub:
     def _traced(self, ls: Sequence[Listener], uid: str, tp: str, pub_ms: int) -> None:
         """A traced update was dispatched: listeners that trace pushes note it."""
         for s in tuple(ls):
-            note = getattr(s, "on_traced", None)
-            if note is not None:
-                note(uid, tp, pub_ms)
+            s.on_traced(uid, tp, pub_ms)
 
     # --- connection -----------------------------------------------------
     def _all_barrier_futures(self) -> list[asyncio.Future[None]]:

@@ -32,6 +32,7 @@ from fanout_svc.hub import GONE_HIDDEN, loc_channel
 from fanout_svc.session import Process, Session
 from mesh.errors import FailedPrecondition, ServiceError
 from mesh.internal.v1 import events_pb2
+from mesh.sharing import Policy
 from mesh.types import Context
 
 log = logging.getLogger("fanout_svc.watch_session")
@@ -78,6 +79,12 @@ class Me:
 
     def on_inbox(self, event: events_pb2.InboxEvent) -> None:
         """Not on this channel (the inbox's listener is the session)."""
+
+    def on_sharing(self, user_id: str, policy: Policy) -> None:
+        """The caller's own policy: it governs what friends see, not this list."""
+
+    def on_traced(self, user_id: str, tp: str, pub_ms: int) -> None:
+        """The caller's own report: no push to trace on this listener."""
 
     def resync(self) -> None:
         """Reports may have been missed: re-read the caller's cached location."""

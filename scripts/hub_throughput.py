@@ -26,6 +26,7 @@ from redis.asyncio.cluster import RedisCluster
 from fanout_svc.hub import Hub, loc_channel
 from fanout_svc.sharded import ShardedSubscriber
 from mesh.internal.v1 import events_pb2
+from mesh.sharing import Policy
 from stack import infra
 
 PUBLISHER = r"""
@@ -86,6 +87,8 @@ class Counter:
 
     def on_gone(self, user_id: str, reason: int) -> None: ...
     def on_inbox(self, event: events_pb2.InboxEvent) -> None: ...
+    def on_sharing(self, user_id: str, policy: Policy) -> None: ...
+    def on_traced(self, user_id: str, tp: str, pub_ms: int) -> None: ...
     def resync(self) -> None: ...
 
 

@@ -16,6 +16,7 @@ from redis.crc import key_slot
 from fanout_svc.hub import Hub, loc_channel
 from fanout_svc.sharded import ShardedSubscriber
 from mesh.internal.v1 import events_pb2
+from mesh.sharing import Policy
 from stack import infra
 
 
@@ -36,6 +37,12 @@ class Recorder:
         pass
 
     def on_inbox(self, event: events_pb2.InboxEvent) -> None:
+        pass
+
+    def on_sharing(self, user_id: str, policy: Policy) -> None:
+        pass
+
+    def on_traced(self, user_id: str, tp: str, pub_ms: int) -> None:
         pass
 
     def resync(self) -> None:
