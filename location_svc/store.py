@@ -161,6 +161,24 @@ async def delete_rows(
     """Delete a user's stored rows with recorded_at in [start, end); how many
     of them were not among `buffered` (times in µs since 2000 of entries just
     deleted from the buffer, which may have been stored already)."""
+    where, params = _user_range(user_id, start, end)
+    params.append([_PG_EPOCH + dt.timedelta(microseconds=us) for us in buffered])
+    cur = await conn.execute(
+        sql.SQL(
+            "WITH d AS (DELETE FROM location_history WHERE {} RETURNING recorded_at) "
+            "SELECT count(*) FILTER (WHERE NOT recorded_at = ANY(%s::timestamptz[])) FROM d"
+        ).format(where),
+        params,
+    )
+    row = await cur.fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def _user_range(
+    user_id: str, start: dt.datetime | None, end: dt.datetime | None
+) -> tuple[sql.Composed, list[object]]:
+    """WHERE of one user's rows with recorded_at in [start, end), and its
+    parameters (either bound may be open)."""
     conds = [sql.SQL("user_id = %s")]
     params: list[object] = [user_id]
     if start is not None:
@@ -169,16 +187,7 @@ async def delete_rows(
     if end is not None:
         conds.append(sql.SQL("recorded_at < %s"))
         params.append(end)
-    params.append([_PG_EPOCH + dt.timedelta(microseconds=us) for us in buffered])
-    cur = await conn.execute(
-        sql.SQL(
-            "WITH d AS (DELETE FROM location_history WHERE {} RETURNING recorded_at) "
-            "SELECT count(*) FILTER (WHERE NOT recorded_at = ANY(%s::timestamptz[])) FROM d"
-        ).format(sql.SQL(" AND ").join(conds)),
-        params,
-    )
-    row = await cur.fetchone()
-    return int(row[0]) if row is not None else 0
+    return sql.SQL(" AND ").join(conds), params
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,18 +205,11 @@ async def list_history(
     limit: int,
 ) -> list[HistoryRow]:
     """Newest first, recorded_at in [start, end); one index range scan."""
-    conds = [sql.SQL("user_id = %s")]
-    params: list[object] = [user_id]
-    if start is not None:
-        conds.append(sql.SQL("recorded_at >= %s"))
-        params.append(start)
-    if end is not None:
-        conds.append(sql.SQL("recorded_at < %s"))
-        params.append(end)
+    where, params = _user_range(user_id, start, end)
     query = sql.SQL(
         "SELECT recorded_at, latitude, longitude FROM location_history WHERE {} "
         "ORDER BY recorded_at DESC LIMIT %s"
-    ).format(sql.SQL(" AND ").join(conds))
+    ).format(where)
     params.append(limit)
     async with pool.connection() as conn:
         cur = await conn.execute(query, params)
