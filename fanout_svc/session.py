@@ -66,6 +66,10 @@ REPORT_TO_CLIENT = {
 """ReportRejection.field (relative to a LocationReport) -> the client's field."""
 
 RESYNC_BACKOFF_S = (0.25, 0.5, 1.0, 2.0, 4.0)
+# Answers (pages, snapshots) waiting for the writer before the reader stops
+# reading the client's requests: a client that asks for pages but does not read
+# them is held back by HTTP/2 flow control instead of growing this queue.
+DIRECT_MAX = 8
 """Waits between the attempts of a resync that fails with UNAVAILABLE (about
 8 s in all, each jittered by ±50 %); then the stream ends (RESYNC_FAILED)."""
 
@@ -142,6 +146,7 @@ class Session:
         "on_moved",
         "owed",
         "process",
+        "reader_wait",
         "resync_wanted",
         "stalled",
         "task",
@@ -172,6 +177,7 @@ class Session:
         self.on_moved: Callable[[str, float, float, int, int], None] = view.on_moved
         self.on_gone: Callable[[str, int], None] = view.on_gone
         self.direct: list[Response] = []  # snapshots and pages, in order
+        self.reader_wait: asyncio.Future[None] | None = None  # the reader, held at DIRECT_MAX
         self.inbox_backlog: list[events_pb2.InboxEvent] | None = []
         self.wake: asyncio.Future[None] | None = None
         self.heartbeat_due = False
@@ -472,6 +478,13 @@ class Session:
         ctx = self.context
         try:
             while self.ending is None:
+                if len(self.direct) >= DIRECT_MAX:
+                    # the client is not reading its answers: stop reading until
+                    # the writer has taken them (flow control holds the client)
+                    self.reader_wait = asyncio.get_running_loop().create_future()
+                    await self.reader_wait
+                    self.reader_wait = None
+                    continue
                 req = await ctx.read()
                 if req is grpc.aio.EOF:
                     self.end(None)
@@ -563,6 +576,9 @@ class Session:
                     break
                 if self.direct:
                     msgs, self.direct = self.direct, []
+                    held = self.reader_wait
+                    if held is not None and not held.done():
+                        held.set_result(None)
                     for m in msgs:
                         await self._write(m)
                         kind = m.WhichOneof("kind")

@@ -304,3 +304,58 @@ async def test_metrics_are_exposed(m: Mesh) -> None:
     assert metrics.PUSH_LATENCY.count() > before
     for s in (sa, sb):
         await s.close()
+
+
+async def test_a_client_not_reading_its_pages_is_held_back(settings: Settings) -> None:
+    """A client that keeps asking for pages and reads none of the answers does
+    not pile them up in the fan-out: past DIRECT_MAX answers waiting, the
+    session stops reading its requests (HTTP/2 flow control then holds the
+    client), and once the client reads, every request gets its answer."""
+    from fanout_svc.session import DIRECT_MAX
+
+    async with mesh(fast_settings(settings, fanout_stall_s=120.0)) as m:
+        (a,) = await m.users("a")
+        # 20 friends with long names nearby: each page answer is a few KiB
+        friends = await m.users(*(f"f{i:02d}" + "x" * 50 for i in range(20)))
+        for f in friends:
+            await m.befriend(a, f)
+        await m.report({f: offset(*ORIGIN, 100 + i) for i, f in enumerate(friends)})
+        s = Stream(m.nearby_stub(), a)
+        await s.open(*ORIGIN, read=False)
+        await until(lambda: any(x.user_id == a for x in m.fanout_app.streams.sessions))
+        session = next(x for x in m.fanout_app.streams.sessions if x.user_id == a)
+        asked = 12_000  # answers of about 40 MiB: more than every buffer on the way holds
+        req = pb.ConnectRequest(page_request=pb.PageRequest(page_size=20))
+        peak = 0
+
+        async def flood() -> None:
+            for _ in range(asked):
+                await s.call.write(req)
+
+        task = asyncio.create_task(flood())
+        try:
+            async with asyncio.timeout(30):
+                # until the reader is held (or the answers pile up: the bug)
+                while session.reader_wait is None and peak <= DIRECT_MAX:
+                    await asyncio.sleep(0.005)
+                    peak = max(peak, len(session.direct))
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                peak = max(peak, len(session.direct))
+            assert peak <= DIRECT_MAX, f"{peak} answers waited for the writer"
+            assert session.ending is None  # held back, not ended
+            # the client reads again: nothing was dropped
+            s.start_reading()
+
+            def pages() -> int:
+                return sum(1 for x in s.messages if x.WhichOneof("kind") == "page")
+
+            await until(lambda: pages() == asked, within=60)
+            await task
+            assert all(
+                len(x.page.friends) == 20 for x in s.messages if x.WhichOneof("kind") == "page"
+            )
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await s.close()
