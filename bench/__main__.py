@@ -1,6 +1,6 @@
 """`make bench` / `python -m bench`: every scenario, its ceiling, the report.
 
-    python -m bench                 # all scenarios (about 27 min on 2 busy cores)
+    python -m bench                 # all scenarios (about 40 min on 2 busy cores)
     python -m bench --quick         # smaller and shorter (a few minutes)
     python -m bench --only history,ingest --runs 2
     python -m bench --only brief --redis-cluster 1,2,3   # + ingest and fan-out on clusters
@@ -36,7 +36,7 @@ from bench.harness import harness
 from bench.procstat import machine
 from bench.stats import not_measured
 
-ORDER = ("history", "ingest", "fanout", "brief", "latency", "streams", "cluster")
+ORDER = ("history", "ingest", "fanout", "brief", "latency", "streams", "cluster", "tracing")
 
 
 def _cmd_version(argv: list[str], pattern: str) -> str:

@@ -29,11 +29,12 @@ import os
 import random
 import signal
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from bench import ceilings, graph, privacy
 from bench.config import Config
-from bench.fanout import Publisher
+from bench.fanout import Publisher, traced_share
 from bench.harness import Harness, LoadClient, Mesh, measured, metric
 from bench.procstat import CpuMeter, Proc, busy_share, system_ticks
 from bench.stats import median_of
@@ -136,7 +137,13 @@ async def window_once(
         conn = await load.call(cmd="connect", users=users, batch=250, retries=5, wait_s=600)
         if conn["failed"]:
             raise RuntimeError(f"{conn['failed']} streams failed to connect: {conn['errors']}")
-        pub = Publisher(mesh.redis_url, g, list(range(n, len(g.ids))), cluster=cluster_of(mesh))
+        pub = Publisher(
+            mesh.redis_url,
+            g,
+            list(range(n, len(g.ids))),
+            cluster=cluster_of(mesh),
+            traced_share=traced_share(mesh.settings),
+        )
         cadence = Cadence(pub, cfg.brief_period_s)
         total = 3 * cfg.brief_warmup_s + cfg.brief_seconds + 1.0  # the longest it can take
         await load.call(
@@ -250,10 +257,11 @@ async def bare_once(h: Harness, cfg: Config) -> dict[str, Any]:
 
 
 async def start_brief_mesh(
-    h: Harness, cfg: Config, masters: int = 0
+    h: Harness, cfg: Config, masters: int = 0, env: Mapping[str, str] | None = None
 ) -> tuple[Mesh, graph.Graph, list[Proc]]:
     """friend, location and presence services on a fresh Redis (a cluster of
-    `masters` masters when > 0) and a database holding the brief's graph."""
+    `masters` masters when > 0) and a database holding the brief's graph;
+    `env` changes the services' settings (fan-outs added later inherit it)."""
     if masters:
         url, redis_procs = h.redis_cluster(masters)
     else:
@@ -262,7 +270,11 @@ async def start_brief_mesh(
     db = h.database("brief")
     n, f = cfg.brief_streams, cfg.brief_friends
     mesh = h.start_mesh(
-        url, db, services=("friend_svc", "location_svc", "presence_svc"), cluster=bool(masters)
+        url,
+        db,
+        services=("friend_svc", "location_svc", "presence_svc"),
+        cluster=bool(masters),
+        env=env,
     )
     g = graph.fan_in(n, max(1, n * f // cfg.brief_share), f)
     await graph.load(db, g)  # after friend_svc created its tables

@@ -57,6 +57,8 @@ class Config:
     privacy_compare: bool = True
     privacy_approximate: float = 0.2
     privacy_only: float = 0.1
+    # 7. tracing: the share of new traces the "sampled" mode samples
+    tracing_sample: float = 0.01
     # --profile: extra py-spy runs (brief, ingest)
     profile: bool = False
     # filled while running

@@ -16,7 +16,6 @@ to N streams, one update per message (what a server without batching pays).
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -31,17 +30,19 @@ from bench.procstat import CpuMeter
 from bench.stats import median_of, scenario
 from mesh import keys
 from mesh.internal.v1 import events_pb2
+from mesh.settings import Settings
 
 
-def traced_share(env: Mapping[str, str]) -> float:
+def traced_share(settings: Settings) -> float:
     """The share of published events that carry a sampled trace context when the
-    services trace (OTEL_EXPORTER_OTLP_ENDPOINT set), by OTEL_TRACES_SAMPLER(_ARG)."""
-    if not env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+    services trace with these settings (OTEL_EXPORTER_OTLP_ENDPOINT set), by
+    OTEL_TRACES_SAMPLER(_ARG): what location_svc's publish would pass on."""
+    if not settings.otlp_endpoint:
         return 0.0
-    name = env.get("OTEL_TRACES_SAMPLER", "parentbased_traceidratio").removeprefix("parentbased_")
+    name = settings.traces_sampler.removeprefix("parentbased_")
     if name in ("always_on", "always_off"):
         return 1.0 if name == "always_on" else 0.0
-    return float(env.get("OTEL_TRACES_SAMPLER_ARG") or 1.0)
+    return settings.traces_sampler_arg
 
 
 class Publisher:
@@ -49,7 +50,13 @@ class Publisher:
     location service's payload (`SPUBLISH` to the slot's owner on a cluster)."""
 
     def __init__(
-        self, redis_url: str, g: graph.Graph, movers: list[int], *, cluster: bool = False
+        self,
+        redis_url: str,
+        g: graph.Graph,
+        movers: list[int],
+        *,
+        cluster: bool = False,
+        traced_share: float = 0.0,
     ) -> None:
         self.r: Any = (
             aioredis.RedisCluster.from_url(redis_url)
@@ -62,9 +69,9 @@ class Publisher:
         self.pos = {m: g.home[m] for m in movers}
         self.rnd = random.Random(3)
         self.published = 0
-        # tracing on in the bench's environment: the sampled share of events
-        # carries a trace context, as location_svc's publish would set it
-        self.traced_share = traced_share(os.environ)
+        # the mesh traces: this share of events carries a trace context, as
+        # location_svc's publish would set it (see traced_share)
+        self.traced_share = traced_share
 
     async def round(self) -> None:
         """One move of every mover."""
@@ -98,12 +105,18 @@ class Publisher:
 
 
 async def start_fan_in(
-    h: Harness, streams: int, movers: int, friends: int, mix: Config | None = None
+    h: Harness,
+    streams: int,
+    movers: int,
+    friends: int,
+    mix: Config | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> tuple[Mesh, graph.Graph, Any]:
-    """The mesh and the fan-in graph; with `mix`, its privacy mix on the movers."""
+    """The mesh (its services' settings changed by `env`) and the fan-in graph;
+    with `mix`, its privacy mix on the movers."""
     redis_url, redis_proc = h.redis()
     db = h.database("fanout")
-    mesh = h.start_mesh(redis_url, db, fanout_replicas=1)
+    mesh = h.start_mesh(redis_url, db, fanout_replicas=1, env=env)
     g = graph.fan_in(streams, movers, friends)
     await graph.load(db, g)
     if mix is not None:
@@ -119,10 +132,19 @@ async def start_fan_in(
 
 
 async def fanout_once(
-    h: Harness, cfg: Config, movers: int, friends: int, rounds: int, *, mix: bool = False
+    h: Harness,
+    cfg: Config,
+    movers: int,
+    friends: int,
+    rounds: int,
+    *,
+    mix: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
+    """One run: `rounds` paced rounds of every mover moving; `env` changes the
+    services' settings (e.g. the OTEL_* variables of scenario 7)."""
     mesh, g, redis_proc = await start_fan_in(
-        h, cfg.fanout_streams, movers, friends, cfg if mix else None
+        h, cfg.fanout_streams, movers, friends, cfg if mix else None, env
     )
     load: LoadClient | None = None
     pub: Publisher | None = None
@@ -134,7 +156,9 @@ async def fanout_once(
         conn = await load.call(cmd="connect", users=users, batch=250, retries=5)
         if conn["failed"]:
             raise RuntimeError(f"{conn['failed']} streams failed to connect: {conn['errors']}")
-        pub = Publisher(mesh.redis_url, g, list(range(n, n + movers)))
+        pub = Publisher(
+            mesh.redis_url, g, list(range(n, n + movers)), traced_share=traced_share(mesh.settings)
+        )
         await pub.round()  # warm-up: every mover enters every list once
         per_round = n * friends
         await ceilings.paced_rounds(load, pub.round, 1, per_round)

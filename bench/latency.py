@@ -25,7 +25,7 @@ from typing import Any
 
 from bench import graph
 from bench.config import Config
-from bench.fanout import Publisher
+from bench.fanout import Publisher, traced_share
 from bench.harness import Harness, LoadClient, measured
 from bench.procstat import CpuMeter, Proc, busy_share, system_ticks
 from bench.stats import median_of, not_measured
@@ -75,7 +75,12 @@ async def latency_once(h: Harness, cfg: Config, max_per_s: float) -> list[dict[s
         conn = await load.call(cmd="connect", users=users, batch=250, retries=5)
         if conn["failed"]:
             raise RuntimeError(f"{conn['failed']} streams failed: {conn.get('error_samples')}")
-        pub = Publisher(redis_url, g, list(range(n, n + cfg.fanout_movers)))
+        pub = Publisher(
+            redis_url,
+            g,
+            list(range(n, n + cfg.fanout_movers)),
+            traced_share=traced_share(mesh.settings),
+        )
         await pub.round()  # everyone's movers enter their lists
         await asyncio.sleep(1.0)
         subscribers = n * cfg.fanout_friends / cfg.fanout_movers

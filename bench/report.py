@@ -27,6 +27,7 @@ TITLES = {
     "ingest": "4. Ingest",
     "history": "5. History",
     "cluster": "6. Redis Cluster: ingest and fan-out on 1, 2, 3 ... masters",
+    "tracing": "7. Tracing: off / sampled / on",
 }
 
 
@@ -156,6 +157,70 @@ def _brief_rows(s: dict[str, Any]) -> list[Row]:
     return out + _privacy_rows(s)
 
 
+def _tracing_rows(s: dict[str, Any]) -> list[Row]:
+    """Scenario 7: each mode of each load; ratio = mode / tracing off, same round
+    (off: / the bare grpc.aio ceiling of the round)."""
+    sample = s.get("sample") or 0.0
+    names = {"off": "off", "sampled": f"sampled {sample:.0%}", "on": "on (every update)"}
+    out: list[Row] = []
+    for part, head in (
+        ("fanout", "rounds (1: 10 updates per stream per round)"),
+        ("brief", "the brief's shape (1b, default window)"),
+    ):
+        p = s.get(part) or {}
+        med, ratios = p.get("median") or {}, p.get("ratios") or {}
+        bare = get(p, "ceiling", "median") or {}
+        bare_rate = bare.get("msgs_per_cpu_s") or bare.get("updates_per_cpu_s")
+        off = get(med, "off", "updates_per_cpu_s")
+        for mode, name in names.items():
+            v = get(med, mode, "updates_per_cpu_s")
+            spans = get(med, mode, "spans") or 0
+            extra = f"; {fmt(spans)} spans exported" if mode != "off" else ""
+            out.append(
+                (
+                    f"{head}, tracing {name}: updates per fan-out CPU-second{extra}",
+                    v,
+                    bare_rate if mode == "off" else off,
+                    p.get("off_vs_ceiling") if mode == "off" else ratios.get(mode),
+                )
+            )
+        if part == "brief":
+            lat = p.get("latency") or {}
+            out.append(
+                (
+                    "the brief's shape: latency publish → client p50 / p99 (ms), "
+                    + " / ".join(
+                        f"{names[m]} {fmt(get(lat, m, 'p50'), 1)} / {fmt(get(lat, m, 'p99'), 1)}"
+                        for m in names
+                    ),
+                    None,
+                    None,
+                    None,
+                )
+            )
+    span = s.get("span") or {}
+    out.append(
+        (
+            "tracing on: CPU µs of one push span, timed alone: create and end / OTLP encoding",
+            f"{fmt(span.get('create_end_us'), 1)} / {fmt(span.get('encode_us'), 1)}",
+            None,
+            None,
+        )
+    )
+    hooks = s.get("hooks") or {}
+    out.append(
+        (
+            "tracing off: ns its flag tests add to one update's path (timed alone); share "
+            "of the fan-out's CPU per update at the brief's shape",
+            f"{fmt(hooks.get('ns_per_update'), 1)} ns; "
+            f"{(hooks.get('share_of_update_cpu') or 0.0):.2%}",
+            None,
+            None,
+        )
+    )
+    return out
+
+
 def held_worst(s: dict[str, Any]) -> Any:
     """Streams held in the worst run of scenario 3: with few runs a median would
     average a failure with a run that only reached the cap."""
@@ -235,6 +300,8 @@ def rows_of(name: str, s: dict[str, Any]) -> list[Row]:
         return _brief_rows(s)
     if name == "cluster":
         return _cluster_rows(s)
+    if name == "tracing":
+        return _tracing_rows(s)
     if name == "fanout":
         return [
             (
@@ -395,6 +462,7 @@ def ceiling_name(name: str) -> str:
         "ingest": "raw Redis pipelined writes (Python client)",
         "history": "bare binary COPY, same rows and table",
         "cluster": "standalone Redis, same run",
+        "tracing": "tracing off, same round (off: bare grpc.aio)",
     }[name]
 
 
@@ -454,7 +522,7 @@ def _target(
         "bar": bar,
         "measured": f"{v:.2f}x"
         if unit == "x"
-        else f"{fmt(v, 1) if abs(v) < 100 else fmt(v)}{unit}",
+        else f"{fmt(v, 2) if 0 < abs(v) < 1 else fmt(v, 1) if abs(v) < 100 else fmt(v)}{unit}",
         "value": v,
         "met": met,
         "verdict": how,
@@ -478,6 +546,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     def ratio(name: str, *path: str) -> Any:
         s = sc.get(name, {})
         return get(s, *path) if s.get("status") == "measured" else None
+
+    def pct(v: Any) -> Any:
+        return v * 100 if v is not None else None
 
     brief_levels = ratio("brief", "levels") or []
     cap = ratio("streams", "cap") or 0
@@ -523,6 +594,23 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             0.9,
             True,
             "x",
+        ),
+        _target(
+            "Tracing sampled at 1 % (bench 7, the brief's shape): updates per CPU-s / "
+            "tracing off, same round",
+            "≥ 0.9",
+            ratio("tracing", "brief", "ratios", "sampled"),
+            0.9,
+            True,
+            "x",
+        ),
+        _target(
+            "Tracing off (bench 7): its flag tests / the fan-out's CPU per update",
+            "≤ 1%",
+            pct(ratio("tracing", "hooks", "share_of_update_cpu")),
+            1,
+            False,
+            "%",
         ),
         _target(
             "Latency p99 at 50% of max throughput",
@@ -676,6 +764,7 @@ METHOD = """\
 | 4. ingest | clients stream location updates on their Connect streams → fan-out (batched ReportLocations) → location_svc (one Lua script per report, pipelined) → Redis; CPU of fan-out + location + presence + Redis | raw pipelined Redis writes from Python, per update the same commands (HSET+PEXPIRE, PUBLISH, ZADD, XADD) |
 | 5. history | rows waiting in the Redis Streams buffer → location_svc's writer → binary COPY into the partitioned `location_history` | a bare binary COPY of the same rows into the same table, one transaction per batch of the same size |
 | 6. cluster (`--redis-cluster 1,2,3`) | scenario 4's ingest and one window of 1b at the default window, on standalone Redis and on Redis Clusters of 1, 2, 3 masters (no replicas; services with REDIS_CLUSTER=1), every redis-server's CPU read from /proc | standalone Redis in the same run |
+| 7. tracing | the loads of 1 (rounds) and 1b (the default window) with tracing off, sampled at 1 % (`parentbased_traceidratio`) and on (`parentbased_always_on`), one after the other in an order rotated every round, spans exported to a real OTLP/gRPC collector in its own process on the same machine; plus the flag tests tracing-off leaves on the path, timed alone | tracing off in the same round (off itself: the bare grpc.aio server of 1 and 1b) |
 
 Scenarios 1, 1b and 3 measure **one** fan-out process (the per-process figures the capacity model
 needs). Scenario 2, like `nearby run` and `nearby sim`, starts one fan-out replica per core

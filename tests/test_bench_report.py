@@ -157,3 +157,78 @@ def test_config_overrides_parse_like_the_field() -> None:
     cfg = Config.make(quick=True)
     cfg.override(["idle_streams=123", "brief_windows=5,50", "brief_period_s=2.5"])
     assert (cfg.idle_streams, cfg.brief_windows, cfg.brief_period_s) == (123, (5.0, 50.0), 2.5)
+
+
+def test_tracing_modes_rotate_and_set_the_otel_settings() -> None:
+    from bench import tracing
+    from bench.fanout import traced_share
+    from mesh.settings import Settings
+
+    assert [tracing.rotated(i) for i in range(4)] == [
+        ["off", "sampled", "on"],
+        ["sampled", "on", "off"],
+        ["on", "off", "sampled"],
+        ["off", "sampled", "on"],
+    ]
+    shares = {}
+    for mode in tracing.MODES:
+        env = tracing.mode_env(mode, "http://127.0.0.1:4317", 0.01)
+        shares[mode] = traced_share(Settings.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "x", **env}))
+    # "off" wins over an endpoint in the environment; the publisher's share follows the sampler
+    assert shares == {"off": 0.0, "sampled": 0.01, "on": 1.0}
+
+
+def test_tracing_ratios_are_paired_per_round_and_reported() -> None:
+    from bench import tracing
+
+    def mode(rate: float, spans: int = 0) -> dict[str, Any]:
+        return {"updates_per_cpu_s": rate, "spans": spans, "latency_ms": {"p50": 5.0, "p99": 9.0}}
+
+    rounds = [
+        {"off": mode(100.0), "sampled": mode(95.0, 10), "on": mode(50.0, 900)},
+        {"off": mode(200.0), "sampled": mode(200.0, 12), "on": mode(80.0, 1000)},
+        {"off": mode(150.0), "sampled": mode(120.0, 11), "on": mode(60.0, 950)},
+    ]
+    ceiling = [
+        {"updates_per_cpu_s": 200.0},
+        {"updates_per_cpu_s": 250.0},
+        {"updates_per_cpu_s": 300.0},
+    ]
+    part = tracing.summary(rounds, ceiling, "updates_per_cpu_s")
+    # per round: sampled 0.95, 1.0, 0.8; on 0.5, 0.4, 0.4 (a ratio of medians would say 0.8)
+    assert part["ratios"] == {"sampled": 0.95, "on": 0.4}
+    assert part["off_vs_ceiling"] == 0.5  # 0.5, 0.8, 0.5
+    part["latency"] = {m: {"p50": 5.0, "p99": 9.0} for m in tracing.MODES}
+    s = {
+        "status": "measured",
+        "sample": 0.01,
+        "runs": rounds,
+        "fanout": part,
+        "brief": part,
+        "hooks": {"ns_per_update": 20.0, "share_of_update_cpu": 0.002},
+    }
+    rows = {label: (v, c, r) for label, v, c, r in report.rows_of("tracing", s)}
+    sampled = "the brief's shape (1b, default window), tracing sampled 1%"
+    label = next(x for x in rows if x.startswith(sampled))
+    assert "11 spans exported" in label and rows[label] == (120.0, 150.0, 0.95)
+    by_name = {t["name"]: t for t in report.targets(results(tracing=s))}
+    sampled_target = by_name[
+        "Tracing sampled at 1 % (bench 7, the brief's shape): updates per CPU-s / tracing off, "
+        "same round"
+    ]
+    assert sampled_target["met"] is True and sampled_target["measured"] == "0.95x"
+    off = by_name["Tracing off (bench 7): its flag tests / the fan-out's CPU per update"]
+    assert off["met"] is True and off["value"] == 0.2
+    assert (
+        "tracing" in tracing.notes({**s, "brief": {**part, "ratios": {"sampled": 0.5}}})[0].lower()
+    )
+
+
+def test_tracing_hook_statements_run_and_are_timed() -> None:
+    from bench import tracing
+
+    ns = tracing.hook_ns(repeat=2, number=20_000)
+    assert 0.0 <= ns < 10_000  # a few attribute tests, whatever the machine's load
+    span = tracing.span_us(n=50)
+    assert span["spans"] == 50  # every span made was encoded, none dropped
+    assert span["create_end_us"] > 0 and span["encode_us"] > 0

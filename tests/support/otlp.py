@@ -5,14 +5,19 @@
         ...                                  # processes export their spans to it
         spans = await otlp.wait_for(lambda spans: ...)
 
-Also runnable on its own (`python -m tests.support.otlp PORT`) so that a
-benchmark's processes have a real collector to export to.
+Also runnable on its own (`python -m tests.support.otlp PORT [--count]`) so
+that a benchmark's processes have a real collector to export to: it prints its
+endpoint, then a count every 10 s, and on SIGTERM a last line
+`{"spans": N, "exports": M}`. `--count` keeps counts only (no spans in memory),
+for runs that trace every update.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -74,8 +79,10 @@ def _spans(request: ts.ExportTraceServiceRequest) -> list[Span]:
 
 
 class Receiver(ts_grpc.TraceServiceServicer):
-    def __init__(self) -> None:
+    def __init__(self, *, keep: bool = True) -> None:
+        self.keep = keep  # False: count spans without keeping them
         self.spans: list[Span] = []
+        self.count = 0
         self.exports = 0
         self._changed = asyncio.Event()
         self.endpoint = ""
@@ -83,7 +90,14 @@ class Receiver(ts_grpc.TraceServiceServicer):
     async def Export(
         self, request: ts.ExportTraceServiceRequest, context: Any
     ) -> ts.ExportTraceServiceResponse:
-        self.spans.extend(_spans(request))
+        if self.keep:
+            got = _spans(request)
+            self.spans.extend(got)
+            self.count += len(got)
+        else:
+            self.count += sum(
+                len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans
+            )
         self.exports += 1
         self._changed.set()
         return ts.ExportTraceServiceResponse()
@@ -107,9 +121,9 @@ class Receiver(ts_grpc.TraceServiceServicer):
 
 
 @contextlib.asynccontextmanager
-async def receiver(port: int = 0) -> AsyncIterator[Receiver]:
+async def receiver(port: int = 0, *, keep: bool = True) -> AsyncIterator[Receiver]:
     server = grpc.aio.server()
-    rec = Receiver()
+    rec = Receiver(keep=keep)
     ts_grpc.add_TraceServiceServicer_to_server(rec, server)  # type: ignore[no-untyped-call]
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -120,14 +134,22 @@ async def receiver(port: int = 0) -> AsyncIterator[Receiver]:
         await server.stop(0)
 
 
-async def _serve(port: int) -> None:
-    async with receiver(port) as rec:
+async def _serve(port: int, keep: bool) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with receiver(port, keep=keep) as rec:
         print(f"OTLP receiver on {rec.endpoint}", flush=True)
-        while True:
-            await asyncio.sleep(10)
-            print(f"{len(rec.spans)} spans in {rec.exports} exports", flush=True)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 10)
+            if not stop.is_set():
+                print(f"{rec.count} spans in {rec.exports} exports", flush=True)
+        print(json.dumps({"spans": rec.count, "exports": rec.exports}), flush=True)
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(int(sys.argv[1]) if len(sys.argv) > 1 else 4317))
+    args = sys.argv[1:]
+    ports = [int(a) for a in args if a.isdigit()]
+    asyncio.run(_serve(ports[0] if ports else 4317, keep="--count" not in args))
