@@ -6,6 +6,7 @@ import grpc
 from nearby.v1 import friend_service_pb2_grpc as pb2_grpc
 from psycopg_pool import AsyncConnectionPool
 
+from mesh import tls as mesh_tls
 from mesh.channels import internal_channel
 from mesh.internal.v1 import friend_graph_service_pb2_grpc as graph_grpc
 from mesh.redis import RedisEngine
@@ -29,7 +30,8 @@ class FriendApp(ServiceApp):
         self.redis = await self.open_redis()
         # account deletion asks the services that keep per-user data to drop it
         s = self.settings
-        channels = [internal_channel(s.location_addr), internal_channel(s.presence_addr)]
+        creds = mesh_tls.channel_credentials(s)  # MESH_TLS: mTLS between services too
+        channels = [internal_channel(a, creds) for a in (s.location_addr, s.presence_addr)]
         for ch in channels:
             self.resources.push_async_callback(ch.close)
         self.store = FriendStore(self.pool)

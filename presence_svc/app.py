@@ -6,6 +6,7 @@ import grpc
 from nearby.v1 import presence_service_pb2_grpc
 
 from mesh import db
+from mesh import tls as mesh_tls
 from mesh.channels import internal_channel
 from mesh.internal.v1 import presence_query_service_pb2_grpc, user_data_service_pb2_grpc
 from mesh.server import ServiceApp
@@ -48,7 +49,7 @@ class PresenceApp(ServiceApp):
         self.cache = PresenceCache(self.redis, s.inactivity_timeout_s)
         self.sharing_store = SharingStore(self.pool)
         self.sharing_cache = SharingCache(self.redis)
-        friend = internal_channel(s.friend_addr)
+        friend = internal_channel(s.friend_addr, mesh_tls.channel_credentials(s))
         self.resources.push_async_callback(friend.close)
         self.friends = FriendCheck(friend)
         self.flags = FlagSync(self.store, self.cache, self.sharing_store, self.sharing_cache)
