@@ -30,12 +30,21 @@ class ReportBatcher:
         )
 
     async def report(
-        self, user_id: str, fix: events_pb2.PositionFix, traceparent: str = ""
+        self,
+        user_id: str,
+        fix: events_pb2.PositionFix,
+        traceparent: str = "",
+        *,
+        check_account: bool = False,
     ) -> li.ReportResult:
         """Record one report; raises a ServiceError when location_svc failed.
-        `traceparent`: the report's own trace (it travels in the batch)."""
+        `traceparent`: the report's own trace (it travels in the batch);
+        `check_account`: recorded only if the user has an account (a rejection
+        of `user_id` otherwise: a stream's first report)."""
         return await self._batcher.submit(
-            li.LocationReport(user_id=user_id, fix=fix, traceparent=traceparent)
+            li.LocationReport(
+                user_id=user_id, fix=fix, traceparent=traceparent, check_account=check_account
+            )
         )
 
     async def _send(self, reports: list[li.LocationReport]) -> Sequence[li.ReportResult]:

@@ -108,8 +108,11 @@ def to_fix(update: pb.LocationUpdate, rules: FixRules, now: int) -> events_pb2.P
     return events_pb2.PositionFix(latitude=lat, longitude=lng, recorded_at_ms=t_ms or 0)
 
 
-def rejected(rejection: li.ReportRejection) -> InvalidArgument:
-    """location_svc's rejection of a report, in the client's words."""
+def rejected(rejection: li.ReportRejection, user_id: str) -> ServiceError:
+    """location_svc's rejection of a report, in the client's words: NOT_FOUND
+    when the caller has no account, else INVALID_ARGUMENT naming its field."""
+    if rejection.field == "user_id" and rejection.reason == "CALLER_NOT_FOUND":
+        return NotFound(f"your user '{user_id}' {rejection.description}", reason=rejection.reason)
     field = REPORT_TO_CLIENT.get(rejection.field, "location")
     return InvalidArgument(
         f"{field}: {rejection.description}",
@@ -270,9 +273,10 @@ class Session:
             )
         process = self.process
         fix = to_fix(first.location, process.rules, now_ms())
-        result = await self._report(fix)
+        # the stream's first report: recorded only if the caller has an account
+        result = await self._report(fix, check_account=True)
         if result.HasField("rejection"):
-            raise rejected(result.rejection)
+            raise rejected(result.rejection, self.user_id)
         return result.fix if result.HasField("fix") else fix
 
     async def _serve(self) -> None:
@@ -516,12 +520,14 @@ class Session:
             log.warning("report of %s not recorded: %s", self.user_id, exc.message)
             return
         if result.HasField("rejection"):
-            raise rejected(result.rejection)
+            raise rejected(result.rejection, self.user_id)
         if result.disposition in (_ACCEPTED, _COALESCED):
             f = result.fix if result.HasField("fix") else fix
             self.view.on_my_move(f.latitude, f.longitude)
 
-    async def _report(self, fix: events_pb2.PositionFix) -> li.ReportResult:
+    async def _report(
+        self, fix: events_pb2.PositionFix, *, check_account: bool = False
+    ) -> li.ReportResult:
         """Report one fix, in a trace of its own when tracing is on."""
         reports = self.process.reports
         span = (
@@ -530,9 +536,11 @@ class Session:
             else None
         )
         if span is None:
-            return await reports.report(self.user_id, fix)
+            return await reports.report(self.user_id, fix, check_account=check_account)
         try:
-            return await reports.report(self.user_id, fix, tracing.traceparent(span))
+            return await reports.report(
+                self.user_id, fix, tracing.traceparent(span), check_account=check_account
+            )
         finally:
             span.end()
 

@@ -12,7 +12,7 @@ from nearby.v1 import friend_service_pb2_grpc as pb2_grpc
 from nearby.v1 import user_pb2
 
 from mesh.errors import InvalidArgument, PermissionDenied, invalid_field
-from mesh.identity import caller_id, check_user_id, is_admin, require_admin
+from mesh.identity import caller_id, check_user_id, check_user_ids, is_admin, require_admin
 from mesh.internal.v1 import friend_graph_service_pb2 as graph_pb2
 from mesh.internal.v1 import friend_graph_service_pb2_grpc as graph_grpc
 from mesh.paging import page_size
@@ -167,6 +167,17 @@ class FriendGraphService(graph_grpc.FriendGraphServiceServicer):
                 graph_pb2.FriendRef(user_id=f.user_id, display_name=f.display_name) for f in friends
             ]
         )
+
+    async def ExistingUsers(
+        self, request: graph_pb2.ExistingUsersRequest, context: Context
+    ) -> graph_pb2.ExistingUsersResponse:
+        ids = check_user_ids(request.user_ids, MAX_EXISTING_USERS, limit_is="per call")
+        found = await self.store.existing(sorted(set(ids))) if ids else []
+        return graph_pb2.ExistingUsersResponse(user_ids=found)
+
+
+MAX_EXISTING_USERS = 2000
+"""Ids per ExistingUsers call (location_svc asks for one batch of reports)."""
 
 
 def _other(value: str, field: str, me: str) -> str:

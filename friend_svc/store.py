@@ -281,6 +281,14 @@ class FriendStore:
                 await _require_user(conn, user_id, caller=False)
         return [_user(r) for r in rows]
 
+    async def existing(self, user_ids: Sequence[str]) -> list[str]:
+        """The ids among these that have an account (not being deleted)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT user_id FROM users WHERE user_id = ANY(%s) AND {_LIVE}", (list(user_ids),)
+            )
+            return [r[0] for r in await cur.fetchall()]
+
     # --- account deletion (friend_svc/erasure.py runs the steps) ----------
 
     async def mark_deleting(self, user_id: str) -> None:

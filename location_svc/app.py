@@ -11,11 +11,14 @@ import grpc
 from nearby.v1 import location_service_pb2_grpc
 
 from location_svc import store
+from location_svc.accounts import Accounts
 from location_svc.cache import LocationCache
 from location_svc.erase import Eraser
 from location_svc.history import HistoryBuffer, HistoryWriter, ensure_groups
 from location_svc.ingest import Ingestor
 from location_svc.service import LocationIngestServicer, LocationServicer, UserDataServicer
+from mesh import tls as mesh_tls
+from mesh.channels import internal_channel
 from mesh.internal.v1 import location_ingest_service_pb2_grpc, user_data_service_pb2_grpc
 from mesh.server import ServiceApp
 from mesh.settings import Settings
@@ -58,7 +61,10 @@ class LocationApp(ServiceApp):
             wait_replicas=replicas,
             wait_timeout_ms=s.history_wait_timeout_ms,
         )
-        self.ingest = Ingestor(self.cache, self.buffer, s)
+        # friend_svc owns accounts: reports of users it does not know are refused
+        friend = internal_channel(s.friend_addr, mesh_tls.channel_credentials(s))
+        self.resources.push_async_callback(friend.close)
+        self.ingest = Ingestor(self.cache, self.buffer, Accounts(self.redis, friend), s)
         self.spawn(self.buffer.run(), "history-buffer")
         self.spawn(self._maintenance_loop(), "history-partitions")
         if self.run_writer:

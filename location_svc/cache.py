@@ -3,15 +3,18 @@ presence touches, history buffering and batch reads.
 
 A batch of reports costs one round trip per node it touches (the engine
 groups the commands per node and sends to the nodes concurrently): a Lua
-script per report on the user's slot, plus one ZADD per presence shard; and
-a second one for the history entries of the reports that the script kept
-(with one WAIT per node when history must reach a replica).
+script per report on the user's slot; and a second one for the presence
+touches (one ZADD per presence shard) of the users the script knew and the
+history entries of the reports it kept (with one WAIT per node when history
+must reach a replica). A user without an account marker (accounts.py) gets
+UNKNOWN from the script and nothing anywhere.
 """
 
 from __future__ import annotations
 
+import asyncio
 import string
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +30,12 @@ from mesh.redis import RedisEngine, Routed, check
 ACCEPTED = location_service_pb2.REPORT_DISPOSITION_ACCEPTED
 COALESCED = location_service_pb2.REPORT_DISPOSITION_COALESCED
 STALE = location_service_pb2.REPORT_DISPOSITION_STALE
+UNKNOWN = -1
+"""Not a disposition: a report whose account was to be checked had no
+account marker; nothing was recorded (accounts.py)."""
 
-# KEYS: loc:{uid}, hidden:{uid}. ARGV: fix bytes, fix ms, now ms, ttl ms,
+# KEYS: loc:{uid}, hidden:{uid}[, acct:{uid} when the account is to be checked:
+# without it, UNKNOWN and nothing done]. ARGV: fix bytes, fix ms, now ms, ttl ms,
 # minimum interval ms, LocationEvent bytes to publish. Channel = KEYS[1]
 # (same slot: the publish verb may be SPUBLISH, which Redis 7.0 allows in a
 # script for a channel of the script's own node).
@@ -36,6 +43,7 @@ STALE = location_service_pb2.REPORT_DISPOSITION_STALE
 # the engine (`a` = this call's now: answer as the first run did) or a repeat
 # (STALE: not published again; history deduplicates it by its key).
 REPORT_LUA = string.Template("""
+if #KEYS > 2 and redis.call('EXISTS', KEYS[3]) == 0 then return $unknown end
 local cur = redis.call('HMGET', KEYS[1], '$t', '$p', '$a')
 local now = tonumber(ARGV[3])
 if cur[1] then
@@ -76,6 +84,7 @@ def report_lua(publish: str) -> str:
         stale=STALE,
         coalesced=COALESCED,
         accepted=ACCEPTED,
+        unknown=UNKNOWN,
     )
 
 
@@ -89,6 +98,8 @@ class Report:
     recorded_at_ms: int
     #: the report's trace context (W3C traceparent), "" when not traced
     traceparent: str = ""
+    #: record it only if the user has an account (accounts.py)
+    check_account: bool = False
 
 
 Outcome = int | Exception
@@ -112,10 +123,11 @@ class LocationCache:
         self.script = engine.script(report_lua(engine.publish))
 
     async def record(self, reports: Sequence[Report], now_ms: int) -> list[Outcome]:
-        """Cache, publish and touch presence; each report's disposition, or
-        the error of the node that failed it (the others are recorded)."""
+        """Cache and publish; each report's disposition (UNKNOWN: its account
+        was to be checked and has no marker, nothing done), or the error of the
+        node that failed it (the others are recorded). Presence is touched by
+        `finish`."""
         calls: list[Routed] = []
-        touches: dict[str, tuple[list[int | str], list[int]]] = {}
         ttl, gap = self.ttl_ms, self.gap_ms
         sha, command, moved = self.script.sha, resp.command, keys.moved_event
         spans = traced_publish(reports) if tracing.TRACER is not None else None
@@ -131,9 +143,11 @@ class LocationCache:
                     command(
                         b"EVALSHA",
                         sha,
-                        2,
-                        key,
-                        keys.hidden(uid),
+                        *(
+                            (3, key, keys.hidden(uid), keys.account(uid))
+                            if r.check_account
+                            else (2, key, keys.hidden(uid))
+                        ),
                         fix.SerializeToString(),
                         r.recorded_at_ms,
                         now_ms,
@@ -145,42 +159,54 @@ class LocationCache:
                     ),
                 )
             )
+        try:
+            replies = await self.engine.execute(calls, partial=True)
+        finally:
+            if spans:
+                end_publish(spans)
+        return [reply if type(reply) is int else _outcome(reply) for reply in replies]
+
+    async def finish(
+        self, touched: Sequence[str], entries: Sequence[tuple[str, bytes]], now_ms: int
+    ) -> tuple[list[Any], list[Any], int]:
+        """The second round trip: mark `touched` users active in the presence
+        index and append (user_id, encoded row) `entries` to the history
+        streams. Per touched user and per entry None or its error, and how many
+        entries were not confirmed by replicas."""
+        touches: dict[str, tuple[list[int | str], list[int]]] = {}
+        for i, uid in enumerate(touched):
             members, owners = touches.setdefault(keys.presence_index_of(uid), ([], []))
             members.extend((now_ms, uid))
             owners.append(i)
         zadds: list[Routed] = [
             (index, resp.command(b"ZADD", index, *m)) for index, (m, _) in touches.items()
         ]
-        try:
-            replies = await self.engine.execute(calls + zadds, partial=True)
-        finally:
-            if spans:
-                end_publish(spans)
-        out: list[Outcome] = [
-            reply if type(reply) is int else _outcome(reply) for reply in replies[: len(calls)]
-        ]
-        for (_, owners), reply in zip(touches.values(), replies[len(calls) :], strict=True):
-            if isinstance(reply, Exception):
-                # not in the presence index: the user would never be swept offline
-                for i in owners:
-                    if not isinstance(out[i], Exception):
-                        out[i] = _error(reply)
-        return out
-
-    async def buffer_history(self, entries: Sequence[tuple[str, bytes]]) -> tuple[list[Any], int]:
-        """Append (user_id, encoded row) entries to the history streams; per
-        entry None or its error, and how many were not confirmed by replicas."""
-        commands = [
+        xadds: list[Routed] = [
             (stream, resp.command(b"XADD", stream, b"*", keys.HISTORY_ROW, row))
             for stream, row in ((keys.history_stream_of(uid), row) for uid, row in entries)
         ]
-        if self.wait_replicas > 0:
-            replies, unconfirmed = await self.engine.execute_durable(
-                commands, self.wait_replicas, self.wait_timeout_ms
-            )
+        if not zadds and not xadds:
+            return [], [], 0
+        if self.wait_replicas > 0 and xadds:
+            # presence touches need no replica: they go with the first pipeline
+            durable = self.engine.execute_durable(xadds, self.wait_replicas, self.wait_timeout_ms)
+            if zadds:
+                (replies, unconfirmed), zreplies = await _both(
+                    durable, self.engine.execute(zadds, partial=True)
+                )
+            else:
+                (replies, unconfirmed), zreplies = await durable, []
         else:
-            replies, unconfirmed = await self.engine.execute(commands, partial=True), 0
-        return [_error(r) if isinstance(r, Exception) else None for r in replies], unconfirmed
+            both = await self.engine.execute(zadds + xadds, partial=True)
+            zreplies, replies, unconfirmed = both[: len(zadds)], both[len(zadds) :], 0
+        touch_errors: list[Any] = [None] * len(touched)
+        for (_, owners), reply in zip(touches.values(), zreplies, strict=True):
+            if isinstance(reply, Exception):
+                # not in the presence index: the user would never be swept offline
+                for i in owners:
+                    touch_errors[i] = _error(reply)
+        history_errors = [_error(r) if isinstance(r, Exception) else None for r in replies]
+        return touch_errors, history_errors, unconfirmed
 
     async def batch_get(
         self, user_ids: Sequence[str], include_hidden: bool
@@ -203,6 +229,12 @@ class LocationCache:
                 continue
             out.append((uid, value))
         return out
+
+
+async def _both(a: Awaitable[Any], b: Awaitable[Any]) -> tuple[Any, Any]:
+    """Two pipelines at once (each to its nodes)."""
+    ra, rb = await asyncio.gather(a, b)
+    return ra, rb
 
 
 def traced_publish(reports: Sequence[Report]) -> dict[int, tuple[str, Span]]:

@@ -50,8 +50,11 @@ class Eraser:
         return deleted
 
     async def delete_user(self, user_id: str) -> int:
-        """Everything location_svc keeps about a user: history, the cached
-        location, the user's entry in the presence index."""
+        """Everything location_svc keeps about a user: the account marker
+        (first: no report of the user is recorded from then on), history, the
+        cached location, the user's entry in the presence index."""
+        acct = keys.account(user_id)
+        check(await self.engine.execute([(acct, resp.command(b"DEL", acct))]))
         deleted = await self.delete_history(user_id, None, None)
         loc, index = keys.location(user_id), keys.presence_index_of(user_id)
         replies = await self.engine.execute(

@@ -7,11 +7,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from location_svc import metrics, store
-from location_svc.cache import ACCEPTED, COALESCED, STALE, LocationCache, Report
+from location_svc.accounts import Accounts
+from location_svc.cache import ACCEPTED, COALESCED, STALE, UNKNOWN, LocationCache, Report
 from location_svc.history import HistoryBuffer
 from mesh.batcher import Batcher
 from mesh.clock import now_ms
-from mesh.errors import Unavailable
+from mesh.errors import ServiceError, Unavailable
 from mesh.fixes import FixRules
 from mesh.outages import RETRY_AFTER_S, outage_of
 from mesh.settings import Settings
@@ -21,16 +22,20 @@ MAX_FLUSH_REPORTS = 2000  # reports per pipeline (whole calls are never split)
 
 
 class Ingestor:
-    def __init__(self, cache: LocationCache, buffer: HistoryBuffer, settings: Settings) -> None:
+    def __init__(
+        self, cache: LocationCache, buffer: HistoryBuffer, accounts: Accounts, settings: Settings
+    ) -> None:
         self.cache = cache
         self.buffer = buffer
+        self.accounts = accounts
         self.rules = FixRules(settings)
         self._batcher: Batcher[Report, int | Exception] = Batcher(
             self._write_now, max_batch=MAX_FLUSH_REPORTS, max_in_flight=MAX_FLUSHES
         )
 
     async def record(self, reports: Sequence[Report]) -> list[int]:
-        """Record validated reports; their dispositions, in order.
+        """Record validated reports; their dispositions, in order (UNKNOWN for
+        a user without an account: nothing of that report was recorded).
 
         Reports of concurrent calls are written together (mesh/batcher.py):
         while MAX_FLUSHES pipelines are in flight, new reports queue up and go
@@ -49,7 +54,8 @@ class Ingestor:
         return await self._write(reports, now_ms())
 
     async def _write(self, reports: Sequence[Report], now: int) -> list[int | Exception]:
-        """Each report's disposition, or the error that failed it.
+        """Each report's disposition (UNKNOWN_USER: no such account, nothing
+        recorded), or the error that failed it.
 
         A node that fails fails only its own reports: the others are cached,
         published and buffered for history as usual. The caller of a failed
@@ -57,33 +63,68 @@ class Ingestor:
         STALE (the same fix) and is buffered then (history is deduplicated).
         """
         outcomes = await self.cache.record(reports, now)
+        unknown = [i for i, d in enumerate(outcomes) if d == UNKNOWN]
+        if unknown:
+            await self._confirm(reports, outcomes, unknown, now)
+        known = [
+            (r, d) for r, d in zip(reports, outcomes, strict=True) if isinstance(d, int) and d >= 0
+        ]
         kept = [
             (i, r)
             for i, (r, d) in enumerate(zip(reports, outcomes, strict=True))
-            if isinstance(d, int) and d != COALESCED
+            if isinstance(d, int) and d not in (COALESCED, UNKNOWN)
         ]
-        done = [d for d in outcomes if isinstance(d, int)]
-        accepted = done.count(ACCEPTED)
-        stale = done.count(STALE)
+        accepted = sum(1 for _, d in known if d == ACCEPTED)
+        stale = sum(1 for _, d in known if d == STALE)
         metrics.ACCEPTED.inc(accepted)
         metrics.STALE.inc(stale)
-        metrics.COALESCED.inc(len(done) - accepted - stale)
-        if not kept:
+        metrics.COALESCED.inc(len(known) - accepted - stale)
+        if not known:
             return outcomes
-        if not self.buffer.accepting:
+        if kept and not self.buffer.accepting:
             self.buffer.dropped(len(kept))
-            return outcomes
+            kept = []
         entries = [
             (r.user_id, store.encode_row(r.user_id, r.recorded_at_ms, r.latitude, r.longitude))
             for _, r in kept
         ]
-        errors, unconfirmed = await self.cache.buffer_history(entries)
+        touched = [i for i, d in enumerate(outcomes) if isinstance(d, int) and d >= 0]
+        touch_errors, errors, unconfirmed = await self.cache.finish(
+            [reports[i].user_id for i in touched], entries, now
+        )
         if unconfirmed:
             self.buffer.unreplicated(unconfirmed)
+        for i, error in zip(touched, touch_errors, strict=True):
+            if error is not None:
+                outcomes[i] = error
         for (i, _), error in zip(kept, errors, strict=True):
             if error is not None:
                 outcomes[i] = error
         return outcomes
+
+    async def _confirm(
+        self,
+        reports: Sequence[Report],
+        outcomes: list[int | Exception],
+        unknown: list[int],
+        now: int,
+    ) -> None:
+        """Reports whose user had no account marker: ask friend_svc, record
+        those of confirmed users, reject the others (UNKNOWN_USER)."""
+        try:
+            confirmed = await self.accounts.confirm(reports[i].user_id for i in unknown)
+        except ServiceError as exc:
+            for i in unknown:
+                outcomes[i] = exc
+            return
+        again = [i for i in unknown if reports[i].user_id in confirmed]
+        if again:
+            retried = await self.cache.record([reports[i] for i in again], now)
+            for i, d in zip(again, retried, strict=True):
+                outcomes[i] = d
+        rejected = len(unknown) - len(again)
+        if rejected:
+            metrics.UNKNOWN_USER.inc(rejected)
 
 
 def _failure(exc: Exception) -> Exception:

@@ -6,13 +6,15 @@ from prometheus_client import Counter, Gauge
 
 REPORTS = Counter(
     "location_reports_total",
-    "Location reports by disposition (accepted, coalesced = over the rate cap, stale, invalid)",
+    "Location reports by disposition (accepted, coalesced = over the rate cap, stale, invalid, "
+    "unknown_user = no such account, nothing recorded)",
     ["disposition"],
 )
 ACCEPTED = REPORTS.labels("accepted")
 COALESCED = REPORTS.labels("coalesced")
 STALE = REPORTS.labels("stale")
 INVALID = REPORTS.labels("invalid")
+UNKNOWN_USER = REPORTS.labels("unknown_user")
 
 HISTORY_DROPPED = Counter(
     "location_history_dropped_total",

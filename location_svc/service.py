@@ -11,13 +11,13 @@ from nearby.v1 import geo_pb2, location_service_pb2, location_service_pb2_grpc
 from psycopg_pool import AsyncConnectionPool
 
 from location_svc import metrics, store
-from location_svc.cache import LocationCache, Report
+from location_svc.cache import UNKNOWN, LocationCache, Report
 from location_svc.erase import Eraser
 from location_svc.ingest import Ingestor
 from location_svc.sharing_reads import SharingReads
 from mesh import fixes, paging, tracing
 from mesh.clock import now_ms
-from mesh.errors import InvalidArgument, PermissionDenied, invalid_field
+from mesh.errors import InvalidArgument, NotFound, PermissionDenied, invalid_field
 from mesh.identity import USER_ID_RE, caller_id, check_user_id, check_user_ids, is_admin
 from mesh.internal.v1 import (
     events_pb2,
@@ -70,9 +70,16 @@ class LocationServicer(location_service_pb2_grpc.LocationServiceServicer):
             metrics.INVALID.inc()
             raise
         report = Report(
-            user_id, lat, lng, now if recorded is None else recorded, tracing.current_traceparent()
+            user_id,
+            lat,
+            lng,
+            now if recorded is None else recorded,
+            tracing.current_traceparent(),
+            check_account=True,  # a caller with a token but no account records nothing
         )
         (disposition,) = await self.ingest.record([report])
+        if disposition == UNKNOWN:
+            raise NotFound(f"your user '{user_id}' {UNKNOWN_USER_TEXT}", reason=UNKNOWN_USER_REASON)
         return location_service_pb2.ReportLocationResponse(
             location=location_service_pb2.Location(
                 user_id=user_id,
@@ -168,6 +175,14 @@ class UserDataServicer(user_data_service_pb2_grpc.UserDataServiceServicer):
         return user_data_service_pb2.DeleteUserDataResponse(deleted_count=deleted)
 
 
+UNKNOWN_USER_TEXT = (
+    "has no account: an operator must create it with CreateUser (a deleted account stays "
+    "deleted); nothing was recorded"
+)
+UNKNOWN_USER_REASON = "CALLER_NOT_FOUND"
+"""As friend_svc says it of a caller without an account."""
+
+
 REPORT_FIELDS = {
     fixes.LATITUDE: "fix.latitude",
     fixes.LONGITUDE: "fix.longitude",
@@ -220,11 +235,17 @@ class LocationIngestServicer(location_ingest_service_pb2_grpc.LocationIngestServ
                     fix.longitude,
                     now if recorded is None else recorded,
                     item.traceparent,
+                    item.check_account,
                 )
             )
             slots.append(result)
         dispositions = await self.ingest.record(valid)
         for report, result, disposition in zip(valid, slots, dispositions, strict=True):
+            if disposition == UNKNOWN:
+                rej = result.rejection
+                rej.field, rej.reason = "user_id", UNKNOWN_USER_REASON
+                rej.description = UNKNOWN_USER_TEXT
+                continue
             result.disposition = disposition  # type: ignore[assignment]
             result.fix.latitude = report.latitude
             result.fix.longitude = report.longitude

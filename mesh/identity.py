@@ -68,10 +68,13 @@ def check_user_id(value: str, field: str = "user_id") -> str:
     return value
 
 
-def check_user_ids(values: Sequence[str], limit: int, field: str = "user_ids") -> list[str]:
-    """Validate a batch of user ids given in a request body (at most `limit`)."""
+def check_user_ids(
+    values: Sequence[str], limit: int, field: str = "user_ids", limit_is: str = "the friend cap"
+) -> list[str]:
+    """Validate a batch of user ids given in a request body (at most `limit`,
+    which is `limit_is`)."""
     if len(values) > limit:
-        raise invalid_field(field, f"{len(values)} ids; at most {limit} (the friend cap)")
+        raise invalid_field(field, f"{len(values)} ids; at most {limit} ({limit_is})")
     for i, value in enumerate(values):
         check_user_id(value, f"{field}[{i}]")
     return list(values)

@@ -57,6 +57,17 @@ def hidden(user_id: str) -> str:
     return f"hidden:{{{user_id}}}"
 
 
+def account(user_id: str) -> str:
+    """Present while location_svc knows the user has an account (confirmed
+    with friend_svc, which owns accounts); its report script records nothing
+    without it. Expires (ACCOUNT_CONFIRM_MS) and is deleted with the account."""
+    return f"acct:{{{user_id}}}"
+
+
+ACCOUNT_CONFIRM_MS = 24 * 3600 * 1000
+"""How long a confirmed account is trusted before friend_svc is asked again."""
+
+
 def user_streams(user_id: str) -> str:
     """Sorted set of a user's open streams over all fan-out replicas: member =
     a stream, score = its lease end (server ms); the per-user stream cap

@@ -125,7 +125,7 @@ async def test_cors_grants_the_allowed_origin_only(stack: EdgeStack) -> None:
         denied = await asyncio.to_thread(browser.preflight, stack.envoy_addr, path, OTHER)
         assert "access-control-allow-origin" not in denied.headers
     # the call itself: the page may read the reply (and the gRPC status headers)
-    token = stack.token(uid("cors"))
+    token = stack.token(await stack.create_user(uid("cors")))
     ok = await asyncio.to_thread(connect_report, stack.envoy_addr, token, *ORIGIN)
     assert ok.status == 200
     assert ok.headers.get("access-control-allow-origin") == PAGE

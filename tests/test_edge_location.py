@@ -17,12 +17,13 @@ from tests.support.edge_stack import EdgeStack, edge_stack
 
 @pytest.fixture
 async def stack(settings: Settings) -> AsyncIterator[EdgeStack]:
-    async with edge_stack(settings, services=("location_svc",)) as s:
+    async with edge_stack(settings, services=("friend_svc", "location_svc")) as s:
         yield s
 
 
 async def test_a_user_reports_and_reads_only_their_own_location(stack: EdgeStack) -> None:
     alice, bob = f"alice-{uuid.uuid4().hex[:6]}", f"bob-{uuid.uuid4().hex[:6]}"
+    await stack.create_user(alice)
     stub = location_service_pb2_grpc.LocationServiceStub(stack.channel())
     # Alice's token with Bob's identity header: the report is Alice's.
     resp = await stub.ReportLocation(

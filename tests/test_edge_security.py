@@ -66,15 +66,6 @@ async def stack(
         infra.drop_database(pg_admin_url, name)
 
 
-async def create_user(stack: EdgeStack, user_id: str) -> None:
-    async with stack.channel() as ch:
-        await fpb_grpc.FriendServiceStub(ch).CreateUser(
-            fpb.CreateUserRequest(user_id=user_id, display_name=user_id),
-            metadata=stack.auth("operator", admin=True),
-            timeout=10,
-        )
-
-
 def bearer(token: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {token}")]
 
@@ -86,7 +77,7 @@ async def test_a_live_stream_is_told_to_reconnect_before_exp_and_ended_at_it(
     stack: EdgeStack,
 ) -> None:
     user = uid("short")
-    await create_user(stack, user)
+    await stack.create_user(user)
     token = stack.token(user, ttl_s=6)
     exp = float(jwt.decode(token, options={"verify_signature": False})["exp"])
     async with stack.channel() as ch:
@@ -112,7 +103,7 @@ async def test_envoys_leeway_does_not_open_a_stream_for_an_expired_token(
     """JWT_CLOCK_SKEW_S lets Envoy pass a token a little past exp; the fan-out
     refuses it rather than serve a stream that would end at once."""
     user = uid("late")
-    await create_user(stack, user)
+    await stack.create_user(user)
     token = stack.token(user, ttl_s=2, now=time.time() - 3)  # expired 1 s ago
     async with stack.channel() as ch:
         stream = Stream(pb_grpc.NearbyServiceStub(ch), user, metadata=bearer(token))
@@ -131,7 +122,7 @@ async def test_the_sdk_renews_its_token_over_tls_without_surfacing_an_error(
     stack: EdgeStack,
 ) -> None:
     user = uid("renew")
-    await create_user(stack, user)
+    await stack.create_user(user)
     minted: list[str] = []
 
     def token_source() -> str:
@@ -164,7 +155,7 @@ async def test_the_stream_cap_holds_over_replicas_and_frees_a_closed_slot(
     stack: EdgeStack,
 ) -> None:
     user = uid("capped")
-    await create_user(stack, user)
+    await stack.create_user(user)
     held: list[Stream] = []
     channels = [
         grpc.aio.insecure_channel(a, options=CLIENT_OPTIONS) for a in stack.backends["fanout_svc"]
@@ -208,7 +199,7 @@ async def test_unary_calls_over_the_rate_answer_resource_exhausted_with_a_hint(
     stack: EdgeStack,
 ) -> None:
     user = uid("hasty")
-    await create_user(stack, user)
+    await stack.create_user(user)
     async with NearbyClient(stack.envoy_addr, stack.token(user), secure=False) as client:
         with pytest.raises(NearbyError) as caught:
             for _ in range(BURST + 5):
@@ -218,11 +209,11 @@ async def test_unary_calls_over_the_rate_answer_resource_exhausted_with_a_hint(
         assert caught.value.retry_after is not None and caught.value.retry_after >= 1
         # another user has a bucket of their own; an operator is not limited
         other = uid("calm")
-        await create_user(stack, other)
+        await stack.create_user(other)
     async with NearbyClient(stack.envoy_addr, stack.token(other), secure=False) as client:
         assert (await client.get_user()).user_id == other
     for _ in range(BURST + 2):
-        await create_user(stack, uid("bulk"))
+        await stack.create_user(uid("bulk"))
     # streams are not counted against the limit
     async with stack.channel() as ch:
         s = Stream(pb_grpc.NearbyServiceStub(ch), user, metadata=stack.auth(user))
@@ -241,7 +232,7 @@ async def test_grpcurl_over_tls_and_plaintext_on_the_tls_port_is_told_so(
     assert listed.code == "OK", listed.stderr
     assert "nearby.v1.NearbyService" in listed.stdout
     user = uid("tls")
-    await create_user(stack, user)
+    await stack.create_user(user)
     res = await stack.grpcurl(
         "nearby.v1.FriendService/GetUser", tls=True, token=stack.token(user), data="{}"
     )
@@ -262,7 +253,7 @@ async def test_a_rotated_key_is_accepted_and_a_dropped_one_refused_without_a_res
 ) -> None:
     assert stack.home is not None
     user = uid("rot")
-    await create_user(stack, user)
+    await stack.create_user(user)
     # admin tokens: not rate limited, so polling is not throttled
     old = stack.token(user, admin=True)
     home = stack.key.jwks_path.parent
@@ -291,7 +282,7 @@ async def test_a_rotated_key_is_accepted_and_a_dropped_one_refused_without_a_res
 async def test_mtls_from_envoy_to_a_backend(settings: Settings) -> None:
     async with edge_stack(settings, services=("friend_svc",), mesh_tls=True) as s:
         user = uid("mtls")
-        await create_user(s, user)
+        await s.create_user(user)
         res = await s.grpcurl("nearby.v1.FriendService/GetUser", token=s.token(user), data="{}")
         assert res.code == "OK", res.stderr
         # the backend itself speaks only mTLS: a cleartext caller gets nowhere
@@ -301,3 +292,27 @@ async def test_mtls_from_envoy_to_a_backend(settings: Settings) -> None:
                     fpb.GetUserRequest(), metadata=[("x-nearby-user-id", user)], timeout=3
                 )
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_mtls_between_the_services(settings: Settings) -> None:
+    """With MESH_TLS every service-to-service call is mTLS too: location_svc
+    asks friend_svc about the account, friend_svc's deletion asks location_svc
+    and presence_svc to erase (cleartext channels would get UNAVAILABLE)."""
+    async with edge_stack(settings, mesh_tls=True) as s:
+        user = uid("mtls")
+        await s.create_user(user)
+        token = s.token(user)
+        res = await s.grpcurl(
+            "nearby.v1.LocationService/ReportLocation",
+            token=token,
+            data='{"position": {"latitude": 52.52, "longitude": 13.405}}',
+        )
+        assert res.code == "OK", res.stderr
+        res = await s.grpcurl(
+            "nearby.v1.PresenceService/GetSharingSettings", token=token, data="{}"
+        )
+        assert res.code == "OK", res.stderr
+        res = await s.grpcurl("nearby.v1.FriendService/DeleteUser", token=token, data="{}")
+        assert res.code == "OK", res.stderr
+        res = await s.grpcurl("nearby.v1.FriendService/GetUser", token=token, data="{}")
+        assert res.code == "NotFound", res.stderr

@@ -23,7 +23,7 @@ from mesh.internal.v1 import (
 )
 from mesh.settings import Settings
 from tests.support.redis import subscription
-from tests.support.services import running
+from tests.support.services import running, with_accounts
 
 ACCEPTED = location_service_pb2.REPORT_DISPOSITION_ACCEPTED
 COALESCED = location_service_pb2.REPORT_DISPOSITION_COALESCED
@@ -53,10 +53,21 @@ def report(lat: float, lng: float, at_ms: int | None = None) -> Any:
     return req
 
 
+USERS = ("alice", "bob", "carol", "dave", "erin", "gina", "hank", "a")
+"""Callers of the unary ReportLocation below (each needs an account)."""
+
+
 @pytest.fixture
-async def channel(engine_settings: Settings) -> AsyncIterator[grpc.aio.Channel]:
+async def known(engine_settings: Settings) -> AsyncIterator[Settings]:
+    """engine_settings with friend_svc running and holding USERS' accounts."""
+    async with with_accounts(engine_settings, *USERS) as s:
+        yield s
+
+
+@pytest.fixture
+async def channel(known: Settings) -> AsyncIterator[grpc.aio.Channel]:
     app = LocationApp(
-        engine_settings.replace(min_report_interval_s=0.0, inactivity_timeout_s=30.0),
+        known.replace(min_report_interval_s=0.0, inactivity_timeout_s=30.0),
         history_writer=False,
     )
     async with running(app) as addr, grpc.aio.insecure_channel(addr) as ch:
@@ -187,9 +198,9 @@ async def test_out_of_order_update_never_overwrites_newer(
 
 
 async def test_cache_expires_after_the_inactivity_timeout(
-    engine_settings: Settings, engine_client: Any
+    known: Settings, engine_client: Any
 ) -> None:
-    app = LocationApp(engine_settings.replace(inactivity_timeout_s=1.0), history_writer=False)
+    app = LocationApp(known.replace(inactivity_timeout_s=1.0), history_writer=False)
     async with running(app) as addr, grpc.aio.insecure_channel(addr) as ch:
         stub = location_service_pb2_grpc.LocationServiceStub(ch)
         internal = location_ingest_service_pb2_grpc.LocationIngestServiceStub(ch)
@@ -208,10 +219,8 @@ async def test_cache_expires_after_the_inactivity_timeout(
         assert list(got.locations) == []
 
 
-async def test_rate_cap_coalesces_extra_updates(
-    engine_settings: Settings, engine_client: Any
-) -> None:
-    app = LocationApp(engine_settings.replace(min_report_interval_s=60.0), history_writer=False)
+async def test_rate_cap_coalesces_extra_updates(known: Settings, engine_client: Any) -> None:
+    app = LocationApp(known.replace(min_report_interval_s=60.0), history_writer=False)
     async with running(app) as addr, grpc.aio.insecure_channel(addr) as ch:
         stub = location_service_pb2_grpc.LocationServiceStub(ch)
         sub: Any = subscription(engine_client)

@@ -22,7 +22,7 @@ from friend_svc.app import FriendApp
 from location_svc.app import LocationApp
 from mesh.settings import Settings
 from stack import infra
-from tests.support.services import running
+from tests.support.services import running, with_accounts
 
 ADMIN = (("x-nearby-admin", "true"),)
 AMY = (("x-nearby-user-id", "amy"),)
@@ -90,8 +90,9 @@ async def test_postgres_down_answers_unavailable_fast(tmp_root: Path, redis_url:
 async def test_redis_down_answers_unavailable_fast(tmp_root: Path, database_url: str) -> None:
     redis = infra.RedisServer(tmp_root / "redis-outage").start()
     try:
-        s = Settings(redis_url=redis.url, database_url=database_url)
+        plain = Settings(redis_url=redis.url, database_url=database_url)
         async with (
+            with_accounts(plain, "amy") as s,
             running(LocationApp(s, history_writer=False)) as addr,
             grpc.aio.insecure_channel(addr) as ch,
         ):

@@ -326,6 +326,14 @@ async def test_deleting_an_account_leaves_nothing_and_ends_its_streams(
         assert [f.user_id for f in snap.friends] == [carol] and snap.total_size == 1
         assert await api.history(alice) == []
         await expect(NF, delete_user(U(), metadata=api.md(alice)))  # done already
+        # her token is still valid: reporting with it records nothing
+        reason = await expect(NF, api.report(alice, here, 11), "CALLER_NOT_FOUND")
+        assert "has no account" in reason
+        late = Stream(api.nearby, alice, metadata=api.md(alice))
+        await late.open(*here)
+        await asyncio.wait_for(late.done.wait(), 10)
+        assert late.error is not None and late.error.code() == NF
+        assert "has no account" in (late.error.details() or "")
         assert await traces(url, redis_target, alice) == ({}, {})
         for s in (bobs, alices, again):
             await s.close()

@@ -148,6 +148,19 @@ class EdgeStack:
     def channel(self) -> grpc.aio.Channel:
         return grpc.aio.insecure_channel(self.envoy_addr, options=CLIENT_OPTIONS)
 
+    async def create_user(self, user_id: str) -> str:
+        """An account for `user_id`, created through Envoy by an admin."""
+        from nearby.v1 import friend_service_pb2 as fpb
+        from nearby.v1 import friend_service_pb2_grpc as fpb_grpc
+
+        async with self.channel() as ch:
+            await fpb_grpc.FriendServiceStub(ch).CreateUser(
+                fpb.CreateUserRequest(user_id=user_id, display_name=user_id),
+                metadata=self.auth("operator", admin=True),
+                timeout=10,
+            )
+        return user_id
+
     async def grpcurl(
         self,
         *args: str,

@@ -162,20 +162,19 @@ class Mesh:
 
 @contextlib.asynccontextmanager
 async def mesh(settings: Settings) -> AsyncIterator[Mesh]:
-    async with (
-        running(FriendApp(settings)) as friend,
-        running(LocationApp(settings, history_writer=False)) as loc,
-    ):
-        s = settings.replace(friend_addr=friend, location_addr=loc)
-        async with running(PresenceApp(s)) as presence:
-            app = FanoutApp(s)
-            async with running(app) as fanout:
-                m = Mesh(s, friend, loc, presence, fanout, app)
-                try:
-                    yield m
-                finally:
-                    for ch in m.channels:
-                        await ch.close()
+    async with running(FriendApp(settings)) as friend:
+        with_friend = settings.replace(friend_addr=friend)  # location_svc checks accounts
+        async with running(LocationApp(with_friend, history_writer=False)) as loc:
+            s = with_friend.replace(location_addr=loc)
+            async with running(PresenceApp(s)) as presence:
+                app = FanoutApp(s)
+                async with running(app) as fanout:
+                    m = Mesh(s, friend, loc, presence, fanout, app)
+                    try:
+                        yield m
+                    finally:
+                        for ch in m.channels:
+                            await ch.close()
 
 
 def location(lat: float, lng: float, recorded_at_ms: int = 0) -> pb.ConnectRequest:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+mesh/internal/v1/friend_graph_service.proto\x12\x10mesh.internal.v1\"(\n\x15ListAllFriendsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"2\n\tFriendRef\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\"F\n\x16ListAllFriendsResponse\x12,\n\x07\x66riends\x18\x01 \x03(\x0b\x32\x1b.mesh.internal.v1.FriendRef2y\n\x12\x46riendGraphService\x12\x63\n\x0eListAllFriends\x12\'.mesh.internal.v1.ListAllFriendsRequest\x1a(.mesh.internal.v1.ListAllFriendsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+mesh/internal/v1/friend_graph_service.proto\x12\x10mesh.internal.v1\"(\n\x15ListAllFriendsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"2\n\tFriendRef\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\"F\n\x16ListAllFriendsResponse\x12,\n\x07\x66riends\x18\x01 \x03(\x0b\x32\x1b.mesh.internal.v1.FriendRef\"(\n\x14\x45xistingUsersRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\")\n\x15\x45xistingUsersResponse\x12\x10\n\x08user_ids\x18\x01 \x03(\t2\xdb\x01\n\x12\x46riendGraphService\x12\x63\n\x0eListAllFriends\x12\'.mesh.internal.v1.ListAllFriendsRequest\x1a(.mesh.internal.v1.ListAllFriendsResponse\x12`\n\rExistingUsers\x12&.mesh.internal.v1.ExistingUsersRequest\x1a\'.mesh.internal.v1.ExistingUsersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,6 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FRIENDREF']._serialized_end=157
   _globals['_LISTALLFRIENDSRESPONSE']._serialized_start=159
   _globals['_LISTALLFRIENDSRESPONSE']._serialized_end=229
-  _globals['_FRIENDGRAPHSERVICE']._serialized_start=231
-  _globals['_FRIENDGRAPHSERVICE']._serialized_end=352
+  _globals['_EXISTINGUSERSREQUEST']._serialized_start=231
+  _globals['_EXISTINGUSERSREQUEST']._serialized_end=271
+  _globals['_EXISTINGUSERSRESPONSE']._serialized_start=273
+  _globals['_EXISTINGUSERSRESPONSE']._serialized_end=314
+  _globals['_FRIENDGRAPHSERVICE']._serialized_start=317
+  _globals['_FRIENDGRAPHSERVICE']._serialized_end=536
 # @@protoc_insertion_point(module_scope)

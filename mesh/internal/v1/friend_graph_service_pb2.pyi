@@ -25,3 +25,15 @@ class ListAllFriendsResponse(_message.Message):
     FRIENDS_FIELD_NUMBER: _ClassVar[int]
     friends: _containers.RepeatedCompositeFieldContainer[FriendRef]
     def __init__(self, friends: _Optional[_Iterable[_Union[FriendRef, _Mapping]]] = ...) -> None: ...
+
+class ExistingUsersRequest(_message.Message):
+    __slots__ = ("user_ids",)
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ExistingUsersResponse(_message.Message):
+    __slots__ = ("user_ids",)
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_ids: _Optional[_Iterable[str]] = ...) -> None: ...

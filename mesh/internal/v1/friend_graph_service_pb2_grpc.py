@@ -41,6 +41,11 @@ class FriendGraphServiceStub:
                 request_serializer=mesh_dot_internal_dot_v1_dot_friend__graph__service__pb2.ListAllFriendsRequest.SerializeToString,
                 response_deserializer=mesh_dot_internal_dot_v1_dot_friend__graph__service__pb2.ListAllFriendsResponse.FromString,
                 _registered_method=True)
+        self.ExistingUsers = channel.unary_unary(
+                '/mesh.internal.v1.FriendGraphService/ExistingUsers',
+                request_serializer=mesh_dot_internal_dot_v1_dot_friend__graph__service__pb2.ExistingUsersRequest.SerializeToString,
+                response_deserializer=mesh_dot_internal_dot_v1_dot_friend__graph__service__pb2.ExistingUsersResponse.FromString,
+                _registered_method=True)
 
 
 class FriendGraphServiceServicer:
@@ -55,6 +60,16 @@ class FriendGraphServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExistingUsers(self, request, context):
+        """Which of these users have an account: created, and neither deleted nor
+        being deleted. location_svc asks before it records the first report of a
+        user it has not confirmed recently (an unknown user's report changes
+        nothing).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FriendGraphServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +77,11 @@ def add_FriendGraphServiceServicer_to_server(servicer, server):
                     servicer.ListAllFriends,
                     request_deserializer=mesh_dot_internal_dot_v1_dot_friend__graph__service__pb2.ListAllFriendsRequest.FromString,
                     response_serializer=mesh_dot_internal_dot_v1_dot_friend__graph__service__pb2.ListAllFriendsResponse.SerializeToString,
+            ),
+            'ExistingUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExistingUsers,
+                    request_deserializer=mesh_dot_internal_dot_v1_dot_friend__graph__service__pb2.ExistingUsersRequest.FromString,
+                    response_serializer=mesh_dot_internal_dot_v1_dot_friend__graph__service__pb2.ExistingUsersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -93,6 +113,33 @@ class FriendGraphService:
             '/mesh.internal.v1.FriendGraphService/ListAllFriends',
             mesh_dot_internal_dot_v1_dot_friend__graph__service__pb2.ListAllFriendsRequest.SerializeToString,
             mesh_dot_internal_dot_v1_dot_friend__graph__service__pb2.ListAllFriendsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExistingUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.internal.v1.FriendGraphService/ExistingUsers',
+            mesh_dot_internal_dot_v1_dot_friend__graph__service__pb2.ExistingUsersRequest.SerializeToString,
+            mesh_dot_internal_dot_v1_dot_friend__graph__service__pb2.ExistingUsersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,12 @@ class FriendGraphServiceStub:
     def __new__(cls, channel: _aio.Channel) -> FriendGraphServiceAsyncStub: ...
     ListAllFriends: _grpc.UnaryUnaryMultiCallable[_friend_graph_service_pb2.ListAllFriendsRequest, _friend_graph_service_pb2.ListAllFriendsResponse]
     """All friends of a user, in one call (bounded by the friend cap)."""
+    ExistingUsers: _grpc.UnaryUnaryMultiCallable[_friend_graph_service_pb2.ExistingUsersRequest, _friend_graph_service_pb2.ExistingUsersResponse]
+    """Which of these users have an account: created, and neither deleted nor
+    being deleted. location_svc asks before it records the first report of a
+    user it has not confirmed recently (an unknown user's report changes
+    nothing).
+    """
 
 @_typing.type_check_only
 class FriendGraphServiceAsyncStub(FriendGraphServiceStub):
@@ -47,6 +53,12 @@ class FriendGraphServiceAsyncStub(FriendGraphServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListAllFriends: _aio.UnaryUnaryMultiCallable[_friend_graph_service_pb2.ListAllFriendsRequest, _friend_graph_service_pb2.ListAllFriendsResponse]  # type: ignore[assignment]
     """All friends of a user, in one call (bounded by the friend cap)."""
+    ExistingUsers: _aio.UnaryUnaryMultiCallable[_friend_graph_service_pb2.ExistingUsersRequest, _friend_graph_service_pb2.ExistingUsersResponse]  # type: ignore[assignment]
+    """Which of these users have an account: created, and neither deleted nor
+    being deleted. location_svc asks before it records the first report of a
+    user it has not confirmed recently (an unknown user's report changes
+    nothing).
+    """
 
 class FriendGraphServiceServicer(metaclass=_abc_1.ABCMeta):
     """Service-to-service view of the friend graph (served by friend_svc).
@@ -60,5 +72,17 @@ class FriendGraphServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_friend_graph_service_pb2.ListAllFriendsResponse, _abc.Awaitable[_friend_graph_service_pb2.ListAllFriendsResponse]]:
         """All friends of a user, in one call (bounded by the friend cap)."""
+
+    @_abc_1.abstractmethod
+    def ExistingUsers(
+        self,
+        request: _friend_graph_service_pb2.ExistingUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_friend_graph_service_pb2.ExistingUsersResponse, _abc.Awaitable[_friend_graph_service_pb2.ExistingUsersResponse]]:
+        """Which of these users have an account: created, and neither deleted nor
+        being deleted. location_svc asks before it records the first report of a
+        user it has not confirmed recently (an unknown user's report changes
+        nothing).
+        """
 
 def add_FriendGraphServiceServicer_to_server(servicer: FriendGraphServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

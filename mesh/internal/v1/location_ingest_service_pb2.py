@@ -26,7 +26,7 @@ from mesh.internal.v1 import events_pb2 as mesh_dot_internal_dot_v1_dot_events__
 from nearby.v1 import location_service_pb2 as nearby_dot_v1_dot_location__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.mesh/internal/v1/location_ingest_service.proto\x12\x10mesh.internal.v1\x1a\x1dmesh/internal/v1/events.proto\x1a nearby/v1/location_service.proto\"b\n\x0eLocationReport\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12*\n\x03\x66ix\x18\x02 \x01(\x0b\x32\x1d.mesh.internal.v1.PositionFix\x12\x13\n\x0btraceparent\x18\x03 \x01(\t\"K\n\x16ReportLocationsRequest\x12\x31\n\x07reports\x18\x01 \x03(\x0b\x32 .mesh.internal.v1.LocationReport\"\xb0\x01\n\x0cReportResult\x12\x31\n\x0b\x64isposition\x18\x01 \x01(\x0e\x32\x1c.nearby.v1.ReportDisposition\x12*\n\x03\x66ix\x18\x03 \x01(\x0b\x32\x1d.mesh.internal.v1.PositionFix\x12\x34\n\trejection\x18\x04 \x01(\x0b\x32!.mesh.internal.v1.ReportRejectionJ\x04\x08\x02\x10\x03R\x05\x65rror\"E\n\x0fReportRejection\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"J\n\x17ReportLocationsResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.mesh.internal.v1.ReportResult\"]\n\x18\x42\x61tchGetLocationsRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12\x16\n\x0einclude_hidden\x18\x02 \x01(\x08\x12\x17\n\x0finclude_sharing\x18\x03 \x01(\x08\"M\n\x0e\x43\x61\x63hedLocation\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12*\n\x03\x66ix\x18\x02 \x01(\x0b\x32\x1d.mesh.internal.v1.PositionFix\"\x80\x01\n\x19\x42\x61tchGetLocationsResponse\x12\x33\n\tlocations\x18\x01 \x03(\x0b\x32 .mesh.internal.v1.CachedLocation\x12.\n\x07sharing\x18\x02 \x03(\x0b\x32\x1d.mesh.internal.v1.UserSharing\"O\n\x0bUserSharing\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12/\n\x06policy\x18\x02 \x01(\x0b\x32\x1f.mesh.internal.v1.SharingPolicy2\xed\x01\n\x15LocationIngestService\x12\x66\n\x0fReportLocations\x12(.mesh.internal.v1.ReportLocationsRequest\x1a).mesh.internal.v1.ReportLocationsResponse\x12l\n\x11\x42\x61tchGetLocations\x12*.mesh.internal.v1.BatchGetLocationsRequest\x1a+.mesh.internal.v1.BatchGetLocationsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.mesh/internal/v1/location_ingest_service.proto\x12\x10mesh.internal.v1\x1a\x1dmesh/internal/v1/events.proto\x1a nearby/v1/location_service.proto\"y\n\x0eLocationReport\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12*\n\x03\x66ix\x18\x02 \x01(\x0b\x32\x1d.mesh.internal.v1.PositionFix\x12\x13\n\x0btraceparent\x18\x03 \x01(\t\x12\x15\n\rcheck_account\x18\x04 \x01(\x08\"K\n\x16ReportLocationsRequest\x12\x31\n\x07reports\x18\x01 \x03(\x0b\x32 .mesh.internal.v1.LocationReport\"\xb0\x01\n\x0cReportResult\x12\x31\n\x0b\x64isposition\x18\x01 \x01(\x0e\x32\x1c.nearby.v1.ReportDisposition\x12*\n\x03\x66ix\x18\x03 \x01(\x0b\x32\x1d.mesh.internal.v1.PositionFix\x12\x34\n\trejection\x18\x04 \x01(\x0b\x32!.mesh.internal.v1.ReportRejectionJ\x04\x08\x02\x10\x03R\x05\x65rror\"E\n\x0fReportRejection\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"J\n\x17ReportLocationsResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.mesh.internal.v1.ReportResult\"]\n\x18\x42\x61tchGetLocationsRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12\x16\n\x0einclude_hidden\x18\x02 \x01(\x08\x12\x17\n\x0finclude_sharing\x18\x03 \x01(\x08\"M\n\x0e\x43\x61\x63hedLocation\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12*\n\x03\x66ix\x18\x02 \x01(\x0b\x32\x1d.mesh.internal.v1.PositionFix\"\x80\x01\n\x19\x42\x61tchGetLocationsResponse\x12\x33\n\tlocations\x18\x01 \x03(\x0b\x32 .mesh.internal.v1.CachedLocation\x12.\n\x07sharing\x18\x02 \x03(\x0b\x32\x1d.mesh.internal.v1.UserSharing\"O\n\x0bUserSharing\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12/\n\x06policy\x18\x02 \x01(\x0b\x32\x1f.mesh.internal.v1.SharingPolicy2\xed\x01\n\x15LocationIngestService\x12\x66\n\x0fReportLocations\x12(.mesh.internal.v1.ReportLocationsRequest\x1a).mesh.internal.v1.ReportLocationsResponse\x12l\n\x11\x42\x61tchGetLocations\x12*.mesh.internal.v1.BatchGetLocationsRequest\x1a+.mesh.internal.v1.BatchGetLocationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,23 +34,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mesh.internal.v1.location_i
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LOCATIONREPORT']._serialized_start=133
-  _globals['_LOCATIONREPORT']._serialized_end=231
-  _globals['_REPORTLOCATIONSREQUEST']._serialized_start=233
-  _globals['_REPORTLOCATIONSREQUEST']._serialized_end=308
-  _globals['_REPORTRESULT']._serialized_start=311
-  _globals['_REPORTRESULT']._serialized_end=487
-  _globals['_REPORTREJECTION']._serialized_start=489
-  _globals['_REPORTREJECTION']._serialized_end=558
-  _globals['_REPORTLOCATIONSRESPONSE']._serialized_start=560
-  _globals['_REPORTLOCATIONSRESPONSE']._serialized_end=634
-  _globals['_BATCHGETLOCATIONSREQUEST']._serialized_start=636
-  _globals['_BATCHGETLOCATIONSREQUEST']._serialized_end=729
-  _globals['_CACHEDLOCATION']._serialized_start=731
-  _globals['_CACHEDLOCATION']._serialized_end=808
-  _globals['_BATCHGETLOCATIONSRESPONSE']._serialized_start=811
-  _globals['_BATCHGETLOCATIONSRESPONSE']._serialized_end=939
-  _globals['_USERSHARING']._serialized_start=941
-  _globals['_USERSHARING']._serialized_end=1020
-  _globals['_LOCATIONINGESTSERVICE']._serialized_start=1023
-  _globals['_LOCATIONINGESTSERVICE']._serialized_end=1260
+  _globals['_LOCATIONREPORT']._serialized_end=254
+  _globals['_REPORTLOCATIONSREQUEST']._serialized_start=256
+  _globals['_REPORTLOCATIONSREQUEST']._serialized_end=331
+  _globals['_REPORTRESULT']._serialized_start=334
+  _globals['_REPORTRESULT']._serialized_end=510
+  _globals['_REPORTREJECTION']._serialized_start=512
+  _globals['_REPORTREJECTION']._serialized_end=581
+  _globals['_REPORTLOCATIONSRESPONSE']._serialized_start=583
+  _globals['_REPORTLOCATIONSRESPONSE']._serialized_end=657
+  _globals['_BATCHGETLOCATIONSREQUEST']._serialized_start=659
+  _globals['_BATCHGETLOCATIONSREQUEST']._serialized_end=752
+  _globals['_CACHEDLOCATION']._serialized_start=754
+  _globals['_CACHEDLOCATION']._serialized_end=831
+  _globals['_BATCHGETLOCATIONSRESPONSE']._serialized_start=834
+  _globals['_BATCHGETLOCATIONSRESPONSE']._serialized_end=962
+  _globals['_USERSHARING']._serialized_start=964
+  _globals['_USERSHARING']._serialized_end=1043
+  _globals['_LOCATIONINGESTSERVICE']._serialized_start=1046
+  _globals['_LOCATIONINGESTSERVICE']._serialized_end=1283
 # @@protoc_insertion_point(module_scope)

@@ -9,14 +9,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class LocationReport(_message.Message):
-    __slots__ = ("user_id", "fix", "traceparent")
+    __slots__ = ("user_id", "fix", "traceparent", "check_account")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     FIX_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    CHECK_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     fix: _events_pb2.PositionFix
     traceparent: str
-    def __init__(self, user_id: _Optional[str] = ..., fix: _Optional[_Union[_events_pb2.PositionFix, _Mapping]] = ..., traceparent: _Optional[str] = ...) -> None: ...
+    check_account: bool
+    def __init__(self, user_id: _Optional[str] = ..., fix: _Optional[_Union[_events_pb2.PositionFix, _Mapping]] = ..., traceparent: _Optional[str] = ..., check_account: _Optional[bool] = ...) -> None: ...
 
 class ReportLocationsRequest(_message.Message):
     __slots__ = ("reports",)
