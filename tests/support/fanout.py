@@ -149,8 +149,11 @@ class Mesh:
         return pb_grpc.NearbyServiceStub(self.channel(self.fanout))
 
     async def connect(self, user: str, lat: float, lng: float) -> Stream:
+        """A stream of `user` at (lat, lng), once its first location is recorded
+        (its snapshot arrived) or it ended: a stream connected next sees it."""
         s = Stream(self.nearby_stub(), user)
         await s.open(lat, lng)
+        await s.settled()
         return s
 
     async def watch(self, user: str, lat: float, lng: float) -> WatchStream:
@@ -229,6 +232,14 @@ class Stream:
         await self.call.write(
             pb.ConnectRequest(page_request=pb.PageRequest(page_token=token, page_size=size))
         )
+
+    async def settled(self, within: float = 10.0) -> None:
+        """Until the first snapshot arrived (so the first location is
+        recorded) or the stream ended."""
+        async with asyncio.timeout(within):
+            while not (self.snapshots() or self.done.is_set()):
+                self._arrived.clear()
+                await self._arrived.wait()
 
     async def wait_for(self, predicate: Any, within: float = 10.0) -> Any:
         """Until predicate(self) is truthy (returns it); fails after `within` s."""
