@@ -4,17 +4,17 @@ presence touches, history buffering and batch reads.
 A batch of reports costs one round trip per node it touches (the engine
 groups the commands per node and sends to the nodes concurrently): a Lua
 script per report on the user's slot; and a second one for the presence
-touches (one ZADD per presence shard) of the users the script knew and the
-history entries of the reports it kept (with one WAIT per node when history
-must reach a replica). A user without an account marker (accounts.py) gets
-UNKNOWN from the script and nothing anywhere.
+touches (one ZADD per presence shard) of the users the script recorded and
+the history entries of the reports it kept (with one WAIT per node when
+history must reach a replica). A report whose account is to be checked and
+has no marker (accounts.py) gets UNKNOWN from the script and nothing anywhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import string
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,10 +188,10 @@ class LocationCache:
         if not zadds and not xadds:
             return [], [], 0
         if self.wait_replicas > 0 and xadds:
-            # presence touches need no replica: they go with the first pipeline
+            # presence touches need no replica: a pipeline of their own, at once
             durable = self.engine.execute_durable(xadds, self.wait_replicas, self.wait_timeout_ms)
             if zadds:
-                (replies, unconfirmed), zreplies = await _both(
+                (replies, unconfirmed), zreplies = await asyncio.gather(
                     durable, self.engine.execute(zadds, partial=True)
                 )
             else:
@@ -229,12 +229,6 @@ class LocationCache:
                 continue
             out.append((uid, value))
         return out
-
-
-async def _both(a: Awaitable[Any], b: Awaitable[Any]) -> tuple[Any, Any]:
-    """Two pipelines at once (each to its nodes)."""
-    ra, rb = await asyncio.gather(a, b)
-    return ra, rb
 
 
 def traced_publish(reports: Sequence[Report]) -> dict[int, tuple[str, Span]]:

@@ -54,8 +54,9 @@ class Ingestor:
         return await self._write(reports, now_ms())
 
     async def _write(self, reports: Sequence[Report], now: int) -> list[int | Exception]:
-        """Each report's disposition (UNKNOWN_USER: no such account, nothing
-        recorded), or the error that failed it.
+        """Each report's disposition (UNKNOWN: its account was to be checked
+        and friend_svc does not know it, nothing recorded), or the error that
+        failed it.
 
         A node that fails fails only its own reports: the others are cached,
         published and buffered for history as usual. The caller of a failed
@@ -66,29 +67,35 @@ class Ingestor:
         unknown = [i for i, d in enumerate(outcomes) if d == UNKNOWN]
         if unknown:
             await self._confirm(reports, outcomes, unknown, now)
-        known = [
-            (r, d) for r, d in zip(reports, outcomes, strict=True) if isinstance(d, int) and d >= 0
-        ]
-        kept = [
-            (i, r)
-            for i, (r, d) in enumerate(zip(reports, outcomes, strict=True))
-            if isinstance(d, int) and d not in (COALESCED, UNKNOWN)
-        ]
-        accepted = sum(1 for _, d in known if d == ACCEPTED)
-        stale = sum(1 for _, d in known if d == STALE)
+        touched: list[int] = []  # recorded: the user is active (presence)
+        kept: list[int] = []  # accepted or stale: to history
+        accepted = stale = coalesced = 0
+        for i, d in enumerate(outcomes):
+            if type(d) is not int or d == UNKNOWN:
+                continue
+            touched.append(i)
+            if d == COALESCED:
+                coalesced += 1
+                continue
+            kept.append(i)
+            if d == ACCEPTED:
+                accepted += 1
+            elif d == STALE:
+                stale += 1
         metrics.ACCEPTED.inc(accepted)
         metrics.STALE.inc(stale)
-        metrics.COALESCED.inc(len(known) - accepted - stale)
-        if not known:
+        metrics.COALESCED.inc(coalesced)
+        if not touched:
             return outcomes
         if kept and not self.buffer.accepting:
             self.buffer.dropped(len(kept))
             kept = []
-        entries = [
-            (r.user_id, store.encode_row(r.user_id, r.recorded_at_ms, r.latitude, r.longitude))
-            for _, r in kept
-        ]
-        touched = [i for i, d in enumerate(outcomes) if isinstance(d, int) and d >= 0]
+        entries = []
+        for i in kept:
+            r = reports[i]
+            entries.append(
+                (r.user_id, store.encode_row(r.user_id, r.recorded_at_ms, r.latitude, r.longitude))
+            )
         touch_errors, errors, unconfirmed = await self.cache.finish(
             [reports[i].user_id for i in touched], entries, now
         )
@@ -97,7 +104,7 @@ class Ingestor:
         for i, error in zip(touched, touch_errors, strict=True):
             if error is not None:
                 outcomes[i] = error
-        for (i, _), error in zip(kept, errors, strict=True):
+        for i, error in zip(kept, errors, strict=True):
             if error is not None:
                 outcomes[i] = error
         return outcomes
@@ -110,7 +117,7 @@ class Ingestor:
         now: int,
     ) -> None:
         """Reports whose user had no account marker: ask friend_svc, record
-        those of confirmed users, reject the others (UNKNOWN_USER)."""
+        those of confirmed users, leave the others UNKNOWN."""
         try:
             confirmed = await self.accounts.confirm(reports[i].user_id for i in unknown)
         except ServiceError as exc:
